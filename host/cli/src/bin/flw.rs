@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    nrvna::cmd::flw::main()
+}

@@ -1,0 +1,91 @@
+//! What every nrvna command shares: logging, argument-error exit codes, model lookup.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::Parser;
+
+/// Logs go to stderr; stdout stays machine-readable. `NRVNA_LOG` sets the filter.
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NRVNA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .compact()
+        .try_init();
+}
+
+/// Parses argv, exiting with `usage_code` on a usage error (help and version exit 0).
+pub fn parse_args<T: Parser>(usage_code: u8) -> T {
+    parse_from(std::env::args_os(), usage_code)
+}
+
+pub fn parse_from<T: Parser, I, S>(args: I, usage_code: u8) -> T
+where
+    I: IntoIterator<Item = S>,
+    S: Into<std::ffi::OsString> + Clone,
+{
+    match T::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) => {
+            let code = if e.use_stderr() { usage_code } else { 0 };
+            let _ = e.print();
+            std::process::exit(code.into());
+        }
+    }
+}
+
+/// Prints `error: ...` with its causes and returns `code`.
+pub fn report(program: &str, err: &anyhow::Error, code: u8) -> ExitCode {
+    eprintln!("{program}: error: {err:#}");
+    ExitCode::from(code)
+}
+
+/// Where models are cached: `NRVNA_MODELS_DIR`, else `~/.cache/nrvna/models`.
+pub fn models_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("NRVNA_MODELS_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    home.join(".cache/nrvna/models")
+}
+
+/// A model argument is a path, or else a case-insensitive part of a `.gguf` file name
+/// in the models directory (projector files excluded; the first match by name wins).
+pub fn resolve_model(arg: &str) -> Result<PathBuf> {
+    let path = Path::new(arg);
+    if path.exists() {
+        return Ok(path.to_owned());
+    }
+    let dir = models_dir();
+    let needle = arg.to_lowercase();
+    let mut matches: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_lowercase())
+                .unwrap_or_default();
+            name.ends_with(".gguf") && !name.contains("mmproj") && name.contains(&needle)
+        })
+        .collect();
+    matches.sort();
+    match matches.into_iter().next() {
+        Some(p) => Ok(p),
+        None => bail!(
+            "model {arg:?} not found: not a file, and no .gguf in {} has that in its name",
+            dir.display()
+        ),
+    }
+}
+
+/// The default model of `scripts/setup`, for tools that want one.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

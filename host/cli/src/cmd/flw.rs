@@ -1,0 +1,358 @@
+//! `flw WS [ID]`: workspace status, or a job's result (waiting for it by default).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use nrvna_queue::lifecycle::{DaemonStatus, probe};
+use nrvna_queue::watch::{wait_terminal, wait_until};
+use nrvna_queue::workspace::{EMBEDDING_FILE, ERROR_FILE, PROMPT_FILE, RESPONSE_FILE, RESULT_FILE};
+use nrvna_queue::{JobId, Meta, State, Workspace};
+
+use crate::cli::{init_logging, parse_args};
+
+/// Exit codes, documented in `--help` and docs/cli.md.
+pub mod exit {
+    pub const DONE: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const NOT_READY: u8 = 2;
+    pub const NO_SUCH_JOB: u8 = 3;
+    pub const BAD_INPUT: u8 = 4;
+    pub const USAGE: u8 = 64;
+}
+
+const AFTER_HELP: &str = "\
+With an ID, flw waits for the job to end and prints its result to stdout exactly as
+generated (an embedding job prints embedding.json). A failed job prints its error on
+stderr. Without an ID it shows counts and recent jobs.
+
+Examples:
+  flw ./ws                                  counts and the 5 most recent jobs
+  result=$(flw ./ws \"$id\")                  wait, then capture the text
+  wrk ./ws \"hi\" | xargs flw ./ws            submit and wait in one line
+  flw ./ws \"$id\" --no-wait || echo \"not yet\"
+  flw ./ws --tag batch1 -W                  barrier: wait for every job tagged batch1
+  flw ./ws --children \"$parent\" --json      the children of a job, as NDJSON
+
+Exit codes:
+  0   done
+  1   failed or cancelled (for sets: at least one job of the set failed)
+  2   not ready: still queued or running (--no-wait), or --timeout passed
+  3   no such job in this workspace
+  4   bad input: invalid id, or not a workspace
+  64  usage error";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flw",
+    version,
+    about = "Follow nrvna jobs: print a job's result, or a workspace's status",
+    after_help = AFTER_HELP
+)]
+struct Args {
+    /// Workspace directory
+    workspace: PathBuf,
+    /// Job id (with -w and no id, read from stdin)
+    id: Option<String>,
+    /// Wait for the job to end (the default; kept for older scripts)
+    #[arg(short = 'w', long)]
+    wait: bool,
+    /// Answer at once: exit 2 if the job is still queued or running
+    #[arg(long, conflicts_with = "wait")]
+    no_wait: bool,
+    /// Give up waiting after this many seconds (exit 2)
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Wait until nothing is queued or running (in the selected set, with --tag/--children)
+    #[arg(short = 'W', long, conflicts_with = "id")]
+    wait_idle: bool,
+    /// JSON output: one object for a job or for the status; NDJSON for sets
+    #[arg(long)]
+    json: bool,
+    /// Select the jobs carrying this tag
+    #[arg(long, value_name = "TAG", conflicts_with_all = ["id", "children"])]
+    tag: Option<String>,
+    /// Select the jobs whose parent is ID
+    #[arg(long, value_name = "ID", conflicts_with = "id")]
+    children: Option<String>,
+}
+
+pub fn main() -> ExitCode {
+    init_logging("warn");
+    let args: Args = parse_args(exit::USAGE);
+    match run(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("flw: error: {e:#}");
+            ExitCode::from(exit::BAD_INPUT)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<u8> {
+    let ws = Workspace::open(&args.workspace)?;
+    let timeout = match args.timeout {
+        Some(t) if !(0.0..=1e7).contains(&t) || t.is_nan() => {
+            bail!("--timeout must be between 0 and 10000000 seconds, got {t}")
+        }
+        t => t.map(Duration::from_secs_f64),
+    };
+    if args.tag.is_some() || args.children.is_some() {
+        return set(&ws, &args, timeout);
+    }
+    if args.wait_idle {
+        return wait_idle(&ws, timeout);
+    }
+    let id = match (&args.id, args.wait) {
+        (Some(id), _) => Some(id.clone()),
+        (None, true) => Some(id_from_stdin()?),
+        (None, false) => None,
+    };
+    match id {
+        Some(id) => {
+            let id = JobId::parse(id.trim())?;
+            result(&ws, &id, &args, timeout)
+        }
+        None => overview(&ws, args.json),
+    }
+}
+
+fn id_from_stdin() -> Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        bail!("-w without an ID reads the id from stdin, but stdin is a terminal");
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read an id from stdin")?;
+    Ok(line.trim().to_owned())
+}
+
+fn result(ws: &Workspace, id: &JobId, args: &Args, timeout: Option<Duration>) -> Result<u8> {
+    let state = if args.no_wait {
+        ws.state_of(id)?
+    } else {
+        wait_terminal(ws, id, timeout)?
+    };
+    let Some(state) = state else {
+        eprintln!("flw: no job {id} in {}", ws.root().display());
+        return Ok(exit::NO_SUCH_JOB);
+    };
+    if args.json {
+        println!("{}", job_json(ws, id, state));
+        return Ok(match state {
+            State::Done => exit::DONE,
+            State::Failed => exit::FAILED,
+            _ => exit::NOT_READY,
+        });
+    }
+    match state {
+        State::Done => {
+            let name = if ws.job_dir(state, id).join(RESULT_FILE).exists() {
+                RESULT_FILE
+            } else {
+                EMBEDDING_FILE
+            };
+            let bytes = ws.read_file(state, id, name)?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)?;
+            out.flush()?;
+            Ok(exit::DONE)
+        }
+        State::Failed => {
+            let meta = ws.read_meta(state, id).ok();
+            if meta.as_ref().and_then(|m| m.status.as_deref()) == Some("cancelled") {
+                eprintln!("flw: job {id} was cancelled");
+            } else {
+                let error = ws
+                    .read_file(state, id, ERROR_FILE)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_else(|_| "(no error.txt)".into());
+                eprintln!("flw: job {id} failed: {error}");
+            }
+            Ok(exit::FAILED)
+        }
+        other => {
+            let how = if args.no_wait {
+                ""
+            } else {
+                " (timed out waiting)"
+            };
+            eprintln!("flw: job {id} is {}{how}", other.name());
+            Ok(exit::NOT_READY)
+        }
+    }
+}
+
+/// One job as JSON: its meta fields, its state, and its artifact.
+fn job_json(ws: &Workspace, id: &JobId, state: State) -> serde_json::Value {
+    let mut obj = match ws.read_meta(state, id) {
+        Ok(meta) => match serde_json::to_value(&meta) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => Default::default(),
+        },
+        Err(_) => Default::default(),
+    };
+    obj.insert("id".into(), id.to_string().into());
+    let status = match state {
+        State::Failed => obj
+            .get("status")
+            .and_then(|s| s.as_str())
+            .filter(|s| *s == "cancelled")
+            .unwrap_or("failed")
+            .to_owned(),
+        s => s.name().to_owned(),
+    };
+    obj.insert("status".into(), status.into());
+    let text = |name: &str| {
+        ws.read_file(state, id, name)
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    let dir = ws.job_dir(state, id);
+    match state {
+        State::Done => {
+            if let Some(r) = text(RESULT_FILE) {
+                obj.insert("result".into(), r.into());
+                obj.insert("artifact_kind".into(), "text".into());
+                obj.insert(
+                    "artifact_path".into(),
+                    dir.join(RESULT_FILE).display().to_string().into(),
+                );
+            } else if let Some(e) = text(EMBEDDING_FILE) {
+                let v: serde_json::Value = serde_json::from_str(&e).unwrap_or_default();
+                obj.insert("embedding".into(), v);
+                obj.insert("artifact_kind".into(), "embedding".into());
+                obj.insert(
+                    "artifact_path".into(),
+                    dir.join(EMBEDDING_FILE).display().to_string().into(),
+                );
+            }
+        }
+        State::Failed => {
+            obj.insert("error".into(), text(ERROR_FILE).unwrap_or_default().into());
+            if let Some(p) = text(RESPONSE_FILE) {
+                obj.insert("partial".into(), p.into());
+            }
+        }
+        _ => {}
+    }
+    serde_json::Value::Object(obj)
+}
+
+fn overview(ws: &Workspace, json: bool) -> Result<u8> {
+    let counts = ws.counts()?;
+    let daemon = match probe(ws.root())? {
+        DaemonStatus::NotRunning => "not running".to_owned(),
+        DaemonStatus::Starting { .. } => "starting".to_owned(),
+        DaemonStatus::Ready { info, .. } => match info {
+            Some(i) => format!("ready ({} workers)", i.workers),
+            None => "ready".to_owned(),
+        },
+    };
+    if json {
+        let mut v = serde_json::to_value(counts)?;
+        v["daemon"] = daemon.into();
+        println!("{v}");
+        return Ok(exit::DONE);
+    }
+    println!("workspace  {}  (daemon {daemon})", ws.root().display());
+    println!(
+        "queued {}  running {}  done {}  failed {}",
+        counts.queued, counts.running, counts.done, counts.failed
+    );
+    let recent: Vec<_> = ws.all_jobs()?.into_iter().take(5).collect();
+    if !recent.is_empty() {
+        println!("recent:");
+    }
+    for (id, state) in recent {
+        let meta = ws.read_meta(state, &id).ok();
+        let secs = meta
+            .as_ref()
+            .and_then(|m| m.duration_s)
+            .map(|d| format!("{d:6.1}s"))
+            .unwrap_or_else(|| "       ".into());
+        let prompt = ws
+            .read_file(state, &id, PROMPT_FILE)
+            .map(|b| String::from_utf8_lossy(&b).replace('\n', " "))
+            .unwrap_or_default();
+        let prompt: String = prompt.chars().take(50).collect();
+        println!("  {id}  {:<8} {secs}  {prompt}", state.name());
+    }
+    Ok(exit::DONE)
+}
+
+fn wait_idle(ws: &Workspace, timeout: Option<Duration>) -> Result<u8> {
+    let failed_before = ws.counts()?.failed;
+    let idle = wait_until(ws, timeout, |ws| {
+        let c = ws.counts()?;
+        Ok(c.queued == 0 && c.running == 0)
+    })?;
+    if !idle {
+        eprintln!("flw: still busy after the timeout");
+        return Ok(exit::NOT_READY);
+    }
+    let failed_now = ws.counts()?.failed;
+    if failed_now > failed_before {
+        eprintln!(
+            "flw: {} job(s) failed while waiting",
+            failed_now - failed_before
+        );
+        return Ok(exit::FAILED);
+    }
+    Ok(exit::DONE)
+}
+
+/// Jobs selected by tag or parent, with their states.
+fn select(ws: &Workspace, args: &Args) -> nrvna_queue::Result<Vec<(JobId, State, Option<Meta>)>> {
+    if let Some(tag) = &args.tag {
+        nrvna_queue::workspace::validate_tag(tag)?;
+    }
+    let parent = args.children.as_deref().map(JobId::parse).transpose()?;
+    let mut out = Vec::new();
+    for (id, state) in ws.all_jobs()? {
+        let meta = ws.read_meta(state, &id).ok();
+        let keep = match (&args.tag, &parent, &meta) {
+            (Some(tag), _, Some(m)) => m.tags.iter().any(|t| t == tag),
+            (None, Some(p), Some(m)) => m.parent.as_deref() == Some(p.as_str()),
+            _ => false,
+        };
+        if keep {
+            out.push((id, state, meta));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+fn set(ws: &Workspace, args: &Args, timeout: Option<Duration>) -> Result<u8> {
+    if args.wait_idle {
+        let idle = wait_until(ws, timeout, |ws| {
+            Ok(select(ws, args)?.iter().all(|(_, s, _)| s.is_terminal()))
+        })?;
+        if !idle {
+            eprintln!("flw: the set is still busy after the timeout");
+            return Ok(exit::NOT_READY);
+        }
+    }
+    let jobs = select(ws, args)?;
+    let mut any_failed = false;
+    let mut out = std::io::stdout().lock();
+    for (id, state, _) in &jobs {
+        any_failed |= *state == State::Failed;
+        if args.wait_idle {
+            continue; // a barrier is silent
+        }
+        if args.json {
+            writeln!(out, "{}", job_json(ws, id, *state))?;
+        } else {
+            writeln!(out, "{id}")?;
+        }
+    }
+    Ok(if any_failed { exit::FAILED } else { exit::DONE })
+}

@@ -1,0 +1,307 @@
+//! `nrvnad MODEL WORKSPACE [WORKERS]`, `nrvnad status WS`, `nrvnad stop WS`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use nrvna_engine::{EngineConfig, LlamaEngine, SamplingDefaults, check_model_file};
+use nrvna_queue::Workspace;
+use nrvna_queue::lifecycle::{DaemonLock, DaemonStatus, probe};
+
+use crate::cli::{init_logging, parse_from, report, resolve_model};
+use crate::daemon::{self, DaemonOptions, Ended, SignalCounter};
+use crate::settings::{DAEMON_ENV_HELP, env_in, env_or};
+
+const AFTER_HELP: &str = "\
+Examples:
+  nrvnad ~/.cache/nrvna/models/SmolLM2-135M-Instruct.Q4_1.gguf ./ws 4 &
+  nrvnad smollm2 ./ws --drain          work through the queue, then exit
+  nrvnad status ./ws                   ready / starting / not running
+  nrvnad stop ./ws                     graceful stop, forced after --timeout
+
+Exit codes: 0 stopped cleanly or drained with no failures; 1 error, or --drain saw
+failed jobs; status: 0 ready, 2 starting, 1 not running.
+
+Signals: SIGINT/SIGTERM stop claiming jobs, let running ones finish for --grace
+seconds, then requeue them; a second signal requeues at once.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nrvnad",
+    version,
+    about = "The nrvna daemon: owns a workspace and runs its jobs on a local GGUF model",
+    long_about = "The nrvna daemon: owns a workspace and runs its jobs on a local GGUF model.\n\n\
+        Jobs submitted with `wrk` are picked up within milliseconds (file-system \
+        notifications), decoded together with continuous batching (one slot per worker), \
+        and moved to output/ or failed/. One daemon per workspace.",
+    after_help = format!("{AFTER_HELP}\n\n{DAEMON_ENV_HELP}")
+)]
+struct Args {
+    /// GGUF model file, or part of a file name in NRVNA_MODELS_DIR
+    model: String,
+    /// Workspace directory (created if missing)
+    workspace: PathBuf,
+    /// Jobs decoded together (same as -w)
+    #[arg(value_name = "WORKERS")]
+    workers_pos: Option<usize>,
+    /// Jobs decoded together, 1-64 [default: NRVNA_WORKERS or 4]
+    #[arg(short = 'w', long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: Option<u16>,
+    /// Multimodal projector for vision models (accepted; vision is not implemented yet)
+    #[arg(long, value_name = "FILE")]
+    mmproj: Option<PathBuf>,
+    /// Work until no job is queued or running, then exit (1 if any job failed)
+    #[arg(long)]
+    drain: bool,
+    /// Seconds running jobs may finish after SIGINT/SIGTERM before being requeued
+    #[arg(long, default_value_t = 15, value_name = "SECS")]
+    grace: u64,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nrvnad status",
+    about = "Is a daemon running on this workspace?"
+)]
+struct StatusArgs {
+    workspace: PathBuf,
+    /// One JSON object: {"running","ready","pid","model","workers","started_at"}
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nrvnad stop",
+    about = "Stop the workspace's daemon: SIGTERM, then a second SIGTERM after --timeout, then SIGKILL"
+)]
+struct StopArgs {
+    workspace: PathBuf,
+    /// Seconds to wait for a graceful stop
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
+}
+
+pub fn main() -> ExitCode {
+    init_logging("info");
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let sub = argv.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    let is_file = argv
+        .get(1)
+        .is_some_and(|a| std::path::Path::new(a).exists());
+    let result = match sub {
+        "" => {
+            // Like the predecessor: no arguments prints help and succeeds.
+            let _ = <Args as clap::CommandFactory>::command().print_help();
+            return ExitCode::SUCCESS;
+        }
+        "status" if !is_file => status(parse_from(argv[1..].iter().cloned(), 1)),
+        "stop" if !is_file => stop(parse_from(argv[1..].iter().cloned(), 1)),
+        _ => serve(parse_from(argv, 1)),
+    };
+    result.unwrap_or_else(|e| report("nrvnad", &e, 1))
+}
+
+fn serve(args: Args) -> Result<ExitCode> {
+    // Checks that need nothing loaded come first, so bad input fails fast.
+    let model = resolve_model(&args.model)?;
+    check_model_file(&model)?;
+    if let Some(mmproj) = &args.mmproj {
+        check_model_file(mmproj).context("--mmproj")?;
+        tracing::warn!(
+            "--mmproj {} accepted, but vision is not implemented yet",
+            mmproj.display()
+        );
+    }
+    let workers = match (args.workers, args.workers_pos) {
+        (Some(w), _) => w as usize,
+        (None, Some(w)) if (1..=64).contains(&w) => w,
+        (None, Some(w)) => bail!("WORKERS must be between 1 and 64, got {w}"),
+        (None, None) => env_or::<usize>("NRVNA_WORKERS", 4, 1, 64)?,
+    };
+    let config = engine_config(model, workers)?;
+    let max_attempts = env_or::<u32>("NRVNA_MAX_ATTEMPTS", 3, 1, 100)?;
+
+    let ws = Workspace::create(&args.workspace)
+        .with_context(|| format!("cannot create workspace {}", args.workspace.display()))?;
+    let lock = DaemonLock::acquire(ws.root())?;
+    let signals = SignalCounter::install()?;
+    let removed = ws.clean_stale_staging(daemon::STALE_STAGING)?;
+    if removed > 0 {
+        tracing::info!("removed {removed} abandoned submission(s) from input/writing");
+    }
+    let recovery = ws.recover(max_attempts)?;
+    for id in &recovery.requeued {
+        tracing::warn!("recovered job {id} left running by a previous daemon: requeued");
+    }
+    for id in &recovery.failed {
+        tracing::warn!("job {id} reached the attempt ceiling ({max_attempts}): failed");
+    }
+
+    eprintln!(
+        "nrvnad {}  ·  loading {}",
+        env!("CARGO_PKG_VERSION"),
+        config.model.display()
+    );
+    let started = Instant::now();
+    let engine = LlamaEngine::start(config)?;
+    let info = nrvna_engine::Backend::info(&engine).clone();
+    eprintln!(
+        "nrvnad: model {} ({:.0} MB, trained ctx {}, template {}) loaded in {:.1}s",
+        info.description,
+        info.size_bytes as f64 / 1e6,
+        info.n_ctx_train,
+        if info.has_chat_template { "yes" } else { "no" },
+        started.elapsed().as_secs_f64()
+    );
+    eprintln!(
+        "nrvnad: {} workers decoded together, {} tokens of context each; {:.0} MB of KV \
+         cache reserved",
+        info.slots,
+        info.ctx_per_slot,
+        info.kv_bytes as f64 / 1e6
+    );
+    eprintln!(
+        "nrvnad: RUNNING on {}\n  Submit:  wrk {} \"prompt\"\n  Results: flw {} <job-id>",
+        ws.root().display(),
+        ws.root().display(),
+        ws.root().display()
+    );
+    let opts = DaemonOptions {
+        workspace: args.workspace,
+        workers,
+        max_attempts,
+        drain: args.drain,
+        grace: Duration::from_secs(args.grace),
+    };
+    match daemon::run(opts, lock, ws, Arc::new(engine), &signals)? {
+        Ended::Clean => {
+            eprintln!("nrvnad: stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ended::DrainedWithFailures(n) => {
+            eprintln!("nrvnad: drained; {n} job(s) failed");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Engine settings from the worker count and the `NRVNA_*` variables.
+pub fn engine_config(model: PathBuf, workers: usize) -> Result<EngineConfig> {
+    let mut config = EngineConfig::new(model);
+    config.slots = workers;
+    config.ctx_per_slot = env_or("NRVNA_CTX", 8192, 64, 1_048_576)?;
+    config.batch = env_or("NRVNA_BATCH", 2048, 1, 65_536)?;
+    config.gpu_layers = env_or("NRVNA_GPU_LAYERS", 0, 0, 10_000)?;
+    config.threads = env_in("NRVNA_THREADS", 1, 1024)?;
+    config.sampling = SamplingDefaults {
+        max_tokens: env_or("NRVNA_PREDICT", 768, 1, 65_536)?,
+        temperature: env_or("NRVNA_TEMP", 0.8, 0.0, 5.0)?,
+        top_k: env_or("NRVNA_TOP_K", 40, 0, 100_000)?,
+        top_p: env_or("NRVNA_TOP_P", 0.95, 0.01, 1.0)?,
+        min_p: 0.05,
+        seed: env_in("NRVNA_SEED", 0, u32::MAX)?,
+    };
+    Ok(config)
+}
+
+fn status(args: StatusArgs) -> Result<ExitCode> {
+    let st = probe(&args.workspace)?;
+    let (running, ready, pid, info) = match &st {
+        DaemonStatus::NotRunning => (false, false, None, None),
+        DaemonStatus::Starting { pid } => (true, false, *pid, None),
+        DaemonStatus::Ready { pid, info } => (true, true, *pid, info.clone()),
+    };
+    if args.json {
+        let v = serde_json::json!({
+            "running": running,
+            "ready": ready,
+            "pid": pid,
+            "model": info.as_ref().map(|i| i.model.clone()),
+            "workers": info.as_ref().map(|i| i.workers),
+            "started_at": info.as_ref().map(|i| i.started_at.clone()),
+        });
+        println!("{v}");
+    } else {
+        match &st {
+            DaemonStatus::NotRunning => println!("not running"),
+            DaemonStatus::Starting { .. } => println!("starting (pid {})", show(pid)),
+            DaemonStatus::Ready { .. } => match &info {
+                Some(i) => println!(
+                    "ready (pid {}, model {}, workers {})",
+                    show(pid),
+                    i.model,
+                    i.workers
+                ),
+                None => println!("ready (pid {})", show(pid)),
+            },
+        }
+    }
+    Ok(ExitCode::from(match st {
+        DaemonStatus::Ready { .. } => 0,
+        DaemonStatus::Starting { .. } => 2,
+        DaemonStatus::NotRunning => 1,
+    }))
+}
+
+fn show(pid: Option<u32>) -> String {
+    pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+}
+
+fn stop(args: StopArgs) -> Result<ExitCode> {
+    use rustix::process::{Pid, Signal, kill_process};
+    let pid = match probe(&args.workspace)? {
+        DaemonStatus::NotRunning => {
+            println!("not running");
+            return Ok(ExitCode::SUCCESS);
+        }
+        DaemonStatus::Starting { pid } | DaemonStatus::Ready { pid, .. } => pid,
+    };
+    let Some(pid) = pid.and_then(|p| Pid::from_raw(p as i32)) else {
+        bail!("the daemon's lock is held but its pid is unreadable");
+    };
+    // Never signal a process that is not an nrvnad (pids are reused).
+    let comm =
+        std::fs::read_to_string(format!("/proc/{}/comm", pid.as_raw_nonzero())).unwrap_or_default();
+    if !comm.trim().starts_with("nrvnad") {
+        bail!(
+            "pid {} holds the lock but is {:?}, not nrvnad; not signalling it",
+            pid.as_raw_nonzero(),
+            comm.trim()
+        );
+    }
+    let stopped = |within: Duration| -> Result<bool> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if probe(&args.workspace)? == DaemonStatus::NotRunning {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(false)
+    };
+    let _ = kill_process(pid, Signal::TERM);
+    if stopped(Duration::from_secs(args.timeout))? {
+        println!("stopped");
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "nrvnad stop: still running after {}s; requeueing its jobs",
+        args.timeout
+    );
+    let _ = kill_process(pid, Signal::TERM);
+    if stopped(Duration::from_secs(3))? {
+        println!("stopped");
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("nrvnad stop: sending SIGKILL");
+    let _ = kill_process(pid, Signal::KILL);
+    if stopped(Duration::from_secs(3))? {
+        println!("killed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    bail!("pid {} did not stop", pid.as_raw_nonzero())
+}

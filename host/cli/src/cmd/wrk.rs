@@ -1,0 +1,194 @@
+//! `wrk WS PROMPT...`: submit a job, print its id.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use nrvna_queue::{JobId, Mode, OutputFormat, Sampling, Submission, Workspace};
+
+use crate::cli::{init_logging, parse_args, report};
+use crate::daemon::GRAMMAR_FILE;
+
+/// Largest schema or grammar file accepted.
+const MAX_SPEC_BYTES: u64 = 1 << 20;
+
+const AFTER_HELP: &str = "\
+The prompt is the words after WS joined by spaces; `-`, or no words with stdin piped,
+reads the whole of stdin (one trailing newline removed). Put `--` before prompt words
+that start with a dash. No daemon needs to be running: jobs wait in input/ready/.
+
+Examples:
+  id=$(wrk ./ws \"Explain inotify in one paragraph\")
+  wrk ./ws \"Summarise\" --tag batch1 --max-tokens 200 | xargs flw ./ws
+  git diff | wrk ./ws - --system \"You review code.\"
+  wrk ./ws \"Name three colours\" --json-schema colours.json
+  wrk ./ws --embed \"text to embed\"
+
+Exit codes: 0 submitted (the id is on stdout); 1 bad input or I/O error (nothing is
+left in the workspace).";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wrk",
+    version,
+    about = "Submit a job to an nrvna workspace and print its id",
+    after_help = AFTER_HELP
+)]
+struct Args {
+    /// Workspace directory (created if missing)
+    workspace: PathBuf,
+    /// Prompt words, or `-` for stdin
+    prompt: Vec<String>,
+    /// System message for this job
+    #[arg(long, value_name = "TEXT")]
+    system: Option<String>,
+    /// Most tokens to generate [default: the daemon's NRVNA_PREDICT]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    max_tokens: Option<u32>,
+    /// Sampling temperature, 0 (greedy) to 5 [default: the daemon's NRVNA_TEMP]
+    #[arg(long, value_name = "T")]
+    temp: Option<f32>,
+    /// Sampling seed, for reproducible output
+    #[arg(long, value_name = "N")]
+    seed: Option<u32>,
+    /// Top-k sampling (0 = off)
+    #[arg(long, value_name = "K")]
+    top_k: Option<u32>,
+    /// Top-p sampling, in (0, 1]
+    #[arg(long, value_name = "P")]
+    top_p: Option<f32>,
+    /// Tag for set operations (`flw --tag`); repeatable; [A-Za-z0-9_-]{1,64}
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Parent job id (lineage only; `flw --children`)
+    #[arg(long, value_name = "ID")]
+    parent: Option<String>,
+    /// Attach an image (jpg, jpeg, png, gif, webp; ≤50 MiB); repeatable
+    #[arg(short = 'i', long = "image", value_name = "FILE")]
+    images: Vec<PathBuf>,
+    /// Produce an embedding (embedding.json) instead of text
+    #[arg(long, conflicts_with_all = ["json_schema", "grammar"])]
+    embed: bool,
+    /// Constrain the output to this JSON Schema; output that does not parse fails the job
+    #[arg(long, value_name = "FILE", conflicts_with = "grammar")]
+    json_schema: Option<PathBuf>,
+    /// Constrain the output with this GBNF grammar (root rule `root`)
+    #[arg(long, value_name = "FILE")]
+    grammar: Option<PathBuf>,
+}
+
+pub fn main() -> ExitCode {
+    init_logging("warn");
+    let args: Args = parse_args(1);
+    match submit(args) {
+        Ok(id) => {
+            println!("{id}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => report("wrk", &e, 1),
+    }
+}
+
+fn submit(args: Args) -> Result<JobId> {
+    let prompt = read_prompt(&args.prompt)?;
+    let parent = args
+        .parent
+        .as_deref()
+        .map(JobId::parse)
+        .transpose()
+        .context("--parent")?;
+    let mode = if args.embed {
+        Mode::Embed
+    } else if !args.images.is_empty() {
+        Mode::Vision
+    } else {
+        Mode::Text
+    };
+    let mut files = Vec::new();
+    let mut output_format = None;
+    if let Some(path) = &args.json_schema {
+        let schema = read_spec(path, "--json-schema")?;
+        serde_json::from_str::<serde_json::Value>(&schema)
+            .with_context(|| format!("--json-schema {}: not valid JSON", path.display()))?;
+        let grammar = nrvna_engine::schema_to_grammar(&schema)
+            .with_context(|| format!("--json-schema {}", path.display()))?;
+        files.push(("schema.json".to_owned(), schema.into_bytes()));
+        files.push((GRAMMAR_FILE.to_owned(), grammar.into_bytes()));
+        output_format = Some(OutputFormat::JsonSchema);
+    }
+    if let Some(path) = &args.grammar {
+        let grammar = read_spec(path, "--grammar")?;
+        if !grammar.contains("root") {
+            bail!(
+                "--grammar {}: a GBNF grammar needs a `root` rule",
+                path.display()
+            );
+        }
+        files.push((GRAMMAR_FILE.to_owned(), grammar.into_bytes()));
+        output_format = Some(OutputFormat::Grammar);
+    }
+    let ws = Workspace::create(&args.workspace)
+        .with_context(|| format!("cannot create workspace {}", args.workspace.display()))?;
+    let sub = Submission {
+        prompt,
+        mode,
+        images: args.images,
+        parent,
+        tags: args.tags,
+        system: args.system,
+        sampling: Sampling {
+            max_tokens: args.max_tokens,
+            temperature: args.temp,
+            seed: args.seed,
+            top_k: args.top_k,
+            top_p: args.top_p,
+        },
+        output_format,
+        files,
+        extra_meta: Default::default(),
+    };
+    Ok(ws.submit(sub)?)
+}
+
+/// Prompt words, or stdin for `-` (or no words with stdin not a terminal).
+fn read_prompt(words: &[String]) -> Result<String> {
+    let stdin = std::io::stdin();
+    let from_stdin = words == ["-"] || (words.is_empty() && !stdin.is_terminal());
+    if !from_stdin {
+        return Ok(words.join(" "));
+    }
+    let limit = nrvna_queue::Limits::default().max_prompt_bytes;
+    let mut bytes = Vec::new();
+    stdin
+        .lock()
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .context("cannot read the prompt from stdin")?;
+    if bytes.len() as u64 > limit {
+        bail!("prompt on stdin is over the limit of {limit} bytes");
+    }
+    let mut text = String::from_utf8(bytes).context("the prompt on stdin is not UTF-8")?;
+    if text.ends_with('\n') {
+        text.pop();
+    }
+    Ok(text)
+}
+
+/// Reads a schema or grammar: a regular file (not a symlink), at most 1 MiB, UTF-8.
+fn read_spec(path: &Path, flag: &str) -> Result<String> {
+    let md =
+        std::fs::symlink_metadata(path).with_context(|| format!("{flag} {}", path.display()))?;
+    if !md.file_type().is_file() {
+        bail!("{flag} {}: not a regular file", path.display());
+    }
+    if md.len() > MAX_SPEC_BYTES {
+        bail!(
+            "{flag} {}: {} bytes; the limit is {MAX_SPEC_BYTES}",
+            path.display(),
+            md.len()
+        );
+    }
+    std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))
+}

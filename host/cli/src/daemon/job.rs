@@ -1,0 +1,172 @@
+//! Running one claimed job through the engine and settling it in the workspace.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nrvna_engine::{Backend, CancelFlag, EngineError, Request, RequestKind, Response};
+use nrvna_queue::workspace::{EMBEDDING_FILE, RESPONSE_FILE, RESULT_FILE};
+use nrvna_queue::{ClaimedJob, Mode, Outcome, OutputFormat, State, Workspace};
+
+/// Grammar file a structured-output job carries (written by `wrk --json-schema/--grammar`).
+pub const GRAMMAR_FILE: &str = "grammar.gbnf";
+
+/// How a job left the worker.
+#[derive(Debug)]
+pub enum JobEnd {
+    Done,
+    Failed(String),
+    Cancelled,
+    /// Put back in the queue (shutdown interrupted it, or it could not be settled).
+    Requeued,
+    /// Its directory vanished or could not be written at all.
+    Lost(String),
+}
+
+pub fn run_job(
+    ws: &Workspace,
+    engine: &dyn Backend,
+    job: &ClaimedJob,
+    cancel: CancelFlag,
+    interrupted: &AtomicBool,
+) -> JobEnd {
+    let request = match build_request(ws, job, cancel) {
+        Ok(r) => r,
+        Err(reason) => return settle(ws, job, Err((reason, Outcome::default()))),
+    };
+    let result = engine.run(request);
+    if let Err(EngineError::Cancelled { .. }) = &result
+        && interrupted.load(Ordering::SeqCst)
+    {
+        // Shutdown, not the job's fault: back to the queue with the attempt uncounted.
+        return match ws.requeue(&job.id, true) {
+            Ok(()) => JobEnd::Requeued,
+            Err(e) => JobEnd::Lost(e.to_string()),
+        };
+    }
+    let settled = match result {
+        Ok(Response::Text {
+            text,
+            prompt_tokens,
+            generated_tokens,
+            ..
+        }) => {
+            let outcome = |artifact: &str| Outcome {
+                artifacts: vec![(artifact.to_owned(), text.clone().into_bytes())],
+                prompt_tokens: Some(prompt_tokens),
+                generated_tokens: Some(generated_tokens),
+            };
+            if job.meta.output_format == Some(OutputFormat::JsonSchema)
+                && let Err(e) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                Err((
+                    format!("output is not valid JSON ({e}); the raw output is in {RESPONSE_FILE}"),
+                    outcome(RESPONSE_FILE),
+                ))
+            } else {
+                Ok(outcome(RESULT_FILE))
+            }
+        }
+        Ok(Response::Embedding {
+            vector,
+            prompt_tokens,
+        }) => {
+            let json = serde_json::json!({ "dim": vector.len(), "vector": vector });
+            Ok(Outcome {
+                artifacts: vec![(EMBEDDING_FILE.to_owned(), json.to_string().into_bytes())],
+                prompt_tokens: Some(prompt_tokens),
+                generated_tokens: None,
+            })
+        }
+        Err(EngineError::Cancelled { partial }) => {
+            let outcome = partial_outcome(&partial);
+            return match ws.cancel_claimed(job, outcome) {
+                Ok(()) => JobEnd::Cancelled,
+                Err(e) => JobEnd::Lost(e.to_string()),
+            };
+        }
+        Err(e) => {
+            let outcome = partial_outcome(e.partial().unwrap_or(""));
+            Err((e.to_string(), outcome))
+        }
+    };
+    settle(ws, job, settled)
+}
+
+fn partial_outcome(partial: &str) -> Outcome {
+    if partial.is_empty() {
+        Outcome::default()
+    } else {
+        Outcome {
+            artifacts: vec![(RESPONSE_FILE.to_owned(), partial.as_bytes().to_vec())],
+            ..Outcome::default()
+        }
+    }
+}
+
+fn build_request(ws: &Workspace, job: &ClaimedJob, cancel: CancelFlag) -> Result<Request, String> {
+    let kind = match job.meta.mode {
+        Mode::Text => RequestKind::Generate,
+        Mode::Embed => RequestKind::Embed,
+        Mode::Vision => {
+            return Err(
+                "vision jobs are not supported by this nrvnad yet: images need a \
+                        multimodal projector (--mmproj), which is accepted but not used"
+                    .into(),
+            );
+        }
+        Mode::Agent => return Err("agent jobs are run by the agent runtime, not the engine".into()),
+    };
+    let grammar = match job.meta.output_format {
+        Some(_) => {
+            let bytes = ws
+                .read_file(State::Running, &job.id, GRAMMAR_FILE)
+                .map_err(|e| {
+                    format!("structured-output job without a usable {GRAMMAR_FILE}: {e}")
+                })?;
+            Some(String::from_utf8(bytes).map_err(|_| format!("{GRAMMAR_FILE} is not UTF-8"))?)
+        }
+        None => None,
+    };
+    let s = &job.meta.sampling;
+    Ok(Request {
+        kind,
+        prompt: job.prompt.clone(),
+        system: job.meta.system.clone(),
+        max_tokens: s.max_tokens,
+        temperature: s.temperature,
+        seed: s.seed,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        grammar,
+        cancel,
+    })
+}
+
+/// Moves the job to `output/` or `failed/`. If even that cannot be written (full disk,
+/// directory gone), falls back to failing, then to requeueing (its attempt stays counted,
+/// so the ceiling still bounds it), and reports a lost job only when nothing works.
+pub fn settle(
+    ws: &Workspace,
+    job: &ClaimedJob,
+    result: Result<Outcome, (String, Outcome)>,
+) -> JobEnd {
+    let first = match result {
+        Ok(outcome) => match ws.complete(job, outcome) {
+            Ok(()) => return JobEnd::Done,
+            Err(e) => format!("cannot write the result: {e}"),
+        },
+        Err((reason, outcome)) => match ws.fail(job, &reason, outcome) {
+            Ok(()) => return JobEnd::Failed(reason),
+            Err(e) => format!("{reason}; and cannot record the failure: {e}"),
+        },
+    };
+    if ws.fail(job, &first, Outcome::default()).is_ok() {
+        return JobEnd::Failed(first);
+    }
+    match ws.requeue(&job.id, false) {
+        Ok(()) => {
+            tracing::warn!("job {}: {first}; requeued", job.id);
+            JobEnd::Requeued
+        }
+        Err(e) => JobEnd::Lost(format!("{first}; requeue failed too: {e}")),
+    }
+}

@@ -1,0 +1,311 @@
+//! `nrvnad`: owns a workspace, loads the model once, and works through the queue.
+//!
+//! Threads: a watcher (file-system notifications on `input/ready/`, plus a periodic
+//! sweep as a safety net) feeds [`Pending`]; N workers claim ids from it and block in the
+//! engine, which batches all of them together; the main thread handles signals and
+//! `--drain`.
+
+mod job;
+mod pending;
+
+pub use job::{GRAMMAR_FILE, JobEnd, run_job, settle};
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nrvna_engine::{Backend, CancelFlag};
+use nrvna_queue::lifecycle::{DaemonInfo, DaemonLock};
+use nrvna_queue::watch::DirWatcher;
+use nrvna_queue::{Claim, JobId, State, Workspace};
+
+use pending::Pending;
+
+/// How often the ready directory is swept even without notifications.
+const SAFETY_SWEEP: Duration = Duration::from_secs(2);
+/// Staging directories older than this were left by a `wrk` that died.
+pub const STALE_STAGING: Duration = Duration::from_secs(3600);
+
+pub struct DaemonOptions {
+    pub workspace: PathBuf,
+    pub workers: usize,
+    pub max_attempts: u32,
+    /// Work until the queue is empty, then exit.
+    pub drain: bool,
+    /// How long in-flight jobs may run on after SIGINT/SIGTERM before they are requeued.
+    pub grace: Duration,
+}
+
+/// A job being worked on, so shutdown can interrupt it.
+struct InFlight {
+    cancel: CancelFlag,
+    interrupted: Arc<AtomicBool>,
+}
+
+struct Shared {
+    ws: Workspace,
+    engine: Arc<dyn Backend>,
+    pending: Pending,
+    in_flight: Mutex<HashMap<JobId, InFlight>>,
+    stopping: AtomicBool,
+    failures: AtomicUsize,
+}
+
+/// How the daemon ended, for its exit code.
+pub enum Ended {
+    /// Stopped by a signal or drained with no failures.
+    Clean,
+    /// `--drain` finished but some jobs failed.
+    DrainedWithFailures(usize),
+}
+
+/// Runs the daemon until a signal (or, with `--drain`, an empty queue).
+/// `start_engine` is called after the workspace lock is held.
+pub fn run(
+    opts: DaemonOptions,
+    lock: DaemonLock,
+    ws: Workspace,
+    engine: Arc<dyn Backend>,
+    signals: &SignalCounter,
+) -> Result<Ended> {
+    let info = engine.info().clone();
+    lock.mark_ready(&DaemonInfo {
+        pid: std::process::id(),
+        model: info.path.clone(),
+        workers: opts.workers,
+        started_at: nrvna_queue::meta::now_timestamp(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })?;
+    let shared = Arc::new(Shared {
+        ws,
+        engine,
+        pending: Pending::default(),
+        in_flight: Mutex::new(HashMap::new()),
+        stopping: AtomicBool::new(false),
+        failures: AtomicUsize::new(0),
+    });
+
+    let ready_dir = shared.ws.state_dir(State::Queued);
+    let watcher = DirWatcher::new(&[&ready_dir]).context("cannot watch input/ready")?;
+    shared.pending.push_all(shared.ws.sweep_ready()?);
+    let watch_thread = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("nrvna-watch".into())
+            .spawn(move || watch_loop(&shared, &watcher))?
+    };
+    let mut workers = Vec::new();
+    for i in 0..opts.workers {
+        let shared = shared.clone();
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("nrvna-worker-{i}"))
+                .spawn(move || worker_loop(&shared))?,
+        );
+    }
+
+    // Main thread: signals and drain.
+    let mut stop_at: Option<Instant> = None;
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let signals_seen = signals.count();
+        if signals_seen > 0 && stop_at.is_none() {
+            eprintln!(
+                "nrvnad: stopping: no new jobs; waiting up to {:.0}s for {} running job(s)",
+                opts.grace.as_secs_f64(),
+                shared.in_flight.lock().map(|m| m.len()).unwrap_or(0)
+            );
+            shared.stopping.store(true, Ordering::SeqCst);
+            shared.pending.close();
+            stop_at = Some(Instant::now() + opts.grace);
+        }
+        if let Some(deadline) = stop_at {
+            let idle = shared
+                .in_flight
+                .lock()
+                .map(|m| m.is_empty())
+                .unwrap_or(true);
+            if idle {
+                break;
+            }
+            if signals_seen > 1 || Instant::now() >= deadline {
+                interrupt_all(&shared);
+            }
+            continue;
+        }
+        if opts.drain && is_drained(&shared)? {
+            shared.stopping.store(true, Ordering::SeqCst);
+            shared.pending.close();
+            break;
+        }
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    let _ = watch_thread.join();
+    drop(lock);
+    let failures = shared.failures.load(Ordering::SeqCst);
+    if opts.drain && failures > 0 {
+        Ok(Ended::DrainedWithFailures(failures))
+    } else {
+        Ok(Ended::Clean)
+    }
+}
+
+fn is_drained(shared: &Shared) -> Result<bool> {
+    let busy = shared
+        .in_flight
+        .lock()
+        .map(|m| !m.is_empty())
+        .unwrap_or(false);
+    if busy || !shared.pending.is_empty() {
+        return Ok(false);
+    }
+    Ok(shared.ws.list(State::Queued)?.is_empty() && shared.ws.list(State::Running)?.is_empty())
+}
+
+/// Cancels every in-flight job so its worker requeues it.
+fn interrupt_all(shared: &Shared) {
+    if let Ok(map) = shared.in_flight.lock() {
+        for job in map.values() {
+            if !job.interrupted.swap(true, Ordering::SeqCst) {
+                job.cancel.cancel();
+            }
+        }
+    }
+}
+
+fn watch_loop(shared: &Shared, watcher: &DirWatcher) {
+    let mut last_sweep = Instant::now();
+    while !shared.stopping.load(Ordering::SeqCst) {
+        let paths = watcher.wait(Duration::from_millis(250));
+        let mut ids = Vec::new();
+        let mut sweep = last_sweep.elapsed() >= SAFETY_SWEEP;
+        for path in &paths {
+            match path.file_name().and_then(|n| n.to_str()).map(JobId::parse) {
+                Some(Ok(id)) => ids.push(id),
+                // Unknown change or a malformed entry: let the sweep deal with it.
+                _ => sweep = true,
+            }
+        }
+        shared.pending.push_all(ids);
+        if sweep {
+            match shared.ws.sweep_ready() {
+                Ok(ids) => shared.pending.push_all(ids),
+                Err(e) => tracing::warn!("cannot sweep input/ready: {e}"),
+            }
+            last_sweep = Instant::now();
+        }
+    }
+}
+
+fn worker_loop(shared: &Shared) {
+    while !shared.stopping.load(Ordering::SeqCst) {
+        let Some(id) = shared.pending.take(Duration::from_millis(250)) else {
+            continue;
+        };
+        // Register before claiming so a shutdown can never miss a job in flight.
+        let cancel = CancelFlag::new();
+        let interrupted = Arc::new(AtomicBool::new(false));
+        if let Ok(mut map) = shared.in_flight.lock() {
+            map.insert(
+                id.clone(),
+                InFlight {
+                    cancel: cancel.clone(),
+                    interrupted: interrupted.clone(),
+                },
+            );
+        }
+        if shared.stopping.load(Ordering::SeqCst) {
+            unregister(shared, &id);
+            break;
+        }
+        match shared.ws.claim(&id) {
+            Ok(Claim::Claimed(job)) => {
+                let started = Instant::now();
+                job_line(&id, "running", None, "");
+                let end = run_job(
+                    &shared.ws,
+                    shared.engine.as_ref(),
+                    &job,
+                    cancel,
+                    &interrupted,
+                );
+                let secs = Some(started.elapsed().as_secs_f64());
+                match &end {
+                    JobEnd::Done => job_line(&id, "done", secs, ""),
+                    JobEnd::Failed(reason) => {
+                        shared.failures.fetch_add(1, Ordering::SeqCst);
+                        job_line(&id, "failed", secs, reason);
+                    }
+                    JobEnd::Cancelled => job_line(&id, "cancelled", secs, ""),
+                    JobEnd::Requeued => job_line(&id, "requeued", secs, ""),
+                    JobEnd::Lost(reason) => {
+                        shared.failures.fetch_add(1, Ordering::SeqCst);
+                        job_line(&id, "lost", secs, reason);
+                    }
+                }
+            }
+            Ok(Claim::Gone) => {}
+            Ok(Claim::Rejected(reason)) => {
+                shared.failures.fetch_add(1, Ordering::SeqCst);
+                job_line(&id, "failed", None, &reason);
+            }
+            Err(e) => tracing::warn!("cannot claim {id}: {e}"),
+        }
+        unregister(shared, &id);
+        shared.pending.settle(&id);
+    }
+}
+
+fn unregister(shared: &Shared, id: &JobId) {
+    if let Ok(mut map) = shared.in_flight.lock() {
+        map.remove(id);
+    }
+}
+
+/// One line per job event on stderr, as the predecessor prints them.
+fn job_line(id: &JobId, what: &str, secs: Option<f64>, detail: &str) {
+    let time = chrono::Local::now().format("%H:%M:%S");
+    let secs = secs.map(|s| format!("  {s:5.1}s")).unwrap_or_default();
+    let detail = if detail.is_empty() {
+        String::new()
+    } else {
+        format!("  [{}]", detail.lines().next().unwrap_or(""))
+    };
+    eprintln!("    {time}  {id}  {what}{secs}{detail}");
+}
+
+/// Counts SIGINT/SIGTERM deliveries; SIGXFSZ is ignored so a file-size limit surfaces as
+/// a write error (a failed job) instead of killing the daemon.
+pub struct SignalCounter {
+    count: Arc<AtomicUsize>,
+}
+
+impl SignalCounter {
+    pub fn install() -> Result<SignalCounter> {
+        use signal_hook::consts::{SIGINT, SIGTERM, SIGXFSZ};
+        let count = Arc::new(AtomicUsize::new(0));
+        for sig in [SIGINT, SIGTERM] {
+            let count = count.clone();
+            // SAFETY: the handler only touches an atomic, which is async-signal-safe.
+            unsafe {
+                signal_hook::low_level::register(sig, move || {
+                    count.fetch_add(1, Ordering::SeqCst);
+                })
+            }
+            .context("cannot install signal handlers")?;
+        }
+        // SAFETY: an empty handler is async-signal-safe.
+        unsafe { signal_hook::low_level::register(SIGXFSZ, || {}) }
+            .context("cannot install SIGXFSZ handler")?;
+        Ok(SignalCounter { count })
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+}

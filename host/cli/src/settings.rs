@@ -1,0 +1,75 @@
+//! Strict parsing of `NRVNA_*` variables: a bad value stops start-up with a message that
+//! names the variable and the accepted range (the predecessor read garbage as 0).
+
+use std::fmt::Display;
+use std::str::FromStr;
+
+use anyhow::{Result, bail};
+
+/// Reads `name` as a number in `min..=max`; `Ok(None)` when unset or empty.
+pub fn env_in<T>(name: &str, min: T, max: T) -> Result<Option<T>>
+where
+    T: FromStr + PartialOrd + Display + Copy,
+{
+    let Ok(raw) = std::env::var(name) else {
+        return Ok(None);
+    };
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    match raw.parse::<T>() {
+        Ok(v) if v >= min && v <= max => Ok(Some(v)),
+        _ => bail!("{name}={raw:?} is invalid: expected a number from {min} to {max}"),
+    }
+}
+
+/// Like [`env_in`] with a default.
+pub fn env_or<T>(name: &str, default: T, min: T, max: T) -> Result<T>
+where
+    T: FromStr + PartialOrd + Display + Copy,
+{
+    Ok(env_in(name, min, max)?.unwrap_or(default))
+}
+
+/// Every variable the daemon reads, for `--help` and the docs.
+pub const DAEMON_ENV_HELP: &str = "\
+Environment (parsed strictly; a bad value stops start-up):
+  NRVNA_PREDICT       max tokens generated per job            768      (1-65536)
+  NRVNA_TEMP          sampling temperature (0 = greedy)        0.8      (0-5)
+  NRVNA_CTX           context per job, in tokens               8192     (64-1048576)
+  NRVNA_BATCH         max tokens decoded per step              2048     (1-65536)
+  NRVNA_GPU_LAYERS    layers offloaded to the GPU (cuda build) 0        (0-10000)
+  NRVNA_SEED          default sampling seed                    random   (0-4294967295)
+  NRVNA_TOP_K         top-k sampling (0 = off)                 40       (0-100000)
+  NRVNA_TOP_P         top-p sampling                           0.95     (0.01-1)
+  NRVNA_THREADS       CPU threads for decoding                 all      (1-1024)
+  NRVNA_WORKERS       jobs decoded together (-w wins)          4        (1-64)
+  NRVNA_MAX_ATTEMPTS  starts before a crashing job fails       3        (1-100)
+  NRVNA_MODELS_DIR    where a bare model name is looked up     ~/.cache/nrvna/models
+  NRVNA_LOG           log filter (error, warn, info, debug)    info";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_strictly() {
+        // SAFETY: tests in this module use their own variable names.
+        unsafe {
+            std::env::set_var("NRVNA_TEST_A", "12");
+            std::env::set_var("NRVNA_TEST_B", "12oops");
+            std::env::set_var("NRVNA_TEST_C", "0");
+        }
+        assert_eq!(env_in::<u32>("NRVNA_TEST_A", 1, 64).unwrap(), Some(12));
+        let err = env_in::<u32>("NRVNA_TEST_B", 1, 64)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("NRVNA_TEST_B") && err.contains("1 to 64"),
+            "{err}"
+        );
+        assert!(env_in::<u32>("NRVNA_TEST_C", 1, 64).is_err());
+        assert_eq!(env_or::<u32>("NRVNA_TEST_UNSET", 7, 1, 64).unwrap(), 7);
+    }
+}

@@ -1,0 +1,178 @@
+//! nrvna's inference engine.
+//!
+//! The daemon talks to an engine only through [`Backend`]: hand it a [`Request`], block
+//! until the [`Response`]. [`LlamaEngine`] implements it with llama.cpp: one context with
+//! one sequence slot per worker, every running job decoded together in one shared batch
+//! each step (continuous batching), long prompts prefilled in chunks, each job with its
+//! own sampler chain and limits.
+
+mod config;
+mod llama;
+mod model_file;
+mod text;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use config::{EngineConfig, SamplingDefaults};
+pub use llama::LlamaEngine;
+pub use model_file::{ModelFileError, check_model_file};
+pub use text::strip_think_blocks;
+
+/// Set from another thread to stop a request; the engine drops it at its next step.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    pub fn new() -> CancelFlag {
+        CancelFlag::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// Chat-templated generation.
+    Generate,
+    /// Mean-pooled, L2-normalised embedding of the raw prompt.
+    Embed,
+}
+
+/// One unit of work for the engine. `None` fields take the engine's defaults.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub kind: RequestKind,
+    pub prompt: String,
+    pub system: Option<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub seed: Option<u32>,
+    pub top_k: Option<u32>,
+    pub top_p: Option<f32>,
+    /// GBNF grammar constraining generation (root rule `root`).
+    pub grammar: Option<String>,
+    pub cancel: CancelFlag,
+}
+
+impl Request {
+    pub fn generate(prompt: impl Into<String>) -> Request {
+        Request {
+            kind: RequestKind::Generate,
+            prompt: prompt.into(),
+            system: None,
+            max_tokens: None,
+            temperature: None,
+            seed: None,
+            top_k: None,
+            top_p: None,
+            grammar: None,
+            cancel: CancelFlag::new(),
+        }
+    }
+
+    pub fn embed(prompt: impl Into<String>) -> Request {
+        Request {
+            kind: RequestKind::Embed,
+            ..Request::generate(prompt)
+        }
+    }
+}
+
+/// Why a generation stopped. Anything else is an [`EngineError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    EndOfGeneration,
+    TokenLimit,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    Text {
+        /// Output with think blocks stripped.
+        text: String,
+        prompt_tokens: u32,
+        generated_tokens: u32,
+        finish: Finish,
+    },
+    Embedding {
+        vector: Vec<f32>,
+        prompt_tokens: u32,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    ModelFile(#[from] ModelFileError),
+    #[error("cannot load model {path}: {reason}")]
+    Load { path: String, reason: String },
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("prompt is {tokens} tokens; the per-job context (NRVNA_CTX) holds {limit}")]
+    PromptTooLong { tokens: usize, limit: usize },
+    #[error(
+        "generation truncated: the per-job context of {limit} tokens filled after {generated} \
+         generated tokens (raise NRVNA_CTX or lower max tokens)"
+    )]
+    ContextFull {
+        generated: u32,
+        limit: usize,
+        partial: String,
+    },
+    #[error("cancelled")]
+    Cancelled { partial: String },
+    #[error("decode failed: {0}")]
+    Decode(String),
+    #[error("invalid grammar: {0}")]
+    Grammar(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+impl EngineError {
+    /// Output produced before the failure, if any (kept as `response.txt`).
+    pub fn partial(&self) -> Option<&str> {
+        match self {
+            EngineError::ContextFull { partial, .. } | EngineError::Cancelled { partial } => {
+                Some(partial)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Facts about the loaded model, for banners and `.nrvnad.info`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub path: String,
+    pub description: String,
+    pub n_ctx_train: u32,
+    pub n_embd: u32,
+    pub size_bytes: u64,
+    pub has_chat_template: bool,
+    /// Per-job context actually used (NRVNA_CTX, capped at the training context).
+    pub ctx_per_slot: u32,
+    pub slots: usize,
+    /// Bytes of KV cache reserved for all slots.
+    pub kv_bytes: u64,
+}
+
+/// The engine interface the daemon uses: blocking, callable from many threads at once.
+/// Concurrent calls are what the engine batches together.
+pub trait Backend: Send + Sync {
+    fn run(&self, request: Request) -> Result<Response, EngineError>;
+    fn info(&self) -> &ModelInfo;
+}
+
+/// Converts a JSON Schema into a GBNF grammar (llama.cpp's converter).
+pub fn schema_to_grammar(schema: &str) -> Result<String, EngineError> {
+    llama_cpp_2::json_schema_to_grammar(schema)
+        .map_err(|e| EngineError::Grammar(format!("cannot convert the JSON Schema: {e}")))
+}

@@ -1,0 +1,631 @@
+//! The llama.cpp engine: one thread owns the model and one context with a sequence slot
+//! per worker; every step decodes one batch holding each running job's next token plus
+//! a bounded chunk of prompt prefill (continuous batching, as llama.cpp's server does).
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
+use std::num::NonZeroU32;
+use std::sync::OnceLock;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
+use std::thread::JoinHandle;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use crate::text::strip_think_blocks;
+use crate::{
+    Backend, CancelFlag, EngineConfig, EngineError, Finish, ModelInfo, Request, RequestKind,
+    Response, check_model_file,
+};
+
+type Reply = SyncSender<Result<Response, EngineError>>;
+
+enum Msg {
+    Run(Box<Request>, Reply),
+    Shutdown,
+}
+
+/// A running llama.cpp engine. Cheap to share (`Arc`); dropping it stops the thread and
+/// fails whatever is still pending with [`EngineError::Stopped`].
+pub struct LlamaEngine {
+    tx: Sender<Msg>,
+    info: ModelInfo,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LlamaEngine {
+    /// Loads the model and starts the engine thread; returns once the model is loaded.
+    pub fn start(config: EngineConfig) -> Result<LlamaEngine, EngineError> {
+        check_model_file(&config.model)?;
+        validate(&config)?;
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("nrvna-engine".into())
+            .spawn(move || engine_main(config, rx, ready_tx))
+            .map_err(|e| EngineError::Config(format!("cannot start engine thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(Ok(info)) => Ok(LlamaEngine {
+                tx,
+                info,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(EngineError::Config(
+                    "engine thread died while loading".into(),
+                ))
+            }
+        }
+    }
+}
+
+impl Backend for LlamaEngine {
+    fn run(&self, request: Request) -> Result<Response, EngineError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Msg::Run(Box::new(request), reply))
+            .map_err(|_| EngineError::Stopped)?;
+        rx.recv().map_err(|_| EngineError::Stopped)?
+    }
+
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+}
+
+impl Drop for LlamaEngine {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn validate(c: &EngineConfig) -> Result<(), EngineError> {
+    let bad = |m: String| Err(EngineError::Config(m));
+    if !(1..=64).contains(&c.slots) {
+        return bad(format!("workers must be between 1 and 64, got {}", c.slots));
+    }
+    if c.ctx_per_slot < 64 {
+        return bad(format!(
+            "NRVNA_CTX must be at least 64, got {}",
+            c.ctx_per_slot
+        ));
+    }
+    if c.batch < 1 || c.prefill_chunk < 1 {
+        return bad("NRVNA_BATCH must be at least 1".into());
+    }
+    Ok(())
+}
+
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            let mut backend = LlamaBackend::init().map_err(|e| e.to_string())?;
+            if std::env::var_os("NRVNA_LLAMA_LOG").is_none() {
+                backend.void_logs();
+            }
+            Ok(backend)
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Config(format!("cannot initialise llama.cpp: {e}")))
+}
+
+fn engine_main(
+    config: EngineConfig,
+    rx: Receiver<Msg>,
+    ready: SyncSender<Result<ModelInfo, EngineError>>,
+) {
+    let setup = (|| {
+        let backend = backend()?;
+        let params = LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers);
+        let model = LlamaModel::load_from_file(backend, &config.model, &params).map_err(|e| {
+            EngineError::Load {
+                path: config.model.display().to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        let info = model_info(&model, &config);
+        check_memory(&info)?;
+        Ok::<_, EngineError>((backend, model, info))
+    })();
+    let (backend, model, info) = match setup {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let threads = config.threads.map(|t| t as i32).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as i32)
+            .unwrap_or(2)
+    });
+    let total_ctx = info.ctx_per_slot * info.slots as u32;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(total_ctx))
+        .with_n_batch(config.batch)
+        .with_n_seq_max(info.slots as u32)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        // Separate KV per sequence: faster for parallel decoding on CPU, and no job can
+        // crowd another out of the cache.
+        .with_kv_unified(false);
+    let ctx = match model.new_context(backend, params) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            let _ = ready.send(Err(EngineError::Load {
+                path: info.path.clone(),
+                reason: format!(
+                    "cannot create a context of {total_ctx} tokens ({} slots × {}): {e}",
+                    info.slots, info.ctx_per_slot
+                ),
+            }));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(info.clone()));
+    let mut scheduler = Scheduler {
+        backend,
+        model: &model,
+        ctx,
+        embed_ctx: None,
+        config,
+        info,
+        threads,
+        slots: Vec::new(),
+        waiting: VecDeque::new(),
+    };
+    scheduler.run(rx);
+}
+
+fn model_info(model: &LlamaModel, config: &EngineConfig) -> ModelInfo {
+    let n_ctx_train = model.n_ctx_train();
+    let ctx_per_slot = if n_ctx_train > 0 {
+        config.ctx_per_slot.min(n_ctx_train)
+    } else {
+        config.ctx_per_slot
+    };
+    let n_head = model.n_head().max(1) as u64;
+    let kv_dim = model.n_embd() as u64 / n_head * model.n_head_kv() as u64;
+    // K and V, f16 (2 bytes), every layer, every cell of every slot.
+    let kv_bytes =
+        2 * 2 * model.n_layer() as u64 * kv_dim * ctx_per_slot as u64 * config.slots as u64;
+    ModelInfo {
+        path: config.model.display().to_string(),
+        description: model
+            .meta_val_str("general.name")
+            .unwrap_or_else(|_| "unknown".into()),
+        n_ctx_train,
+        n_embd: model.n_embd() as u32,
+        size_bytes: model.size(),
+        has_chat_template: model.chat_template(None).is_ok(),
+        ctx_per_slot,
+        slots: config.slots,
+        kv_bytes,
+    }
+}
+
+/// Refuses a configuration whose KV cache cannot fit in available memory.
+fn check_memory(info: &ModelInfo) -> Result<(), EngineError> {
+    let Some(available) = mem_available() else {
+        return Ok(());
+    };
+    let needed = info.kv_bytes + info.size_bytes;
+    if needed > available {
+        return Err(EngineError::Config(format!(
+            "{} slots × {} tokens (workers × NRVNA_CTX) need {:.1} GiB of KV cache plus \
+             {:.1} GiB of weights, but only {:.1} GiB of memory is available; lower \
+             NRVNA_CTX or the worker count",
+            info.slots,
+            info.ctx_per_slot,
+            gib(info.kv_bytes),
+            gib(info.size_bytes),
+            gib(available)
+        )));
+    }
+    Ok(())
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn random_seed() -> u32 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
+    h.finish() as u32
+}
+
+/// One running job in a sequence slot.
+struct Slot {
+    seq: i32,
+    reply: Reply,
+    cancel: CancelFlag,
+    prompt: Vec<LlamaToken>,
+    /// Prompt tokens already decoded into the KV cache.
+    prefilled: usize,
+    /// Position of the next token to decode.
+    pos: i32,
+    sampler: LlamaSampler,
+    /// Sampled, not yet decoded.
+    next: Option<LlamaToken>,
+    /// Index in the current batch whose logits this slot samples from.
+    logits_at: Option<i32>,
+    out: Vec<u8>,
+    generated: u32,
+    max_tokens: u32,
+}
+
+impl Slot {
+    fn partial(&self) -> String {
+        strip_think_blocks(&String::from_utf8_lossy(&self.out))
+    }
+}
+
+struct Scheduler<'m> {
+    backend: &'static LlamaBackend,
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    embed_ctx: Option<LlamaContext<'m>>,
+    config: EngineConfig,
+    info: ModelInfo,
+    threads: i32,
+    slots: Vec<Slot>,
+    waiting: VecDeque<(Box<Request>, Reply)>,
+}
+
+impl<'m> Scheduler<'m> {
+    fn run(&mut self, rx: Receiver<Msg>) {
+        let mut batch = LlamaBatch::new(self.config.batch as usize, self.info.slots as i32);
+        let mut stopping = false;
+        loop {
+            // Intake: block only when there is nothing to do.
+            if self.slots.is_empty() && self.waiting.is_empty() {
+                if stopping {
+                    break;
+                }
+                match rx.recv() {
+                    Ok(Msg::Run(req, reply)) => self.waiting.push_back((req, reply)),
+                    Ok(Msg::Shutdown) | Err(_) => break,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(Msg::Run(req, reply)) => self.waiting.push_back((req, reply)),
+                    Ok(Msg::Shutdown) | Err(TryRecvError::Disconnected) => {
+                        stopping = true;
+                        break;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            if stopping {
+                self.fail_all(|| EngineError::Stopped);
+                for (_, reply) in self.waiting.drain(..) {
+                    let _ = reply.send(Err(EngineError::Stopped));
+                }
+                break;
+            }
+            self.admit();
+            self.drop_cancelled();
+            if !self.slots.is_empty() {
+                self.step(&mut batch);
+            }
+        }
+    }
+
+    /// Moves waiting requests into free slots (embeddings are served right away).
+    fn admit(&mut self) {
+        while let Some((req, reply)) = self.waiting.pop_front() {
+            if req.cancel.is_cancelled() {
+                let _ = reply.send(Err(EngineError::Cancelled {
+                    partial: String::new(),
+                }));
+                continue;
+            }
+            if req.kind == RequestKind::Embed {
+                let result = self.embed(&req);
+                let _ = reply.send(result);
+                continue;
+            }
+            let Some(seq) =
+                (0..self.info.slots as i32).find(|s| self.slots.iter().all(|x| x.seq != *s))
+            else {
+                self.waiting.push_front((req, reply));
+                return;
+            };
+            match self.prepare(seq, &req, reply.clone()) {
+                Ok(slot) => self.slots.push(slot),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+    }
+
+    fn prepare(&self, seq: i32, req: &Request, reply: Reply) -> Result<Slot, EngineError> {
+        let prompt_text = self.render_prompt(req)?;
+        let prompt = self
+            .model
+            .vocab()
+            .tokenize(prompt_text.as_bytes(), true, true);
+        let limit = self.info.ctx_per_slot as usize;
+        // At least one cell must stay free for the first generated token.
+        if prompt.is_empty() || prompt.len() >= limit {
+            return Err(EngineError::PromptTooLong {
+                tokens: prompt.len(),
+                limit,
+            });
+        }
+        let sampler = self.sampler(req)?;
+        let defaults = &self.config.sampling;
+        Ok(Slot {
+            seq,
+            reply,
+            cancel: req.cancel.clone(),
+            prompt,
+            prefilled: 0,
+            pos: 0,
+            sampler,
+            next: None,
+            logits_at: None,
+            out: Vec::new(),
+            generated: 0,
+            max_tokens: req.max_tokens.unwrap_or(defaults.max_tokens).max(1),
+        })
+    }
+
+    /// The model's chat template over an optional system message and one user message;
+    /// the raw prompt for models without a template.
+    fn render_prompt(&self, req: &Request) -> Result<String, EngineError> {
+        let Ok(template) = self.model.chat_template(None) else {
+            return Ok(req.prompt.clone());
+        };
+        let message = |role: &str, content: &str| {
+            LlamaChatMessage::new(role.into(), content.into())
+                .map_err(|e| EngineError::Unsupported(format!("prompt contains a NUL byte: {e}")))
+        };
+        let mut chat = Vec::new();
+        if let Some(system) = &req.system {
+            chat.push(message("system", system)?);
+        }
+        chat.push(message("user", &req.prompt)?);
+        self.model
+            .apply_chat_template(&template, &chat, true)
+            .map_err(|e| EngineError::Unsupported(format!("cannot apply chat template: {e}")))
+    }
+
+    fn sampler(&self, req: &Request) -> Result<LlamaSampler, EngineError> {
+        let d = &self.config.sampling;
+        let mut chain = Vec::new();
+        if let Some(grammar) = &req.grammar {
+            chain.push(
+                LlamaSampler::grammar(self.model, grammar, "root")
+                    .map_err(|e| EngineError::Grammar(e.to_string()))?,
+            );
+        }
+        let temperature = req.temperature.unwrap_or(d.temperature);
+        if temperature <= 0.0 {
+            chain.push(LlamaSampler::greedy());
+        } else {
+            let top_k = req.top_k.unwrap_or(d.top_k);
+            if top_k > 0 {
+                chain.push(LlamaSampler::top_k(top_k as i32));
+            }
+            chain.push(LlamaSampler::top_p(req.top_p.unwrap_or(d.top_p), 1));
+            chain.push(LlamaSampler::min_p(d.min_p, 1));
+            chain.push(LlamaSampler::temp(temperature));
+            let seed = req.seed.or(d.seed).unwrap_or_else(random_seed);
+            chain.push(LlamaSampler::dist(seed));
+        }
+        Ok(LlamaSampler::chain_simple(chain))
+    }
+
+    fn drop_cancelled(&mut self) {
+        let mut i = 0;
+        while i < self.slots.len() {
+            if self.slots[i].cancel.is_cancelled() {
+                let slot = self.slots.swap_remove(i);
+                let partial = slot.partial();
+                self.release(slot, Err(EngineError::Cancelled { partial }));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// One decode of the shared batch, then sampling for every slot that has logits.
+    fn step(&mut self, batch: &mut LlamaBatch) {
+        batch.clear();
+        let mut budget = self.config.batch as usize;
+        let decoding = self.slots.iter().any(|s| s.next.is_some());
+        for slot in self.slots.iter_mut() {
+            if let Some(token) = slot.next.take() {
+                if batch.add(token, slot.pos, &[slot.seq], true).is_err() {
+                    slot.next = Some(token); // batch full; next step
+                    continue;
+                }
+                slot.logits_at = Some(batch.n_tokens() - 1);
+                slot.pos += 1;
+                budget -= 1;
+            }
+        }
+        // Prefill gets what is left, bounded while others decode so they are not stalled.
+        let mut prefill = if decoding {
+            budget.min(self.config.prefill_chunk as usize)
+        } else {
+            budget
+        };
+        for slot in self.slots.iter_mut() {
+            if prefill == 0 {
+                break;
+            }
+            let remaining = slot.prompt.len() - slot.prefilled;
+            if remaining == 0 || slot.logits_at.is_some() {
+                continue;
+            }
+            let take = remaining.min(prefill);
+            for i in 0..take {
+                let idx = slot.prefilled + i;
+                let last = idx + 1 == slot.prompt.len();
+                if batch
+                    .add(slot.prompt[idx], slot.pos, &[slot.seq], last)
+                    .is_err()
+                {
+                    break;
+                }
+                slot.pos += 1;
+                if last {
+                    slot.logits_at = Some(batch.n_tokens() - 1);
+                }
+            }
+            slot.prefilled += take;
+            prefill -= take;
+        }
+        if batch.n_tokens() == 0 {
+            return;
+        }
+        if let Err(e) = self.ctx.decode(batch) {
+            // Which sequence broke is not reported: fail every job in this batch.
+            let msg = e.to_string();
+            self.fail_all(|| EngineError::Decode(msg.clone()));
+            return;
+        }
+        let vocab = self.model.vocab();
+        let limit = self.info.ctx_per_slot as i32;
+        let mut finished = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(at) = slot.logits_at.take() else {
+                continue;
+            };
+            let token = slot.sampler.sample(&self.ctx, at);
+            if vocab.is_eog(token) {
+                finished.push((i, Ok(Finish::EndOfGeneration)));
+                continue;
+            }
+            slot.out.extend(vocab.token_to_piece(token, false, None));
+            slot.generated += 1;
+            if slot.generated >= slot.max_tokens {
+                finished.push((i, Ok(Finish::TokenLimit)));
+            } else if slot.pos >= limit {
+                finished.push((i, Err(())));
+            } else {
+                slot.next = Some(token);
+            }
+        }
+        // Remove from the back so indices stay valid.
+        for (i, how) in finished.into_iter().rev() {
+            let slot = self.slots.swap_remove(i);
+            let result = match how {
+                Ok(finish) => Ok(Response::Text {
+                    text: slot.partial(),
+                    prompt_tokens: slot.prompt.len() as u32,
+                    generated_tokens: slot.generated,
+                    finish,
+                }),
+                Err(()) => Err(EngineError::ContextFull {
+                    generated: slot.generated,
+                    limit: limit as usize,
+                    partial: slot.partial(),
+                }),
+            };
+            self.release(slot, result);
+        }
+    }
+
+    fn fail_all(&mut self, err: impl Fn() -> EngineError) {
+        for slot in std::mem::take(&mut self.slots) {
+            self.release(slot, Err(err()));
+        }
+    }
+
+    /// Frees the slot's KV cells and answers its caller.
+    fn release(&mut self, slot: Slot, result: Result<Response, EngineError>) {
+        let _ = self
+            .ctx
+            .clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+        let _ = slot.reply.send(result);
+    }
+
+    fn embed(&mut self, req: &Request) -> Result<Response, EngineError> {
+        let n_ctx = self.info.ctx_per_slot.min(self.config.batch.max(512));
+        if self.embed_ctx.is_none() {
+            let params = LlamaContextParams::default()
+                .with_n_ctx(NonZeroU32::new(n_ctx))
+                .with_n_batch(n_ctx)
+                .with_n_ubatch(n_ctx)
+                .with_n_seq_max(1)
+                .with_n_threads(self.threads)
+                .with_n_threads_batch(self.threads)
+                .with_embeddings(true)
+                .with_pooling_type(LlamaPoolingType::Mean);
+            let ctx = self.model.new_context(self.backend, params).map_err(|e| {
+                EngineError::Unsupported(format!("cannot create embedding context: {e}"))
+            })?;
+            self.embed_ctx = Some(ctx);
+        }
+        let Some(ctx) = self.embed_ctx.as_mut() else {
+            return Err(EngineError::Stopped);
+        };
+        let tokens = self
+            .model
+            .vocab()
+            .tokenize(req.prompt.as_bytes(), true, false);
+        if tokens.is_empty() || tokens.len() > n_ctx as usize {
+            return Err(EngineError::PromptTooLong {
+                tokens: tokens.len(),
+                limit: n_ctx as usize,
+            });
+        }
+        ctx.clear_kv_cache();
+        let mut batch = LlamaBatch::new(tokens.len(), 1);
+        batch
+            .add_sequence(&tokens, 0, true)
+            .map_err(|e| EngineError::Decode(e.to_string()))?;
+        ctx.decode(&mut batch)
+            .map_err(|e| EngineError::Decode(e.to_string()))?;
+        let raw = ctx
+            .embeddings_seq_ith(0)
+            .map_err(|e| EngineError::Decode(e.to_string()))?;
+        let norm = raw
+            .iter()
+            .map(|x| (*x as f64) * (*x as f64))
+            .sum::<f64>()
+            .sqrt();
+        let vector = if norm > 0.0 {
+            raw.iter().map(|x| (*x as f64 / norm) as f32).collect()
+        } else {
+            raw.to_vec()
+        };
+        Ok(Response::Embedding {
+            vector,
+            prompt_tokens: tokens.len() as u32,
+        })
+    }
+}

@@ -1,0 +1,62 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the queue; each variant names the input at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("invalid job id {0:?}: ids are 1-128 digits separated by single underscores")]
+    InvalidId(String),
+    #[error("no job {0} in this workspace")]
+    NotFound(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} is not a workspace directory")]
+    NotAWorkspace(PathBuf),
+    #[error("empty prompt")]
+    EmptyPrompt,
+    #[error("prompt is {size} bytes; the limit is {limit} bytes")]
+    PromptTooLarge { size: u64, limit: u64 },
+    #[error("invalid tag {0:?}: tags are 1-64 characters from A-Z a-z 0-9 _ -")]
+    InvalidTag(String),
+    #[error("too many tags ({count}); the limit is {limit}")]
+    TooManyTags { count: usize, limit: usize },
+    #[error("image {path}: {reason}")]
+    InvalidImage { path: PathBuf, reason: String },
+    #[error("{what} must be {expected}, got {got}")]
+    InvalidOption {
+        what: &'static str,
+        expected: &'static str,
+        got: String,
+    },
+    #[error("meta.json of job {id} is malformed: {reason}")]
+    BadMeta { id: String, reason: String },
+    #[error("workspace {path} is owned by another nrvnad (pid {pid})")]
+    Locked { path: PathBuf, pid: String },
+    #[error("file watcher: {0}")]
+    Watch(#[from] notify::Error),
+    #[error("job {id} is {state}, not {expected}")]
+    WrongState {
+        id: String,
+        state: &'static str,
+        expected: &'static str,
+    },
+}
+
+pub type Result<T, E = QueueError> = std::result::Result<T, E>;
+
+/// Attaches the path to an io error, the one piece of context every io failure needs.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| QueueError::Io {
+            path: path.into(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,21 @@
+//! The nrvna workspace: a durable, directory-based job queue.
+//!
+//! A job is a directory and its location is its state
+//! (`input/writing → input/ready → processing → output | failed`). This crate knows
+//! nothing about inference: it stages, publishes, claims, completes and fails jobs,
+//! guards the id grammar, owns the daemon lock, and waits for state changes.
+
+mod error;
+mod fsio;
+pub mod id;
+pub mod lifecycle;
+pub mod meta;
+pub mod watch;
+pub mod workspace;
+
+pub use error::{QueueError, Result};
+pub use id::JobId;
+pub use meta::{Meta, Mode, OutputFormat, Sampling};
+pub use workspace::{
+    CancelOutcome, Claim, ClaimedJob, Counts, Limits, Outcome, State, Submission, Workspace,
+};

@@ -1,0 +1,133 @@
+//! `meta.json`: everything about a job except its payload files.
+//!
+//! Written with tmp + fsync + rename and always complete before the job becomes visible
+//! in a new state. Unknown keys are kept, so newer writers and older readers coexist.
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of work a job asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Text,
+    Embed,
+    Vision,
+    /// A WebAssembly agent component run by the daemon.
+    Agent,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Text => "text",
+            Mode::Embed => "embed",
+            Mode::Vision => "vision",
+            Mode::Agent => "agent",
+        }
+    }
+}
+
+/// Per-job sampling overrides; `None` means the daemon's default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+}
+
+/// How the output is constrained, if at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// `schema.json` (and its grammar `grammar.gbnf`); the result must parse as JSON.
+    JsonSchema,
+    /// `grammar.gbnf` only.
+    Grammar,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub submitted_at: String,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_format: Option<OutputFormat>,
+    /// Number of times a daemon has started this job.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    /// Seconds from claim to completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<String>,
+    /// `done`, `failed` or `cancelled` once the job has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated_tokens: Option<u32>,
+    /// Fields this version does not know (written by newer tools); preserved on rewrite.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// UTC ISO-8601 with microseconds, the predecessor's timestamp format.
+pub fn now_timestamp() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_keeps_unknown_keys() {
+        let text = r#"{"submitted_at":"2026-01-01T00:00:00.000000Z","mode":"text","tags":["a"],
+            "max_tokens":5,"future_key":{"x":1}}"#;
+        let meta: Meta = serde_json::from_str(text).unwrap();
+        assert_eq!(meta.sampling.max_tokens, Some(5));
+        assert_eq!(meta.tags, vec!["a"]);
+        let back = serde_json::to_value(&meta).unwrap();
+        assert_eq!(back["future_key"]["x"], 1);
+        assert_eq!(back["max_tokens"], 5);
+        assert!(back.get("parent").is_none());
+    }
+
+    #[test]
+    fn predecessor_meta_parses() {
+        let text = r#"{
+  "submitted_at": "2026-04-16T19:59:23.123456Z",
+  "mode": "text",
+  "completed_at": "2026-04-16T19:59:25.000000Z",
+  "duration_s": 1.25,
+  "artifacts": ["result.txt"],
+  "status": "done"
+}"#;
+        let meta: Meta = serde_json::from_str(text).unwrap();
+        assert_eq!(meta.status.as_deref(), Some("done"));
+        assert_eq!(meta.attempts, 0);
+    }
+}

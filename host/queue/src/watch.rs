@@ -1,0 +1,134 @@
+//! Waiting for state changes through file-system notifications, with a slow periodic
+//! re-check as a safety net (notifications can be dropped on overflow or unsupported
+//! file systems).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use notify::event::{ModifyKind, RenameMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
+
+use crate::error::Result;
+use crate::id::JobId;
+use crate::workspace::{State, Workspace};
+
+/// How often a waiter re-checks even without a notification.
+pub const SAFETY_RESCAN: Duration = Duration::from_millis(1000);
+
+/// Watches some directories (not recursively) and reports changed paths.
+pub struct DirWatcher {
+    _watcher: RecommendedWatcher,
+    rx: Receiver<PathBuf>,
+}
+
+impl DirWatcher {
+    pub fn new<P: AsRef<Path>>(dirs: &[P]) -> Result<DirWatcher> {
+        let (tx, rx) = channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                match event {
+                    // Entries leaving a directory are never news to a waiter.
+                    Ok(event) if is_departure(&event.kind) => {}
+                    Ok(event) => {
+                        for path in event.paths {
+                            let _ = tx.send(path);
+                        }
+                    }
+                    // An overflow or error: wake the waiter with an empty path so it rescans.
+                    Err(_) => {
+                        let _ = tx.send(PathBuf::new());
+                    }
+                }
+            })?;
+        for dir in dirs {
+            watcher.watch(dir.as_ref(), RecursiveMode::NonRecursive)?;
+        }
+        Ok(DirWatcher {
+            _watcher: watcher,
+            rx,
+        })
+    }
+
+    /// Blocks until something changes or `timeout` passes; returns the changed paths
+    /// (an empty path means "unknown change, rescan").
+    pub fn wait(&self, timeout: Duration) -> Vec<PathBuf> {
+        let mut paths = Vec::new();
+        match self.rx.recv_timeout(timeout) {
+            Ok(p) => paths.push(p),
+            Err(RecvTimeoutError::Timeout) => return paths,
+            Err(RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(timeout);
+                return paths;
+            }
+        }
+        paths.extend(self.rx.try_iter());
+        paths
+    }
+}
+
+fn is_departure(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Access(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Name(RenameMode::From))
+    )
+}
+
+/// Waits until `id` reaches a terminal state, or `timeout` passes. Returns the last state
+/// seen (`None`: no such job).
+///
+/// The watcher is armed before the first look, so a change between the look and the wait
+/// is never lost.
+pub fn wait_terminal(
+    ws: &Workspace,
+    id: &JobId,
+    timeout: Option<Duration>,
+) -> Result<Option<State>> {
+    let dirs: Vec<PathBuf> = State::ALL.iter().map(|s| ws.state_dir(*s)).collect();
+    let watcher = DirWatcher::new(&dirs)?;
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let state = ws.state_of(id)?;
+        match state {
+            Some(s) if s.is_terminal() => return Ok(state),
+            None => return Ok(None),
+            Some(_) => {}
+        }
+        let mut slice = SAFETY_RESCAN;
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(state);
+            }
+            slice = slice.min(left);
+        }
+        watcher.wait(slice);
+    }
+}
+
+/// Waits until `done(ws)` holds, re-checking on every change in any state directory.
+pub fn wait_until(
+    ws: &Workspace,
+    timeout: Option<Duration>,
+    mut done: impl FnMut(&Workspace) -> Result<bool>,
+) -> Result<bool> {
+    let dirs: Vec<PathBuf> = State::ALL.iter().map(|s| ws.state_dir(*s)).collect();
+    let watcher = DirWatcher::new(&dirs)?;
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        if done(ws)? {
+            return Ok(true);
+        }
+        let mut slice = SAFETY_RESCAN;
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            slice = slice.min(left);
+        }
+        watcher.wait(slice);
+    }
+}

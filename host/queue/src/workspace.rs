@@ -1,0 +1,870 @@
+//! The workspace: five state directories, one directory per job, one rename per transition.
+//!
+//! ```text
+//! input/writing/  staging (invisible to daemons)   --publish-->  input/ready/  (queued)
+//! input/ready/    --claim-->  processing/  (running)  --complete-->  output/ | failed/
+//! ```
+//! A job's location is its state. Files a rename publishes are fsynced before it, and
+//! `meta.json` is complete before the job shows up in its new state.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::error::{IoContext, QueueError, Result};
+use crate::fsio::{rename_durable, sync_dir, write_durable};
+use crate::id::JobId;
+use crate::meta::{Meta, Mode, OutputFormat, Sampling, now_timestamp};
+
+pub const PROMPT_FILE: &str = "prompt.txt";
+pub const META_FILE: &str = "meta.json";
+pub const RESULT_FILE: &str = "result.txt";
+pub const ERROR_FILE: &str = "error.txt";
+pub const EMBEDDING_FILE: &str = "embedding.json";
+/// Raw model output kept beside the error when a job fails after generating.
+pub const RESPONSE_FILE: &str = "response.txt";
+pub const IMAGES_DIR: &str = "images";
+/// Cancel requests for running jobs: `nrvna cancel` drops `<ws>/.cancel/<id>`, the owning
+/// daemon stops the job and removes the file.
+pub const CANCEL_DIR: &str = ".cancel";
+
+/// A job's state, which is the directory it is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Being written by `wrk`; not yet visible to daemons.
+    Writing,
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
+impl State {
+    /// Lifecycle order. Lookups go in this order so a job moving forward is never missed.
+    pub const ALL: [State; 5] = [
+        State::Writing,
+        State::Queued,
+        State::Running,
+        State::Done,
+        State::Failed,
+    ];
+
+    /// The state's directory, relative to the workspace root.
+    pub fn dir(self) -> &'static str {
+        match self {
+            State::Writing => "input/writing",
+            State::Queued => "input/ready",
+            State::Running => "processing",
+            State::Done => "output",
+            State::Failed => "failed",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Writing => "writing",
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Done => "done",
+            State::Failed => "failed",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, State::Done | State::Failed)
+    }
+}
+
+/// Size limits enforced at submission and again when a daemon claims a job.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_prompt_bytes: u64,
+    pub max_image_bytes: u64,
+    pub max_images: usize,
+    pub max_tags: usize,
+    pub max_file_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_prompt_bytes: 4 << 20,
+            max_image_bytes: 50 << 20,
+            max_images: 16,
+            max_tags: 32,
+            max_file_bytes: 64 << 20,
+        }
+    }
+}
+
+pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "gif", "webp"];
+
+/// A job to submit. Build it, then hand it to [`Workspace::submit`].
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    pub prompt: String,
+    pub mode: Mode,
+    pub images: Vec<PathBuf>,
+    pub parent: Option<JobId>,
+    pub tags: Vec<String>,
+    pub system: Option<String>,
+    pub sampling: Sampling,
+    pub output_format: Option<OutputFormat>,
+    /// Extra payload files (`grammar.gbnf`, `schema.json`, `agent.wasm`, ...), by plain name.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Extra meta fields for newer job kinds.
+    pub extra_meta: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Job counts per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub writing: usize,
+    pub queued: usize,
+    pub running: usize,
+    pub done: usize,
+    pub failed: usize,
+}
+
+/// A job a worker has claimed (it is now in `processing/`).
+#[derive(Debug)]
+pub struct ClaimedJob {
+    pub id: JobId,
+    pub dir: PathBuf,
+    pub prompt: String,
+    pub meta: Meta,
+    pub claimed_at: Instant,
+}
+
+/// What `claim` found.
+#[derive(Debug)]
+pub enum Claim {
+    Claimed(ClaimedJob),
+    /// Someone else claimed it first, or it vanished.
+    Gone,
+    /// It was malformed and has been moved to `failed/` with this reason.
+    Rejected(String),
+}
+
+/// How a claimed job ended.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Files to write into the job directory before it moves (name, bytes).
+    pub artifacts: Vec<(String, Vec<u8>)>,
+    pub prompt_tokens: Option<u32>,
+    pub generated_tokens: Option<u32>,
+}
+
+/// What [`Workspace::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was queued and is now in `failed/` with status `cancelled`.
+    Cancelled,
+    /// It is running; its daemon has been asked to stop it.
+    Requested,
+    /// It had already ended in this state.
+    AlreadyEnded(State),
+    NotFound,
+}
+
+/// What start-up recovery did with jobs a crashed daemon left in `processing/`.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub requeued: Vec<JobId>,
+    pub failed: Vec<JobId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    root: PathBuf,
+    limits: Limits,
+}
+
+impl Workspace {
+    /// Opens the workspace at `root`, creating it and any missing state directory.
+    pub fn create(root: impl Into<PathBuf>) -> Result<Workspace> {
+        let root = root.into();
+        for state in State::ALL {
+            let dir = root.join(state.dir());
+            fs::create_dir_all(&dir).at(&dir)?;
+        }
+        Ok(Workspace {
+            root,
+            limits: Limits::default(),
+        })
+    }
+
+    /// Opens an existing workspace; fails if it is not one (readers must not create).
+    pub fn open(root: impl Into<PathBuf>) -> Result<Workspace> {
+        let root = root.into();
+        for state in State::ALL {
+            if !root.join(state.dir()).is_dir() {
+                return Err(QueueError::NotAWorkspace(root));
+            }
+        }
+        Ok(Workspace {
+            root,
+            limits: Limits::default(),
+        })
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Workspace {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn state_dir(&self, state: State) -> PathBuf {
+        self.root.join(state.dir())
+    }
+
+    pub fn job_dir(&self, state: State, id: &JobId) -> PathBuf {
+        self.state_dir(state).join(id)
+    }
+
+    // ----- submission -------------------------------------------------------------------
+
+    /// Validates and publishes a job; returns its id. On any error nothing is left behind.
+    pub fn submit(&self, sub: Submission) -> Result<JobId> {
+        self.validate(&sub)?;
+        let mut attempt = 0;
+        loop {
+            let id = JobId::generate();
+            let staging = self.job_dir(State::Writing, &id);
+            match fs::create_dir(&staging) {
+                Ok(()) => {}
+                // Another writer picked the same id: take a new one.
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && attempt < 8 => {
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(e).at(&staging),
+            }
+            let result = self
+                .stage(&staging, &id, &sub)
+                .and_then(|()| self.publish(&staging, &id));
+            if result.is_err() {
+                let _ = fs::remove_dir_all(&staging);
+            }
+            return result.map(|()| id);
+        }
+    }
+
+    fn validate(&self, sub: &Submission) -> Result<()> {
+        let limits = self.limits;
+        if sub.prompt.is_empty() && !(sub.mode == Mode::Embed && !sub.images.is_empty()) {
+            return Err(QueueError::EmptyPrompt);
+        }
+        let size = sub.prompt.len() as u64;
+        if size > limits.max_prompt_bytes {
+            return Err(QueueError::PromptTooLarge {
+                size,
+                limit: limits.max_prompt_bytes,
+            });
+        }
+        if sub.tags.len() > limits.max_tags {
+            return Err(QueueError::TooManyTags {
+                count: sub.tags.len(),
+                limit: limits.max_tags,
+            });
+        }
+        for tag in &sub.tags {
+            validate_tag(tag)?;
+        }
+        if sub.images.len() > limits.max_images {
+            return Err(QueueError::InvalidOption {
+                what: "number of images",
+                expected: "at most 16",
+                got: sub.images.len().to_string(),
+            });
+        }
+        for image in &sub.images {
+            self.validate_image(image)?;
+        }
+        for (name, bytes) in &sub.files {
+            if !is_plain_file_name(name) || name == PROMPT_FILE || name == META_FILE {
+                return Err(QueueError::InvalidOption {
+                    what: "attachment name",
+                    expected: "a plain file name",
+                    got: name.clone(),
+                });
+            }
+            if bytes.len() as u64 > limits.max_file_bytes {
+                return Err(QueueError::InvalidOption {
+                    what: "attachment size",
+                    expected: "at most 64 MiB",
+                    got: format!("{} bytes ({name})", bytes.len()),
+                });
+            }
+        }
+        if let Some(t) = sub.sampling.temperature
+            && !(0.0..=5.0).contains(&t)
+        {
+            return Err(QueueError::InvalidOption {
+                what: "temperature",
+                expected: "between 0 and 5",
+                got: t.to_string(),
+            });
+        }
+        if let Some(p) = sub.sampling.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(QueueError::InvalidOption {
+                what: "top-p",
+                expected: "in (0, 1]",
+                got: p.to_string(),
+            });
+        }
+        if sub.sampling.max_tokens == Some(0) {
+            return Err(QueueError::InvalidOption {
+                what: "max tokens",
+                expected: "at least 1",
+                got: "0".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_image(&self, path: &Path) -> Result<()> {
+        let bad = |reason: String| QueueError::InvalidImage {
+            path: path.to_owned(),
+            reason,
+        };
+        let ext = path
+            .extension()
+            .and_then(OsStr::to_str)
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
+        if !IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+            return Err(bad(format!(
+                "unsupported extension {ext:?}; expected one of {}",
+                IMAGE_EXTENSIONS.join(", ")
+            )));
+        }
+        let md = fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        if !md.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
+        if md.len() > self.limits.max_image_bytes {
+            return Err(bad(format!(
+                "{} bytes; the limit is {} bytes",
+                md.len(),
+                self.limits.max_image_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn stage(&self, staging: &Path, _id: &JobId, sub: &Submission) -> Result<()> {
+        write_durable(&staging.join(PROMPT_FILE), sub.prompt.as_bytes())?;
+        if !sub.images.is_empty() {
+            let images = staging.join(IMAGES_DIR);
+            fs::create_dir(&images).at(&images)?;
+            for (i, src) in sub.images.iter().enumerate() {
+                let ext = src
+                    .extension()
+                    .and_then(OsStr::to_str)
+                    .unwrap_or("img")
+                    .to_owned();
+                let dst = images.join(format!("image_{i:06}.{ext}"));
+                fs::copy(src, &dst).at(&dst)?;
+                File::open(&dst).and_then(|f| f.sync_all()).at(&dst)?;
+            }
+            sync_dir(&images)?;
+        }
+        for (name, bytes) in &sub.files {
+            write_durable(&staging.join(name), bytes)?;
+        }
+        let meta = Meta {
+            submitted_at: now_timestamp(),
+            mode: sub.mode,
+            parent: sub.parent.as_ref().map(|p| p.to_string()),
+            tags: sub.tags.clone(),
+            system: sub.system.clone(),
+            sampling: sub.sampling.clone(),
+            output_format: sub.output_format,
+            extra: sub.extra_meta.clone(),
+            ..Meta::default()
+        };
+        write_meta(staging, &meta)?;
+        sync_dir(staging)
+    }
+
+    fn publish(&self, staging: &Path, id: &JobId) -> Result<()> {
+        let ready = self.job_dir(State::Queued, id);
+        rename_durable(staging, &ready).at(&ready)
+    }
+
+    // ----- lookup -----------------------------------------------------------------------
+
+    /// Where the job is now, or `None` if it does not exist.
+    ///
+    /// Checks states in lifecycle order, so a job moving forward is found; a second pass
+    /// catches the one backward move (a requeue) racing with the first.
+    pub fn state_of(&self, id: &JobId) -> Result<Option<State>> {
+        for _ in 0..2 {
+            for state in State::ALL {
+                let path = self.job_dir(state, id);
+                match fs::symlink_metadata(&path) {
+                    Ok(_) => return Ok(Some(state)),
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).at(path),
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Valid job ids in `state`, oldest first. Anything else in the directory is ignored.
+    pub fn list(&self, state: State) -> Result<Vec<JobId>> {
+        let dir = self.state_dir(state);
+        let mut ids: Vec<JobId> = fs::read_dir(&dir)
+            .at(&dir)?
+            .filter_map(|entry| entry.ok())
+            .filter_map(|entry| JobId::parse(entry.file_name().to_str()?).ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    pub fn counts(&self) -> Result<Counts> {
+        Ok(Counts {
+            writing: self.list(State::Writing)?.len(),
+            queued: self.list(State::Queued)?.len(),
+            running: self.list(State::Running)?.len(),
+            done: self.list(State::Done)?.len(),
+            failed: self.list(State::Failed)?.len(),
+        })
+    }
+
+    /// Every job with its state, newest first.
+    pub fn all_jobs(&self) -> Result<Vec<(JobId, State)>> {
+        let mut all = Vec::new();
+        for state in State::ALL {
+            if state == State::Writing {
+                continue;
+            }
+            all.extend(self.list(state)?.into_iter().map(|id| (id, state)));
+        }
+        all.sort_by(|a, b| b.0.cmp(&a.0));
+        Ok(all)
+    }
+
+    pub fn read_meta(&self, state: State, id: &JobId) -> Result<Meta> {
+        read_meta(&self.job_dir(state, id), id)
+    }
+
+    /// Reads a payload file of a job, up to the file-size limit.
+    pub fn read_file(&self, state: State, id: &JobId, name: &str) -> Result<Vec<u8>> {
+        let path = self.job_dir(state, id).join(name);
+        read_limited(
+            &path,
+            self.limits.max_file_bytes.max(self.limits.max_prompt_bytes),
+        )
+    }
+
+    // ----- daemon side ------------------------------------------------------------------
+
+    /// Lists the ids queued in `input/ready/`, oldest first, moving anything that cannot
+    /// be a job (bad name, symlink, FIFO, plain file) to `failed/` with a reason.
+    pub fn sweep_ready(&self) -> Result<Vec<JobId>> {
+        let dir = self.state_dir(State::Queued);
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&dir).at(&dir)? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name();
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            match name.to_str().map(JobId::parse) {
+                Some(Ok(id)) if is_dir => ids.push(id),
+                _ => {
+                    let why = if is_dir {
+                        "its name is not a valid job id"
+                    } else {
+                        "it is not a directory (symlink, FIFO or plain file)"
+                    };
+                    let shown = name.to_string_lossy().into_owned();
+                    if let Err(e) = self.quarantine(
+                        &dir.join(&name),
+                        &format!("input/ready/{shown} rejected: {why}"),
+                    ) {
+                        tracing::warn!("cannot move malformed input/ready/{shown} aside: {e}");
+                    }
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Moves a malformed entry into a fresh failed job, as `failed/<new id>/rejected`.
+    fn quarantine(&self, entry: &Path, reason: &str) -> Result<()> {
+        let id = JobId::generate();
+        let holder = self.job_dir(State::Running, &id);
+        fs::create_dir(&holder).at(&holder)?;
+        if let Err(e) = fs::rename(entry, holder.join("rejected")) {
+            let _ = fs::remove_dir(&holder);
+            if e.kind() == ErrorKind::NotFound {
+                return Ok(()); // someone else dealt with it
+            }
+            return Err(e).at(entry);
+        }
+        let meta = Meta {
+            submitted_at: now_timestamp(),
+            ..Meta::default()
+        };
+        write_meta(&holder, &meta)?;
+        self.finish(&id, meta, Err(reason), Outcome::default(), None)
+    }
+
+    /// Claims a queued job for this process: one rename from `input/ready/` to `processing/`.
+    pub fn claim(&self, id: &JobId) -> Result<Claim> {
+        let ready = self.job_dir(State::Queued, id);
+        let running = self.job_dir(State::Running, id);
+        match fs::rename(&ready, &running) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Claim::Gone),
+            Err(e) => return Err(e).at(&ready),
+        }
+        let _ = sync_dir(&self.state_dir(State::Running));
+        let claimed_at = Instant::now();
+        let (mut meta, prompt) = match self.load_claimed(&running, id) {
+            Ok(loaded) => loaded,
+            Err(reason) => {
+                let meta = read_meta(&running, id).unwrap_or_else(|_| Meta {
+                    submitted_at: now_timestamp(),
+                    ..Meta::default()
+                });
+                self.finish(id, meta, Err(&reason), Outcome::default(), Some(claimed_at))?;
+                return Ok(Claim::Rejected(reason));
+            }
+        };
+        meta.attempts += 1;
+        meta.started_at = Some(now_timestamp());
+        write_meta(&running, &meta)?;
+        Ok(Claim::Claimed(ClaimedJob {
+            id: id.clone(),
+            dir: running,
+            prompt,
+            meta,
+            claimed_at,
+        }))
+    }
+
+    /// Reads what a claimed job needs; an `Err` is the reason to reject it.
+    fn load_claimed(&self, dir: &Path, id: &JobId) -> std::result::Result<(Meta, String), String> {
+        let prompt_path = dir.join(PROMPT_FILE);
+        let md = fs::symlink_metadata(&prompt_path)
+            .map_err(|e| format!("no readable {PROMPT_FILE}: {e}"))?;
+        if !md.file_type().is_file() {
+            return Err(format!(
+                "{PROMPT_FILE} is not a regular file (symlink, FIFO or directory)"
+            ));
+        }
+        if md.len() > self.limits.max_prompt_bytes {
+            return Err(format!(
+                "{PROMPT_FILE} is {} bytes; the limit is {} bytes",
+                md.len(),
+                self.limits.max_prompt_bytes
+            ));
+        }
+        let meta = match read_meta(dir, id) {
+            Ok(meta) => meta,
+            // A job staged by hand with only a prompt is fine: it is a text job.
+            Err(QueueError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => Meta {
+                submitted_at: now_timestamp(),
+                ..Meta::default()
+            },
+            Err(e) => return Err(e.to_string()),
+        };
+        let bytes =
+            read_limited(&prompt_path, self.limits.max_prompt_bytes).map_err(|e| e.to_string())?;
+        let prompt =
+            String::from_utf8(bytes).map_err(|_| format!("{PROMPT_FILE} is not valid UTF-8"))?;
+        if prompt.is_empty() && meta.mode != Mode::Embed && meta.mode != Mode::Agent {
+            return Err("empty prompt".into());
+        }
+        Ok((meta, prompt))
+    }
+
+    /// Moves a claimed job to `output/` with its artifacts and completion metadata.
+    pub fn complete(&self, job: &ClaimedJob, outcome: Outcome) -> Result<()> {
+        self.finish(
+            &job.id,
+            job.meta.clone(),
+            Ok(()),
+            outcome,
+            Some(job.claimed_at),
+        )
+    }
+
+    /// Moves a claimed job to `failed/` with `error.txt` (and any artifacts, e.g. the raw
+    /// response of a generation that failed validation).
+    pub fn fail(&self, job: &ClaimedJob, reason: &str, outcome: Outcome) -> Result<()> {
+        self.finish(
+            &job.id,
+            job.meta.clone(),
+            Err(reason),
+            outcome,
+            Some(job.claimed_at),
+        )
+    }
+
+    /// Marks a job in `processing/` as cancelled (it goes to `failed/`, status `cancelled`).
+    pub fn cancel_claimed(&self, job: &ClaimedJob, outcome: Outcome) -> Result<()> {
+        let mut meta = job.meta.clone();
+        meta.status = Some("cancelled".into());
+        self.finish(
+            &job.id,
+            meta,
+            Err("cancelled"),
+            outcome,
+            Some(job.claimed_at),
+        )
+    }
+
+    /// Cancels a queued job: claims it and moves it to `failed/` with status `cancelled`.
+    /// Returns `Ok(false)` if it was not queued (a daemon may own it now).
+    pub fn cancel_queued(&self, id: &JobId) -> Result<bool> {
+        let ready = self.job_dir(State::Queued, id);
+        let running = self.job_dir(State::Running, id);
+        match fs::rename(&ready, &running) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e).at(&ready),
+        }
+        let mut meta = read_meta(&running, id).unwrap_or_default();
+        meta.status = Some("cancelled".into());
+        self.finish(id, meta, Err("cancelled"), Outcome::default(), None)?;
+        Ok(true)
+    }
+
+    /// Cancels a queued job at once, or asks the daemon running it to stop it.
+    pub fn cancel(&self, id: &JobId) -> Result<CancelOutcome> {
+        for _ in 0..3 {
+            match self.state_of(id)? {
+                None => return Ok(CancelOutcome::NotFound),
+                Some(s) if s.is_terminal() => return Ok(CancelOutcome::AlreadyEnded(s)),
+                Some(State::Queued) | Some(State::Writing) => {
+                    if self.cancel_queued(id)? {
+                        return Ok(CancelOutcome::Cancelled);
+                    }
+                    // Claimed meanwhile (or still being written): look again.
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Some(State::Running) | Some(_) => {
+                    let dir = self.root.join(CANCEL_DIR);
+                    fs::create_dir_all(&dir).at(&dir)?;
+                    write_durable(&dir.join(id), b"")?;
+                    return Ok(CancelOutcome::Requested);
+                }
+            }
+        }
+        let dir = self.root.join(CANCEL_DIR);
+        fs::create_dir_all(&dir).at(&dir)?;
+        write_durable(&dir.join(id), b"")?;
+        Ok(CancelOutcome::Requested)
+    }
+
+    /// Pending cancel requests (ids in `.cancel/`).
+    pub fn cancel_requests(&self) -> Vec<JobId> {
+        fs::read_dir(self.root.join(CANCEL_DIR))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| JobId::parse(e.file_name().to_str()?).ok())
+            .collect()
+    }
+
+    /// Forgets a cancel request (done, or its job is no longer running).
+    pub fn clear_cancel_request(&self, id: &JobId) {
+        let _ = fs::remove_file(self.root.join(CANCEL_DIR).join(id));
+    }
+
+    fn finish(
+        &self,
+        id: &JobId,
+        mut meta: Meta,
+        result: std::result::Result<(), &str>,
+        outcome: Outcome,
+        claimed_at: Option<Instant>,
+    ) -> Result<()> {
+        let dir = self.job_dir(State::Running, id);
+        let mut artifacts = Vec::new();
+        for (name, bytes) in &outcome.artifacts {
+            write_durable(&dir.join(name), bytes)?;
+            artifacts.push(name.clone());
+        }
+        let target = match result {
+            Ok(()) => {
+                meta.status = Some("done".into());
+                State::Done
+            }
+            Err(reason) => {
+                write_durable(&dir.join(ERROR_FILE), reason.as_bytes())?;
+                artifacts.push(ERROR_FILE.into());
+                if meta.status.as_deref() != Some("cancelled") {
+                    meta.status = Some("failed".into());
+                }
+                State::Failed
+            }
+        };
+        meta.completed_at = Some(now_timestamp());
+        meta.duration_s = claimed_at.map(|t| (t.elapsed().as_secs_f64() * 100.0).round() / 100.0);
+        meta.artifacts = artifacts;
+        if outcome.prompt_tokens.is_some() {
+            meta.prompt_tokens = outcome.prompt_tokens;
+        }
+        if outcome.generated_tokens.is_some() {
+            meta.generated_tokens = outcome.generated_tokens;
+        }
+        write_meta(&dir, &meta)?;
+        sync_dir(&dir)?;
+        let to = self.job_dir(target, id);
+        rename_durable(&dir, &to).at(&to)
+    }
+
+    /// Puts a job in `processing/` back into `input/ready/`. `uncount` undoes the attempt
+    /// its claim counted (for jobs interrupted by a graceful shutdown, not by a crash).
+    pub fn requeue(&self, id: &JobId, uncount: bool) -> Result<()> {
+        let dir = self.job_dir(State::Running, id);
+        if uncount && let Ok(mut meta) = read_meta(&dir, id) {
+            meta.attempts = meta.attempts.saturating_sub(1);
+            meta.started_at = None;
+            write_meta(&dir, &meta)?;
+        }
+        let ready = self.job_dir(State::Queued, id);
+        rename_durable(&dir, &ready).at(&ready)
+    }
+
+    /// Start-up recovery: jobs a crashed daemon left in `processing/` are requeued, or
+    /// failed with a reason once they have been started `max_attempts` times.
+    pub fn recover(&self, max_attempts: u32) -> Result<Recovery> {
+        let mut report = Recovery::default();
+        for id in self.list(State::Running)? {
+            let dir = self.job_dir(State::Running, &id);
+            let meta = read_meta(&dir, &id).unwrap_or_else(|_| Meta {
+                submitted_at: now_timestamp(),
+                ..Meta::default()
+            });
+            if meta.attempts >= max_attempts {
+                let reason = format!(
+                    "job was started {} times and never finished (the daemon crashed or was \
+                     killed each time); giving up at the ceiling of {max_attempts} \
+                     (NRVNA_MAX_ATTEMPTS)",
+                    meta.attempts
+                );
+                self.finish(&id, meta, Err(&reason), Outcome::default(), None)?;
+                report.failed.push(id);
+            } else {
+                self.requeue(&id, false)?;
+                report.requeued.push(id);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Removes staging directories left by a `wrk` that died mid-submission.
+    pub fn clean_stale_staging(&self, older_than: Duration) -> Result<usize> {
+        let dir = self.state_dir(State::Writing);
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir).at(&dir)?.filter_map(|e| e.ok()) {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > older_than);
+            if stale {
+                let path = entry.path();
+                let gone = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                if gone.is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Tags are 1-64 characters from `[A-Za-z0-9_-]`.
+pub fn validate_tag(tag: &str) -> Result<()> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 64
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(QueueError::InvalidTag(tag.escape_debug().to_string()))
+    }
+}
+
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+fn read_meta(dir: &Path, id: &JobId) -> Result<Meta> {
+    let path = dir.join(META_FILE);
+    let bytes = read_limited(&path, 1 << 20)?;
+    serde_json::from_slice(&bytes).map_err(|e| QueueError::BadMeta {
+        id: id.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(meta).map_err(|e| QueueError::BadMeta {
+        id: dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    bytes.push(b'\n');
+    write_durable(&dir.join(META_FILE), &bytes)
+}
+
+/// Reads a regular file (never a FIFO or device: opening those could block or stream
+/// forever), refusing files over `limit` bytes.
+fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let md = fs::metadata(path).at(path)?;
+    if !md.is_file() {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
+        .at(path);
+    }
+    if md.len() > limit {
+        return Err(std::io::Error::new(
+            ErrorKind::FileTooLarge,
+            format!("{} bytes; the limit is {limit}", md.len()),
+        ))
+        .at(path);
+    }
+    let mut buf = Vec::with_capacity(md.len() as usize);
+    File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_end(&mut buf))
+        .at(path)?;
+    Ok(buf)
+}

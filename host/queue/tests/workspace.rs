@@ -1,0 +1,216 @@
+//! The queue on its own: transitions, recovery, cancellation, concurrent claims.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use nrvna_queue::{CancelOutcome, Claim, JobId, Mode, Outcome, State, Submission, Workspace};
+
+fn ws() -> (tempfile::TempDir, Workspace) {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Workspace::create(dir.path().join("ws")).unwrap();
+    (dir, ws)
+}
+
+fn text(prompt: &str) -> Submission {
+    Submission {
+        prompt: prompt.into(),
+        ..Submission::default()
+    }
+}
+
+fn claim(ws: &Workspace, id: &JobId) -> nrvna_queue::ClaimedJob {
+    match ws.claim(id).unwrap() {
+        Claim::Claimed(job) => job,
+        other => panic!("claim {id}: {other:?}"),
+    }
+}
+
+#[test]
+fn a_job_walks_through_every_state() {
+    let (_d, ws) = ws();
+    let id = ws.submit(text("hello")).unwrap();
+    assert_eq!(ws.state_of(&id).unwrap(), Some(State::Queued));
+    assert!(ws.list(State::Writing).unwrap().is_empty());
+    let job = claim(&ws, &id);
+    assert_eq!(job.prompt, "hello");
+    assert_eq!(job.meta.attempts, 1);
+    assert_eq!(ws.state_of(&id).unwrap(), Some(State::Running));
+    // A second claim loses.
+    assert!(matches!(ws.claim(&id).unwrap(), Claim::Gone));
+    ws.complete(
+        &job,
+        Outcome {
+            artifacts: vec![("result.txt".into(), b"hi there".to_vec())],
+            prompt_tokens: Some(3),
+            generated_tokens: Some(2),
+        },
+    )
+    .unwrap();
+    assert_eq!(ws.state_of(&id).unwrap(), Some(State::Done));
+    let meta = ws.read_meta(State::Done, &id).unwrap();
+    assert_eq!(meta.status.as_deref(), Some("done"));
+    assert_eq!(meta.artifacts, vec!["result.txt"]);
+    assert_eq!(meta.generated_tokens, Some(2));
+    assert!(meta.completed_at.is_some() && meta.duration_s.is_some());
+    assert_eq!(
+        ws.read_file(State::Done, &id, "result.txt").unwrap(),
+        b"hi there"
+    );
+    // No temporary files are left behind.
+    let names: Vec<_> = std::fs::read_dir(ws.job_dir(State::Done, &id))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+}
+
+#[test]
+fn failures_keep_the_reason_and_the_partial_output() {
+    let (_d, ws) = ws();
+    let id = ws.submit(text("x")).unwrap();
+    let job = claim(&ws, &id);
+    ws.fail(
+        &job,
+        "boom",
+        Outcome {
+            artifacts: vec![("response.txt".into(), b"half".to_vec())],
+            ..Outcome::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        ws.read_file(State::Failed, &id, "error.txt").unwrap(),
+        b"boom"
+    );
+    assert_eq!(
+        ws.read_file(State::Failed, &id, "response.txt").unwrap(),
+        b"half"
+    );
+    let meta = ws.read_meta(State::Failed, &id).unwrap();
+    assert_eq!(meta.status.as_deref(), Some("failed"));
+    assert_eq!(meta.artifacts, vec!["response.txt", "error.txt"]);
+}
+
+#[test]
+fn recovery_requeues_then_fails_at_the_ceiling() {
+    let (_d, ws) = ws();
+    let id = ws.submit(text("crashy")).unwrap();
+    for round in 1..=3u32 {
+        let job = claim(&ws, &id);
+        assert_eq!(job.meta.attempts, round);
+        // The daemon "crashes": the job stays in processing/.
+        let report = ws.recover(3).unwrap();
+        if round < 3 {
+            assert_eq!(report.requeued, vec![id.clone()]);
+        } else {
+            assert_eq!(report.failed, vec![id.clone()]);
+        }
+    }
+    let error = ws.read_file(State::Failed, &id, "error.txt").unwrap();
+    assert!(
+        String::from_utf8(error)
+            .unwrap()
+            .contains("started 3 times")
+    );
+}
+
+#[test]
+fn graceful_requeue_does_not_count_the_attempt() {
+    let (_d, ws) = ws();
+    let id = ws.submit(text("x")).unwrap();
+    let _job = claim(&ws, &id);
+    ws.requeue(&id, true).unwrap();
+    assert_eq!(ws.read_meta(State::Queued, &id).unwrap().attempts, 0);
+}
+
+#[test]
+fn cancel_queued_running_and_finished_jobs() {
+    let (_d, ws) = ws();
+    let queued = ws.submit(text("a")).unwrap();
+    assert_eq!(ws.cancel(&queued).unwrap(), CancelOutcome::Cancelled);
+    let meta = ws.read_meta(State::Failed, &queued).unwrap();
+    assert_eq!(meta.status.as_deref(), Some("cancelled"));
+    assert_eq!(
+        ws.cancel(&queued).unwrap(),
+        CancelOutcome::AlreadyEnded(State::Failed)
+    );
+    let running = ws.submit(text("b")).unwrap();
+    let _job = claim(&ws, &running);
+    assert_eq!(ws.cancel(&running).unwrap(), CancelOutcome::Requested);
+    assert_eq!(ws.cancel_requests(), vec![running.clone()]);
+    ws.clear_cancel_request(&running);
+    assert!(ws.cancel_requests().is_empty());
+    let unknown = JobId::parse("1_2_3").unwrap();
+    assert_eq!(ws.cancel(&unknown).unwrap(), CancelOutcome::NotFound);
+}
+
+#[test]
+fn concurrent_claimers_run_each_job_exactly_once() {
+    let (_d, ws) = ws();
+    let ids: Vec<JobId> = (0..200)
+        .map(|i| ws.submit(text(&format!("{i}"))).unwrap())
+        .collect();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let ws = ws.clone();
+            let ids = ids.clone();
+            let seen = seen.clone();
+            s.spawn(move || {
+                for id in &ids {
+                    if let Claim::Claimed(job) = ws.claim(id).unwrap() {
+                        seen.lock().unwrap().push(id.clone());
+                        ws.complete(&job, Outcome::default()).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), ids.len());
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), ids.len());
+    assert_eq!(ws.counts().unwrap().done, 200);
+}
+
+#[test]
+fn submissions_are_validated_and_leave_nothing_behind() {
+    let (_d, ws) = ws();
+    let bad = [
+        text(""),
+        Submission {
+            tags: vec!["no spaces".into()],
+            ..text("x")
+        },
+        Submission {
+            images: vec!["/nonexistent.png".into()],
+            ..text("x")
+        },
+        Submission {
+            prompt: "a".repeat((4 << 20) + 1),
+            ..Submission::default()
+        },
+        Submission {
+            files: vec![("../escape".into(), vec![])],
+            ..text("x")
+        },
+    ];
+    for sub in bad {
+        assert!(ws.submit(sub).is_err());
+    }
+    assert_eq!(ws.counts().unwrap(), nrvna_queue::Counts::default());
+    // An embed job may have an empty prompt only with images; mode is recorded.
+    let id = ws
+        .submit(Submission {
+            mode: Mode::Embed,
+            ..text("embed me")
+        })
+        .unwrap();
+    assert_eq!(ws.read_meta(State::Queued, &id).unwrap().mode, Mode::Embed);
+}
+
+#[test]
+fn hostile_ids_never_reach_the_file_system() {
+    for bad in ["../x", "/etc/passwd", "a\0b", "1/2", ""] {
+        assert!(JobId::parse(bad).is_err(), "{bad:?}");
+    }
+}

@@ -1,0 +1,198 @@
+//! `wrk` and `flw` on their own: argument handling, bad input, exit codes. No daemon.
+
+use nrvna_tests::{TestWs, code, stderr, stdout};
+
+fn assert_nothing_left(ws: &TestWs) {
+    for dir in [
+        "input/writing",
+        "input/ready",
+        "processing",
+        "output",
+        "failed",
+    ] {
+        assert!(
+            ws.entries(dir).is_empty(),
+            "{dir} not empty: {:?}",
+            ws.entries(dir)
+        );
+    }
+}
+
+#[test]
+fn wrk_prints_only_a_valid_id_and_stages_the_job() {
+    let ws = TestWs::new();
+    let out = ws.wrk(&[
+        "hello",
+        "world",
+        "--tag",
+        "t1",
+        "--max-tokens",
+        "5",
+        "--temp",
+        "0",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = stdout(&out);
+    assert!(id.ends_with('\n'));
+    let id = id.trim();
+    assert!(id.bytes().all(|b| b.is_ascii_digit() || b == b'_'), "{id}");
+    assert_eq!(ws.entries("input/ready"), vec![id.to_owned()]);
+    assert_eq!(ws.job_file("input/ready", id, "prompt.txt"), "hello world");
+    let meta = ws.meta("input/ready", id);
+    assert_eq!(meta["tags"], serde_json::json!(["t1"]));
+    assert_eq!(meta["max_tokens"], 5);
+    assert_eq!(meta["temperature"], 0.0);
+    assert_eq!(meta["mode"], "text");
+    assert!(meta["submitted_at"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn wrk_reads_stdin_and_strips_one_newline() {
+    let ws = TestWs::new();
+    let out = ws.wrk_stdin(&[], b"line one\nline two\n\n");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = stdout(&out).trim().to_owned();
+    assert_eq!(
+        ws.job_file("input/ready", &id, "prompt.txt"),
+        "line one\nline two\n"
+    );
+    // `-` reads stdin even with options after it.
+    let out = ws.wrk_stdin(&["-", "--tag", "x"], b"from dash\n");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = stdout(&out).trim().to_owned();
+    assert_eq!(ws.job_file("input/ready", &id, "prompt.txt"), "from dash");
+}
+
+#[test]
+fn wrk_rejects_bad_input_and_leaves_nothing_behind() {
+    let ws = TestWs::new();
+    let image = ws.scratch().join("missing.png");
+    let notimage = ws.scratch().join("notes.txt");
+    std::fs::write(&notimage, "x").unwrap();
+    let big = vec![b'a'; 4 * 1024 * 1024 + 1];
+    let cases: Vec<(Vec<String>, Option<&[u8]>, &str)> = vec![
+        (vec![], Some(b"".as_slice()), "empty prompt"),
+        (vec!["-".into()], Some(big.as_slice()), "limit"),
+        (
+            vec!["hi".into(), "--image".into(), image.display().to_string()],
+            None,
+            "missing.png",
+        ),
+        (
+            vec![
+                "hi".into(),
+                "--image".into(),
+                notimage.display().to_string(),
+            ],
+            None,
+            "extension",
+        ),
+        (
+            vec!["hi".into(), "--tag".into(), "bad tag!".into()],
+            None,
+            "invalid tag",
+        ),
+        (
+            vec!["hi".into(), "--tag".into(), "x".repeat(65)],
+            None,
+            "invalid tag",
+        ),
+        (
+            vec!["hi".into(), "--parent".into(), "../etc".into()],
+            None,
+            "invalid job id",
+        ),
+        (
+            vec!["hi".into(), "--temp".into(), "9".into()],
+            None,
+            "temperature",
+        ),
+        (
+            vec!["hi".into(), "--max-tokens".into(), "0".into()],
+            None,
+            "max-tokens",
+        ),
+        (
+            vec![
+                "hi".into(),
+                "--json-schema".into(),
+                notimage.display().to_string(),
+            ],
+            None,
+            "not valid JSON",
+        ),
+        (vec!["hi".into(), "--bogus".into()], None, "--bogus"),
+    ];
+    for (args, input, expect) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = match input {
+            Some(bytes) => ws.wrk_stdin(&args, bytes),
+            None => ws.wrk(&args),
+        };
+        assert_eq!(code(&out), 1, "wrk {args:?} should fail: {}", stderr(&out));
+        assert!(
+            stdout(&out).is_empty(),
+            "wrk {args:?} printed {:?}",
+            stdout(&out)
+        );
+        assert!(
+            stderr(&out).contains(expect),
+            "wrk {args:?}: expected {expect:?} in {:?}",
+            stderr(&out)
+        );
+        assert_nothing_left(&ws);
+    }
+}
+
+#[test]
+fn flw_exit_codes_without_a_daemon() {
+    let ws = TestWs::new();
+    let id = ws.submit(&["queued forever"]);
+    // Queued, --no-wait: 2.
+    let out = ws.flw(&[&id, "--no-wait"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("queued"));
+    // Waiting with a timeout: 2 after roughly the timeout.
+    let t = std::time::Instant::now();
+    let out = ws.flw(&[&id, "--timeout", "0.3"]);
+    assert_eq!(code(&out), 2);
+    assert!(t.elapsed().as_secs_f64() >= 0.3);
+    // Valid but unknown id: 3. Hostile ids: 4, and nothing outside is touched.
+    assert_eq!(code(&ws.flw(&["12345_1_000000"])), 3);
+    for bad in ["../../etc/passwd", "/etc/passwd", "1/../2", "abc"] {
+        let out = ws.flw(&[bad]);
+        assert_eq!(code(&out), 4, "{bad}: {}", stderr(&out));
+        assert!(stderr(&out).contains("invalid job id"), "{}", stderr(&out));
+    }
+    // Usage error: 64. Not a workspace: 4.
+    assert_eq!(code(&ws.flw(&["--no-such-flag"])), 64);
+    let out = nrvna_tests::run(
+        std::process::Command::new(nrvna_tests::bin("flw")).arg(ws.scratch().join("nope")),
+    );
+    assert_eq!(code(&out), 4);
+    // Status view and JSON counts.
+    let out = ws.flw(&["--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["queued"], 1);
+    assert_eq!(v["daemon"], "not running");
+    let out = ws.flw(&[]);
+    assert!(stdout(&out).contains("queued 1"), "{}", stdout(&out));
+}
+
+#[test]
+fn help_teaches_exit_codes_and_env() {
+    let out = nrvna_tests::run(std::process::Command::new(nrvna_tests::bin("flw")).arg("--help"));
+    let text = stdout(&out);
+    for needle in ["Exit codes", "not ready", "--no-wait", "--tag", "Examples"] {
+        assert!(text.contains(needle), "flw --help lacks {needle:?}");
+    }
+    let out =
+        nrvna_tests::run(std::process::Command::new(nrvna_tests::bin("nrvnad")).arg("--help"));
+    let text = stdout(&out);
+    for needle in ["NRVNA_CTX", "NRVNA_MAX_ATTEMPTS", "--drain", "status"] {
+        assert!(text.contains(needle), "nrvnad --help lacks {needle:?}");
+    }
+    let out =
+        nrvna_tests::run(std::process::Command::new(nrvna_tests::bin("nrvna")).arg("version"));
+    assert!(stdout(&out).starts_with("nrvna "));
+}

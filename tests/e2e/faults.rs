@@ -1,0 +1,255 @@
+//! Crashes and bad input the daemon must survive.
+
+use std::os::unix::fs::symlink;
+use std::process::Command;
+use std::time::Duration;
+
+use nrvna_tests::{Daemon, TestWs, bin, code, model, run, stderr, stdout, wait_for};
+use rustix::process::Signal;
+
+const LONG: [&str; 4] = [
+    "Write a very long story about a lighthouse keeper.",
+    "--max-tokens",
+    "900",
+    "--temp=0.9",
+];
+
+#[test]
+fn sigkill_mid_job_then_restart_completes_exactly_once() {
+    let ws = TestWs::new();
+    let mut d = ws.daemon(1);
+    let id = ws.submit(&LONG);
+    assert!(wait_for(Duration::from_secs(60), || ws
+        .entries("processing")
+        .contains(&id)));
+    d.signal(Signal::KILL);
+    d.wait_exit(Duration::from_secs(10));
+    assert_eq!(ws.entries("processing"), vec![id.clone()]);
+    // The stale lock does not block the next daemon; it requeues and finishes the job.
+    let d2 = ws.daemon(1);
+    let (rc, out, err) = ws.follow(&id);
+    assert_eq!(rc, 0, "{err}\n{}", d2.log_text());
+    assert!(!out.is_empty());
+    assert_eq!(ws.meta("output", &id)["attempts"], 2);
+    assert!(ws.entries("failed").is_empty());
+    assert!(d2.log_text().contains(&format!("recovered job {id}")));
+}
+
+#[test]
+fn a_job_that_keeps_crashing_the_daemon_fails_at_the_ceiling() {
+    let ws = TestWs::new();
+    let env = [("NRVNA_MAX_ATTEMPTS", "2")];
+    let id = ws.submit(&LONG);
+    for _ in 0..2 {
+        let mut d = Daemon::start(&ws.path, &model(), 1, &[], &env);
+        assert!(wait_for(Duration::from_secs(60), || ws
+            .entries("processing")
+            .contains(&id)));
+        d.signal(Signal::KILL);
+        d.wait_exit(Duration::from_secs(10));
+    }
+    let _d = Daemon::start(&ws.path, &model(), 1, &[], &env);
+    let (rc, _, err) = ws.follow(&id);
+    assert_eq!(rc, 1);
+    assert!(
+        err.contains("started 2 times") && err.contains("NRVNA_MAX_ATTEMPTS"),
+        "{err}"
+    );
+    assert_eq!(ws.meta("failed", &id)["status"], "failed");
+}
+
+#[test]
+fn bad_model_files_are_refused_before_anything_else() {
+    let ws = TestWs::new();
+    let junk = ws.scratch().join("junk.gguf");
+    std::fs::write(&junk, b"definitely not a model").unwrap();
+    for (model_arg, expect) in [
+        (junk.display().to_string(), "not a GGUF model"),
+        (
+            ws.scratch().join("absent.gguf").display().to_string(),
+            "not found",
+        ),
+    ] {
+        let out = run(Command::new(bin("nrvnad")).arg(&model_arg).arg(&ws.path));
+        assert_eq!(code(&out), 1);
+        assert!(
+            stderr(&out).contains(expect),
+            "{model_arg}: {}",
+            stderr(&out)
+        );
+        assert!(!ws.path.exists(), "workspace created despite a bad model");
+    }
+    // Strict env parsing names the variable and the range.
+    let out = run(Command::new(bin("nrvnad"))
+        .arg(model())
+        .arg(&ws.path)
+        .env("NRVNA_CTX", "12oops"));
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("NRVNA_CTX") && stderr(&out).contains("64 to"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(Command::new(bin("nrvnad"))
+        .arg(model())
+        .arg(&ws.path)
+        .arg("99"));
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("between 1 and 64"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn prompt_longer_than_the_context_fails_alone_with_the_numbers() {
+    let ws = TestWs::new();
+    let _d = Daemon::start(&ws.path, &model(), 2, &[], &[("NRVNA_CTX", "128")]);
+    let long = "word ".repeat(400);
+    let bad = ws.submit(&[&long]);
+    let good = ws.submit(&["Say hi.", "--max-tokens", "4"]);
+    let (rc, _, err) = ws.follow(&bad);
+    assert_eq!(rc, 1);
+    assert!(err.contains("tokens") && err.contains("holds 128"), "{err}");
+    assert_eq!(ws.follow(&good).0, 0);
+}
+
+#[test]
+fn malformed_ready_entries_go_to_failed_with_a_reason() {
+    let ws = TestWs::new();
+    let keep = ws.submit(&["Say hi.", "--max-tokens", "4"]);
+    let ready = ws.path.join("input/ready");
+    // A job directory without a prompt, one with an oversize prompt, a symlink, a FIFO,
+    // a plain file and a badly named directory.
+    std::fs::create_dir(ready.join("100_1_000001")).unwrap();
+    std::fs::create_dir(ready.join("100_1_000002")).unwrap();
+    std::fs::write(ready.join("100_1_000002/prompt.txt"), vec![b'a'; 5 << 20]).unwrap();
+    symlink("/etc", ready.join("100_1_000003")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        ready.join("100_1_000004"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    std::fs::write(ready.join("100_1_000005"), "x").unwrap();
+    std::fs::create_dir(ready.join("not-an-id")).unwrap();
+    let _d = ws.daemon(1);
+    assert_eq!(ws.follow(&keep).0, 0);
+    assert!(
+        wait_for(Duration::from_secs(30), || ws
+            .entries("input/ready")
+            .is_empty()),
+        "left in ready: {:?}",
+        ws.entries("input/ready")
+    );
+    let failed = ws.entries("failed");
+    assert_eq!(failed.len(), 6, "{failed:?}");
+    let reasons: Vec<String> = failed
+        .iter()
+        .map(|id| ws.job_file("failed", id, "error.txt"))
+        .collect();
+    let all = reasons.join("\n");
+    for needle in [
+        "prompt.txt",
+        "limit",
+        "not a directory",
+        "not a valid job id",
+    ] {
+        assert!(all.contains(needle), "no {needle:?} in:\n{all}");
+    }
+    // /etc was not touched through the symlink.
+    assert!(std::path::Path::new("/etc/passwd").exists());
+    // Counts only ever show real jobs.
+    let v: serde_json::Value = serde_json::from_str(&stdout(&ws.flw(&["--json"]))).unwrap();
+    assert_eq!(v["queued"], 0);
+}
+
+#[test]
+fn job_directory_deleted_mid_flight_does_not_stop_the_daemon() {
+    let ws = TestWs::new();
+    let mut d = ws.daemon(1);
+    let doomed = ws.submit(&LONG);
+    assert!(wait_for(Duration::from_secs(60), || ws
+        .entries("processing")
+        .contains(&doomed)));
+    std::fs::remove_dir_all(ws.path.join("processing").join(&doomed)).unwrap();
+    let next = ws.submit(&["Say hi.", "--max-tokens", "4"]);
+    let (rc, _, err) = ws.follow(&next);
+    assert_eq!(rc, 0, "{err}\n{}", d.log_text());
+    assert!(d.is_running());
+    assert!(
+        d.log_text().contains(&format!("{doomed}  lost")),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(code(&ws.flw(&[&doomed, "--no-wait"])), 3);
+}
+
+/// A small tmpfs holds the workspace; unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let out = run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path));
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs to fill it (needs root): {}",
+            stderr(&out)
+        );
+        Tmpfs(path.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = run(Command::new("umount").arg("-l").arg(&self.0));
+    }
+}
+
+#[test]
+fn full_disk_while_writing_a_result() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mnt = scratch.path().join("small");
+    let _fs = Tmpfs::mount(&mnt, "1m");
+    let ws = TestWs::at(mnt.join("ws"));
+    let mut d = ws.daemon(1);
+    let id = ws.submit(&LONG);
+    assert!(wait_for(Duration::from_secs(60), || ws
+        .entries("processing")
+        .contains(&id)));
+    // Fill the disk while the job generates.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // The job cannot be written: it ends up requeued (and retried) or failed with a
+    // reason, never stuck, and the daemon keeps running.
+    assert!(
+        wait_for(Duration::from_secs(120), || !ws
+            .entries("processing")
+            .contains(&id)
+            || d.log_text().contains("requeued")),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.is_running(), "{}", d.log_text());
+    std::fs::remove_file(&filler).unwrap();
+    let (rc, _, err) = ws.follow(&id);
+    assert!(
+        rc == 0 || (rc == 1 && err.contains("No space")),
+        "rc {rc}: {err}\n{}",
+        d.log_text()
+    );
+    // After the disk has room again, new work completes.
+    let next = ws.submit(&["Say hi.", "--max-tokens", "4"]);
+    assert_eq!(ws.follow(&next).0, 0, "{}", d.log_text());
+}

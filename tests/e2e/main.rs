@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `nrvnad`, `wrk` and `flw` against the real model.
+//!
+//! One test binary (as ripgrep does) with a module per concern.
+
+mod cli;
+mod daemon;
+mod faults;
