@@ -304,3 +304,10 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// A guest component built by `tests/build.rs` (fixtures and pattern components alike).
+pub fn guest(name: &str) -> PathBuf {
+    let path = Path::new(env!("NRVNA_GUESTS_DIR")).join(format!("{name}.wasm"));
+    assert!(path.is_file(), "guest {} was not built", path.display());
+    path
+}

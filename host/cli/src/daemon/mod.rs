@@ -281,6 +281,7 @@ fn job_line(id: &JobId, what: &str, secs: Option<f64>, detail: &str) {
 
 /// Counts SIGINT/SIGTERM deliveries; SIGXFSZ is ignored so a file-size limit surfaces as
 /// a write error (a failed job) instead of killing the daemon.
+#[derive(Clone)]
 pub struct SignalCounter {
     count: Arc<AtomicUsize>,
 }
@@ -303,6 +304,19 @@ impl SignalCounter {
         unsafe { signal_hook::low_level::register(SIGXFSZ, || {}) }
             .context("cannot install SIGXFSZ handler")?;
         Ok(SignalCounter { count })
+    }
+
+    /// A counter no signal reaches: for an in-process daemon (`nrvna exec --model`) that
+    /// its owner stops with [`SignalCounter::request_stop`].
+    pub fn manual() -> SignalCounter {
+        SignalCounter {
+            count: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Acts like one SIGTERM.
+    pub fn request_stop(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn count(&self) -> usize {
