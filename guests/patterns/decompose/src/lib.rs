@@ -10,9 +10,10 @@
 //! Arguments: the goal (words joined by spaces) and the options in [`USAGE`].
 //! Depth: the goal is at depth 0; a goal at `--max-depth` (default 2) is solved
 //! directly by one job instead of being split, so `--max-depth 0` is a single job.
-//! Each level is one `agents.call` deeper, so the host's call-depth limit (16 by
-//! default) must be above `--max-depth`; if it is not, the run fails with
-//! `decompose: call depth limit reached ...`, naming the depth and the host's message.
+//! Each level is one `agents.call` deeper, so the host's call-depth limit
+//! (`nrvna exec --max-depth`, 16 by default) must be at least `--max-depth`; if it is
+//! not, the run fails with `decompose: call depth limit reached ...`, naming the depth
+//! and the host's message.
 //! Solver: `--solver NAME` sends each subgoal, as its only argument, to another agent
 //! granted with `nrvna exec --agent NAME=PATH` (which then does not split further).
 //! Defaults: depth 2, 3 subgoals per goal, the subgoal calls made one after another.
@@ -162,8 +163,9 @@ fn decompose(c: &Config) -> Result<String, String> {
             // A deeper decompose already said what went wrong, and where.
             Error::Failed(t) if t.starts_with(PREFIX) => t,
             Error::Quota(why) => format!(
-                "{PREFIX}call depth limit reached: cannot call {} at depth {} for subgoal {} \
-                 ({why}); lower --max-depth (now {}) or raise the host's call-depth limit",
+                "{PREFIX}call depth limit reached: cannot call {} at depth {} for subgoal {:?} \
+                 ({why}); lower decompose's --max-depth (now {}) or raise the host's limit \
+                 (nrvna exec --max-depth)",
                 c.solver,
                 c.depth + 1,
                 short(sub),
