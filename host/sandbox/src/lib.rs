@@ -1,1 +1,51 @@
-//! placeholder during bootstrap
+//! nrvna's WebAssembly agent runtime: the wasmtime host for `nrvna:agent` components
+//! (`wit/agent.wit`).
+//!
+//! A component exports `run(args) -> result<string, string>` and imports `jobs`
+//! (submit prompts to a workspace and follow them), `log`, `kv` and `agents`. It runs
+//! in a sandbox that grants nothing by default: no files, network or environment
+//! unless granted ([`Grants`]), and limits ([`Limits`]) on memory, CPU and wall-clock
+//! time, jobs, prompt size, call depth and bytes per host call.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), nrvna_sandbox::SandboxError> {
+//! use nrvna_sandbox::{RunContext, Runtime, RuntimeConfig};
+//! let runtime = Runtime::new(RuntimeConfig::default())?;
+//! let agent = runtime.load(std::path::Path::new("loop.wasm"))?;
+//! let ctx = RunContext::new("./ws", agent.name());
+//! let outcome = runtime.run(&agent, vec!["topic".into()], ctx).await?;
+//! println!("{:?}", outcome.output);
+//! # Ok(()) }
+//! ```
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "agent",
+        imports: { default: async | trappable },
+        exports: { default: async },
+    });
+}
+
+mod cache;
+mod error;
+mod grants;
+mod host;
+mod jobs;
+mod kv;
+mod log;
+mod runtime;
+mod watch;
+
+pub use error::{GrantError, LimitHit, LimitKind, SandboxError};
+pub use grants::{
+    AgentGrant, DirGrant, EnvVar, Grants, Limits, RouteGrant, check_name, parse_bytes,
+    parse_duration,
+};
+pub use jobs::MAX_WAIT_IDS;
+pub use kv::{AGENTS_DIR, MAX_KEY_LEN, MAX_KEYS, MAX_VALUE_BYTES};
+pub use log::{LogFn, LogLevel, LogRecord, LogSink, LogSource};
+pub use runtime::{
+    Agent, LoadSource, MAX_COMPONENT_BYTES, RunContext, RunOutcome, RunStats, Runtime,
+    RuntimeConfig, SchemaToGrammar,
+};

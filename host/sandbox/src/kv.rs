@@ -1,0 +1,262 @@
+//! Per-agent storage: one file per key under `<ws>/.agents/<agent>/kv/`.
+//!
+//! A key maps to the file `k_<key with / as ~>` (`~` is not a key character, so the
+//! mapping is one-to-one and never nests directories). All access goes through a
+//! cap-std directory handle, so a symlink planted in the workspace cannot lead a write
+//! outside it. Writes are durable: temp file, fsync, rename, fsync of the directory.
+
+use std::io::{ErrorKind, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions};
+
+use crate::bindings::nrvna::agent::types::JobError;
+
+pub const MAX_KEY_LEN: usize = 128;
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+pub const MAX_KEYS: usize = 10_000;
+/// Where agent state lives, relative to the workspace root.
+pub const AGENTS_DIR: &str = ".agents";
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug, Clone)]
+pub(crate) struct Kv {
+    ws_root: PathBuf,
+    agent: String,
+}
+
+impl Kv {
+    /// `agent` must already satisfy [`crate::grants::check_name`].
+    pub(crate) fn new(ws_root: PathBuf, agent: String) -> Kv {
+        Kv { ws_root, agent }
+    }
+
+    fn rel(&self) -> String {
+        format!("{AGENTS_DIR}/{}/kv", self.agent)
+    }
+
+    /// The agent's kv directory; `None` if it does not exist and `create` is false.
+    fn dir(&self, create: bool) -> Result<Option<Dir>, JobError> {
+        let root = Dir::open_ambient_dir(&self.ws_root, ambient_authority()).map_err(io)?;
+        let rel = self.rel();
+        if create {
+            root.create_dir_all(&rel).map_err(io)?;
+        }
+        match root.open_dir(&rel) {
+            Ok(dir) => Ok(Some(dir)),
+            Err(e) if e.kind() == ErrorKind::NotFound && !create => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Result<Option<Vec<u8>>, JobError> {
+        let name = file_name(key)?;
+        let Some(dir) = self.dir(false)? else {
+            return Ok(None);
+        };
+        let file = match dir.open(&name) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let md = file.metadata().map_err(io)?;
+        if !md.is_file() || md.len() > MAX_VALUE_BYTES as u64 {
+            return Err(JobError::Failed(format!(
+                "kv: the stored value of {key:?} is not a regular file of at most {MAX_VALUE_BYTES} bytes"
+            )));
+        }
+        let mut bytes = Vec::with_capacity(md.len() as usize);
+        file.take(MAX_VALUE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        Ok(Some(bytes))
+    }
+
+    pub(crate) fn set(&self, key: &str, value: &[u8]) -> Result<(), JobError> {
+        let name = file_name(key)?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(JobError::Invalid(format!(
+                "kv value for {key:?} is {} bytes; the limit is {MAX_VALUE_BYTES} bytes",
+                value.len()
+            )));
+        }
+        let Some(dir) = self.dir(true)? else {
+            return Err(JobError::Failed("kv: storage directory vanished".into()));
+        };
+        let exists = match dir.symlink_metadata(&name) {
+            Ok(_) => true,
+            Err(e) if e.kind() == ErrorKind::NotFound => false,
+            Err(e) => return Err(io(e)),
+        };
+        if !exists {
+            let count = key_names(&dir)?.len();
+            if count >= MAX_KEYS {
+                return Err(JobError::Quota(format!(
+                    "kv keys: agent {:?} already has {count} keys; the limit is {MAX_KEYS}",
+                    self.agent
+                )));
+            }
+        }
+        let tmp = format!(
+            "t_{}_{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let written = (|| {
+            let mut f = dir.open_with(&tmp, OpenOptions::new().write(true).create_new(true))?;
+            f.write_all(value)?;
+            f.sync_all()?;
+            dir.rename(&tmp, &dir, &name)?;
+            sync_dir(&dir)
+        })();
+        if let Err(e) = written {
+            let _ = dir.remove_file(&tmp);
+            return Err(io(e));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn delete(&self, key: &str) -> Result<(), JobError> {
+        let name = file_name(key)?;
+        let Some(dir) = self.dir(false)? else {
+            return Err(JobError::NotFound(format!("kv key {key:?}")));
+        };
+        match dir.remove_file(&name) {
+            Ok(()) => sync_dir(&dir).map_err(io),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Err(JobError::NotFound(format!("kv key {key:?}")))
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    pub(crate) fn list(&self, prefix: &str) -> Result<Vec<String>, JobError> {
+        if prefix.len() > MAX_KEY_LEN {
+            return Ok(Vec::new());
+        }
+        let Some(dir) = self.dir(false)? else {
+            return Ok(Vec::new());
+        };
+        let mut keys: Vec<String> = key_names(&dir)?
+            .into_iter()
+            .filter_map(|name| decode(&name))
+            .filter(|key| key.starts_with(prefix))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+/// Checks a key against the WIT rules and returns its file name.
+pub(crate) fn file_name(key: &str) -> Result<String, JobError> {
+    let ok = !key.is_empty()
+        && key.len() <= MAX_KEY_LEN
+        && !key.contains("..")
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'));
+    if !ok {
+        return Err(JobError::Invalid(format!(
+            "kv key {:?}: keys are 1-{MAX_KEY_LEN} characters from A-Z a-z 0-9 _ - . / without `..`",
+            key.escape_debug().to_string()
+        )));
+    }
+    Ok(format!("k_{}", key.replace('/', "~")))
+}
+
+fn decode(name: &str) -> Option<String> {
+    let key = name.strip_prefix("k_")?.replace('~', "/");
+    file_name(&key).ok().map(|_| key)
+}
+
+fn key_names(dir: &Dir) -> Result<Vec<String>, JobError> {
+    let mut names = Vec::new();
+    for entry in dir.entries().map_err(io)? {
+        let entry = entry.map_err(io)?;
+        if let Some(name) = entry.file_name().to_str()
+            && name.starts_with("k_")
+        {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// fsyncs the directory so a rename or removal in it survives power loss. (cap-std
+/// directory handles are `O_PATH`, which cannot be synced; `.` opened through the
+/// handle can.)
+fn sync_dir(dir: &Dir) -> std::io::Result<()> {
+    dir.open(".")?.sync_all()
+}
+
+fn io(e: std::io::Error) -> JobError {
+    if e.kind() == ErrorKind::StorageFull || e.kind() == ErrorKind::QuotaExceeded {
+        JobError::Quota(format!("kv storage: {e}"))
+    } else {
+        JobError::Failed(format!("kv storage: {e}"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn invalid(r: Result<impl std::fmt::Debug, JobError>) -> bool {
+        matches!(r, Err(JobError::Invalid(_)))
+    }
+
+    #[test]
+    fn round_trip_list_delete_and_hostile_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let kv = Kv::new(tmp.path().to_owned(), "agent".into());
+        assert_eq!(kv.get("a/b").unwrap(), None);
+        assert!(kv.list("").unwrap().is_empty());
+        kv.set("a/b", b"1").unwrap();
+        kv.set("a/c.txt", b"22").unwrap();
+        kv.set("z", b"").unwrap();
+        kv.set("a/b", b"3").unwrap();
+        assert_eq!(kv.get("a/b").unwrap(), Some(b"3".to_vec()));
+        assert_eq!(kv.list("a/").unwrap(), vec!["a/b", "a/c.txt"]);
+        assert!(tmp.path().join(".agents/agent/kv/k_a~b").is_file());
+        kv.delete("a/b").unwrap();
+        assert!(matches!(kv.delete("a/b"), Err(JobError::NotFound(_))));
+        assert_eq!(kv.list("").unwrap(), vec!["a/c.txt", "z"]);
+
+        for key in [
+            "",
+            "..",
+            "../x",
+            "a/../b",
+            "a\0",
+            "sp ace",
+            "é",
+            &"k".repeat(129),
+        ] {
+            assert!(invalid(kv.set(key, b"x")), "{key:?}");
+            assert!(invalid(kv.get(key)), "{key:?}");
+        }
+        assert!(invalid(kv.set("big", &vec![0; MAX_VALUE_BYTES + 1])));
+        kv.set("max", &vec![7; MAX_VALUE_BYTES]).unwrap();
+        assert_eq!(
+            kv.get("max").unwrap().map(|v| v.len()),
+            Some(MAX_VALUE_BYTES)
+        );
+    }
+
+    #[test]
+    fn a_symlinked_store_cannot_lead_outside_the_workspace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = tmp.path().join("ws");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(ws.join(".agents/evil")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, ws.join(".agents/evil/kv")).unwrap();
+        let kv = Kv::new(ws, "evil".into());
+        assert!(kv.set("k", b"x").is_err());
+        assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
+    }
+}

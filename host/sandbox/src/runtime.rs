@@ -1,0 +1,553 @@
+//! The runtime: one wasmtime engine and linker per process, components loaded once
+//! (and cached on disk compiled), and runs — each in fresh stores with the run's grants
+//! and limits.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nrvna_queue::{JobId, Workspace};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::bindings::{self, AgentPre};
+use crate::cache::{CompileCache, sha256_hex};
+use crate::error::{GrantError, LimitHit, LimitKind, SandboxError};
+use crate::grants::{Grants, check_name};
+use crate::host::{HostState, TreeLimiter};
+use crate::jobs::RunShared;
+use crate::kv::Kv;
+use crate::log::{LogPipe, LogSink, LogSource};
+use crate::watch::Watchers;
+
+/// Largest component file accepted.
+pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
+/// Distinct components kept loaded in memory.
+const MAX_LOADED: usize = 64;
+/// WASI resource handles (files, streams) one sandbox may hold.
+const MAX_HANDLES: usize = 4096;
+
+/// Converts a JSON Schema to a GBNF grammar (the CLI passes llama.cpp's converter), for
+/// `submit-options.json-schema`.
+pub type SchemaToGrammar = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
+/// How to build a [`Runtime`].
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached; `None` compiles every process start.
+    pub cache_dir: Option<PathBuf>,
+    /// Enables `json-schema` in submit options; without it such a submit is `invalid`.
+    pub schema_to_grammar: Option<SchemaToGrammar>,
+    /// Epoch tick: the granularity of the CPU limit and of yielding to other tasks.
+    pub epoch_tick: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: None,
+            schema_to_grammar: None,
+            epoch_tick: Duration::from_millis(10),
+        }
+    }
+}
+
+impl std::fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeConfig")
+            .field("cache_dir", &self.cache_dir)
+            .field("schema_to_grammar", &self.schema_to_grammar.is_some())
+            .field("epoch_tick", &self.epoch_tick)
+            .finish()
+    }
+}
+
+/// The agent runtime. Cheap to clone; create one per process.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) engine: Engine,
+    linker: Linker<HostState>,
+    cache: Option<CompileCache>,
+    loaded: Mutex<HashMap<String, AgentPre<HostState>>>,
+    pub(crate) watchers: Watchers,
+    pub(crate) schema_to_grammar: Option<SchemaToGrammar>,
+    pub(crate) tick: Duration,
+    ticker_stop: Arc<AtomicBool>,
+    ticker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::SeqCst);
+        if let Ok(mut t) = self.ticker.lock()
+            && let Some(t) = t.take()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Where a loaded component came from (for the start-up cost it had).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadSource {
+    /// Compiled from the `.wasm` now.
+    Compiled,
+    /// Deserialized from the on-disk cache.
+    DiskCache,
+    /// Already loaded in this process.
+    Memory,
+}
+
+/// A loaded component, ready to run any number of times.
+#[derive(Clone)]
+pub struct Agent {
+    name: String,
+    digest: String,
+    source: LoadSource,
+    pub(crate) pre: AgentPre<HostState>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Agent {
+    /// The name it was loaded under (file stem by default): its storage namespace.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// sha256 of the component bytes, hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+    pub fn source(&self) -> LoadSource {
+        self.source
+    }
+}
+
+/// Who runs and what it may touch.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    /// The run's own workspace: where `submit` without a route goes and `kv` lives.
+    pub workspace: PathBuf,
+    /// The storage namespace (`<ws>/.agents/<agent_name>/kv/`) and log label.
+    pub agent_name: String,
+    /// The agent job this run is, if it is one: the default `parent` of its jobs.
+    pub parent_job: Option<JobId>,
+    pub grants: Grants,
+    pub log: LogSink,
+    /// Leave the run's unfinished jobs queued when it ends (default: cancel them).
+    pub keep_jobs: bool,
+}
+
+impl RunContext {
+    /// A context that grants nothing, with default limits and a `tracing` log.
+    pub fn new(workspace: impl Into<PathBuf>, agent_name: impl Into<String>) -> RunContext {
+        RunContext {
+            workspace: workspace.into(),
+            agent_name: agent_name.into(),
+            parent_job: None,
+            grants: Grants::default(),
+            log: LogSink::Tracing,
+            keep_jobs: false,
+        }
+    }
+}
+
+/// What a run that finished (by returning) produced.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// The component's `run` result: `Ok(text)` or its own `Err(text)`.
+    pub output: Result<String, String>,
+    pub stats: RunStats,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    pub elapsed: Duration,
+    /// Time spent executing guest code, at epoch-tick granularity.
+    pub cpu: Duration,
+    pub jobs_submitted: u64,
+    pub agent_calls: u64,
+    pub peak_memory_bytes: u64,
+    /// Unfinished jobs cancelled when the run ended.
+    pub jobs_cancelled: usize,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, SandboxError> {
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            // A guest's deep recursion traps instead of exhausting the host's stack.
+            .max_wasm_stack(1 << 20);
+        let engine =
+            Engine::new(&wasm).map_err(|e| SandboxError::Runtime(format!("engine: {e}")))?;
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| SandboxError::Runtime(format!("linking WASI: {e}")))?;
+        bindings::Agent::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| SandboxError::Runtime(format!("linking nrvna:agent: {e}")))?;
+        let cache = match &config.cache_dir {
+            Some(dir) => match CompileCache::open(dir, &engine) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(
+                        "compiled-component cache {} unusable ({e}); compiling every time",
+                        dir.display()
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let tick = config.epoch_tick.max(Duration::from_millis(1));
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            std::thread::Builder::new()
+                .name("nrvna-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| SandboxError::Runtime(format!("epoch thread: {e}")))?
+        };
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache,
+                loaded: Mutex::new(HashMap::new()),
+                watchers: Watchers::new(),
+                schema_to_grammar: config.schema_to_grammar,
+                tick,
+                ticker_stop,
+                ticker: Mutex::new(Some(ticker)),
+            }),
+        })
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    /// Loads a component file; its name (the storage namespace) is the file stem, with
+    /// characters outside `A-Z a-z 0-9 _ - .` replaced by `_`.
+    pub fn load(&self, path: &Path) -> Result<Agent, SandboxError> {
+        let read_err = |source| SandboxError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let md = std::fs::metadata(path).map_err(read_err)?;
+        if !md.is_file() || md.len() > MAX_COMPONENT_BYTES {
+            return Err(read_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("not a regular file of at most {MAX_COMPONENT_BYTES} bytes"),
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(read_err)?;
+        self.load_bytes(&name_from_path(path), &bytes)
+    }
+
+    /// Loads a component from bytes under `name` (1-64 of `A-Z a-z 0-9 _ - .`).
+    pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<Agent, SandboxError> {
+        let invalid = |message: String| SandboxError::InvalidComponent {
+            name: name.to_owned(),
+            message,
+        };
+        check_name(name).map_err(invalid)?;
+        let digest = sha256_hex(bytes);
+        let agent = |pre, source| Agent {
+            name: name.to_owned(),
+            digest: digest.clone(),
+            source,
+            pre,
+        };
+        if let Some(pre) = self
+            .inner
+            .loaded
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&digest).cloned())
+        {
+            return Ok(agent(pre, LoadSource::Memory));
+        }
+        if wasmtime::Engine::detect_precompiled(bytes).is_some() {
+            return Err(invalid(
+                "this is a precompiled artifact; give the .wasm component".into(),
+            ));
+        }
+        let engine = &self.inner.engine;
+        let cached = self
+            .inner
+            .cache
+            .as_ref()
+            .and_then(|c| c.load(engine, &digest));
+        let (component, source) = match cached {
+            Some(c) => (c, LoadSource::DiskCache),
+            None => {
+                let c = Component::new(engine, bytes).map_err(|e| invalid(chain(&e)))?;
+                if let Some(cache) = &self.inner.cache {
+                    cache.store(&digest, &c);
+                }
+                (c, LoadSource::Compiled)
+            }
+        };
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| invalid(chain(&e)))?;
+        let pre = AgentPre::new(pre).map_err(|e| invalid(chain(&e)))?;
+        if let Ok(mut loaded) = self.inner.loaded.lock() {
+            if loaded.len() >= MAX_LOADED {
+                loaded.clear();
+            }
+            loaded.insert(digest.clone(), pre.clone());
+        }
+        Ok(agent(pre, source))
+    }
+
+    /// Runs `agent` with `args`. Returns when the component returns (`Ok`, with its own
+    /// `Ok`/`Err` result), or with the reason it was stopped (a limit, a crash). Unfinished
+    /// jobs the run submitted are cancelled at the end unless `ctx.keep_jobs`. Dropping
+    /// the future stops the run the same way.
+    pub async fn run(
+        &self,
+        agent: &Agent,
+        args: Vec<String>,
+        ctx: RunContext,
+    ) -> Result<RunOutcome, SandboxError> {
+        let started = Instant::now();
+        check_name(&ctx.agent_name).map_err(|reason| GrantError::Value {
+            what: "agent name",
+            value: ctx.agent_name.clone(),
+            reason,
+        })?;
+        let open = |path: &Path| {
+            Workspace::create(path).map_err(|source| SandboxError::Workspace {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let mut workspaces = vec![open(&ctx.workspace)?];
+        let mut route_names = Vec::new();
+        for (name, path) in &ctx.grants.routes {
+            workspaces.push(open(path)?);
+            route_names.push(name.clone());
+        }
+        let wall = ctx.grants.limits.wall;
+        let agent_name: Arc<str> = ctx.agent_name.as_str().into();
+        let run = Arc::new(RunShared::new(self.clone(), ctx, workspaces, route_names));
+        let result = tokio::time::timeout(
+            wall,
+            run_sandbox(run.clone(), agent.clone(), agent_name, args, 0),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(SandboxError::Limit(LimitHit::new(
+                LimitKind::WallClock,
+                format!("the run took longer than {}", show_duration(wall)),
+            )))
+        });
+        let jobs_cancelled = run.finish();
+        let output = result?;
+        Ok(RunOutcome {
+            output,
+            stats: RunStats {
+                elapsed: started.elapsed(),
+                cpu: self
+                    .inner
+                    .tick
+                    .saturating_mul(u32::try_from(run.cpu_ticks()).unwrap_or(u32::MAX)),
+                jobs_submitted: run.jobs_submitted(),
+                agent_calls: run.agent_calls(),
+                peak_memory_bytes: run.peak_memory(),
+                jobs_cancelled,
+            },
+        })
+    }
+}
+
+/// A sandbox's run: the component's own result, or why it was stopped.
+pub(crate) type SandboxFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<Result<String, String>, SandboxError>> + Send>>;
+
+/// Runs one component in a fresh store: the top-level run (depth 0) or an
+/// `agents.call` (depth ≥ 1). Boxed so the recursion through `agents.call` has a size.
+pub(crate) fn run_sandbox(
+    run: Arc<RunShared>,
+    agent: Agent,
+    agent_name: Arc<str>,
+    args: Vec<String>,
+    depth: u32,
+) -> SandboxFuture {
+    Box::pin(async move {
+        let runtime = run.runtime.clone();
+        let inner = runtime.inner();
+        let stdout = LogPipe::new(run.log.clone(), agent_name.clone(), LogSource::Stdout);
+        let stderr = LogPipe::new(run.log.clone(), agent_name.clone(), LogSource::Stderr);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .args(&[agent_name.as_ref()]);
+        for var in &run.grants.env {
+            wasi.env(&var.key, &var.value);
+        }
+        for dir in &run.grants.dirs {
+            let perms = if dir.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            wasi.preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(|e| {
+                    SandboxError::Grant(GrantError::Dir {
+                        spec: dir.host.display().to_string(),
+                        reason: format!("cannot open it: {e}"),
+                    })
+                })?;
+        }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
+        let kv = Kv::new(run.workspaces[0].root().to_owned(), agent_name.to_string());
+        let state = HostState {
+            wasi: wasi.build(),
+            table,
+            limiter: TreeLimiter::new(run.clone()),
+            run: run.clone(),
+            agent: agent.clone(),
+            agent_name: agent_name.clone(),
+            depth,
+            kv,
+        };
+        let mut store = Store::new(&inner.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(
+            usize::try_from(run.grants.limits.hostcall_bytes).unwrap_or(usize::MAX),
+        );
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            // Each callback is one tick of guest execution; a long host call (follow)
+            // costs one tick, not its duration.
+            ctx.data().run.charge_cpu_tick()?;
+            Ok(UpdateDeadline::Yield(1))
+        });
+        let instance = agent
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| classify(&e, &run))?;
+        let result = instance
+            .call_run(&mut store, &args)
+            .await
+            .map_err(|e| classify(&e, &run));
+        stdout.flush_partial();
+        stderr.flush_partial();
+        result
+    })
+}
+
+/// Turns a wasmtime error into the run's verdict: a limit (ours, or wasmtime's
+/// hostcall fuel) or a crash.
+fn classify(e: &wasmtime::Error, run: &RunShared) -> SandboxError {
+    if let Some(hit) = e.downcast_ref::<LimitHit>() {
+        return SandboxError::Limit(hit.clone());
+    }
+    let text = chain(e);
+    if text.contains("fuel allocated for hostcalls has been exhausted") {
+        return SandboxError::Limit(LimitHit::new(
+            LimitKind::HostcallBytes,
+            format!(
+                "the component tried to pass more than {} bytes to one host call",
+                run.grants.limits.hostcall_bytes
+            ),
+        ));
+    }
+    SandboxError::Trap(text)
+}
+
+/// An error with its causes, cut to a readable length.
+pub(crate) fn chain(e: &wasmtime::Error) -> String {
+    let mut text = String::new();
+    for (i, cause) in e.chain().enumerate() {
+        if i > 0 {
+            text.push_str(": ");
+        }
+        text.push_str(&cause.to_string());
+    }
+    if text.len() > 4000 {
+        let mut cut = 4000;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(" [...]");
+    }
+    text
+}
+
+fn name_from_path(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if name.starts_with('.') {
+        name.replace_range(..1, "_");
+    }
+    if name.is_empty() {
+        name.push_str("agent");
+    }
+    name
+}
+
+pub(crate) fn show_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", (d.as_secs_f64() * 10.0).round() / 10.0)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_paths_are_safe_directory_names() {
+        assert_eq!(name_from_path(Path::new("/x/my agent.wasm")), "my_agent");
+        assert_eq!(name_from_path(Path::new("/x/.hidden.wasm")), "_hidden");
+        assert_eq!(name_from_path(Path::new("/x/loop.wasm")), "loop");
+        assert!(check_name(&name_from_path(Path::new("/x/ü.wasm"))).is_ok());
+    }
+}
