@@ -4,4 +4,6 @@
 
 mod cli;
 mod daemon;
+mod examples;
 mod faults;
+mod patterns;
