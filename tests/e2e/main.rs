@@ -6,4 +6,5 @@ mod cli;
 mod daemon;
 mod examples;
 mod faults;
+mod sandbox;
 mod patterns;

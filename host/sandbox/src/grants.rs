@@ -110,6 +110,11 @@ impl FromStr for RouteGrant {
             .split_once('=')
             .ok_or_else(|| bad("expected NAME=WS".into()))?;
         check_name(name).map_err(bad)?;
+        if name == "self" {
+            return Err(bad(
+                "`self` means the component's own workspace; pick another name".into(),
+            ));
+        }
         if ws.is_empty() || ws.contains('\0') {
             return Err(bad("the workspace path is empty or contains NUL".into()));
         }
@@ -364,6 +369,7 @@ mod tests {
         assert!("../x=/tmp/ws".parse::<RouteGrant>().is_err());
         assert!("a/b=/tmp".parse::<RouteGrant>().is_err());
         assert!("x=".parse::<RouteGrant>().is_err());
+        assert!("self=/tmp/ws".parse::<RouteGrant>().is_err());
 
         let tmp = tempfile::tempdir().unwrap();
         let wasm = tmp.path().join("a.wasm");

@@ -55,6 +55,8 @@ pub(crate) struct RunShared {
     watches: Vec<OnceLock<Arc<WsWatch>>>,
     parent_job: Option<JobId>,
     pub(crate) log: Arc<RunLog>,
+    /// The top-level agent, for the host's own log lines.
+    agent_name: String,
     keep_jobs: bool,
     tracked: Mutex<Tracked>,
     submitted: AtomicU64,
@@ -84,6 +86,7 @@ impl RunShared {
             route_names,
             watches,
             parent_job: ctx.parent_job,
+            agent_name: ctx.agent_name,
             keep_jobs: ctx.keep_jobs,
             tracked: Mutex::new(Tracked::default()),
             submitted: AtomicU64::new(0),
@@ -191,7 +194,7 @@ impl RunShared {
         }
         if cancelled > 0 {
             self.log.host(
-                "run",
+                &self.agent_name,
                 LogLevel::Info,
                 &format!("cancelled {cancelled} unfinished job(s) the run submitted"),
             );

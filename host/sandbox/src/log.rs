@@ -220,8 +220,10 @@ impl LogPipe {
             if b == b'\n' {
                 let line = String::from_utf8_lossy(&partial).into_owned();
                 partial.clear();
-                self.log
-                    .write(&self.agent, self.level(), self.source, &line);
+                if !line.trim().is_empty() {
+                    self.log
+                        .write(&self.agent, self.level(), self.source, &line);
+                }
             } else if partial.len() < MAX_LINE + 1 {
                 partial.push(b);
             }

@@ -482,7 +482,19 @@ fn classify(e: &wasmtime::Error, run: &RunShared) -> SandboxError {
             ),
         ));
     }
-    SandboxError::Trap(text)
+    // The root cause ("wasm trap: ...") first, the wasm backtrace after it.
+    let root = e.root_cause().to_string();
+    let rest: Vec<String> = e
+        .chain()
+        .map(|c| c.to_string())
+        .filter(|c| *c != root)
+        .collect();
+    let mut message = root;
+    for part in rest {
+        message.push('\n');
+        message.push_str(&part);
+    }
+    SandboxError::Trap(cut(message))
 }
 
 /// An error with its causes, cut to a readable length.
@@ -494,6 +506,10 @@ pub(crate) fn chain(e: &wasmtime::Error) -> String {
         }
         text.push_str(&cause.to_string());
     }
+    cut(text)
+}
+
+fn cut(mut text: String) -> String {
     if text.len() > 4000 {
         let mut cut = 4000;
         while !text.is_char_boundary(cut) {

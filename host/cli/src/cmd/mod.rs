@@ -1,5 +1,8 @@
-//! One module per program: `nrvnad`, `wrk`, `flw`, `nrvna`.
+//! One module per program: `nrvnad`, `wrk`, `flw`, `nrvna` (with `nrvna exec`, the agent
+//! runner, and its benchmark).
 
+pub mod bench_sandbox;
+pub mod exec;
 pub mod flw;
 pub mod nrvna;
 pub mod nrvnad;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use nrvna_queue::Workspace;
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
+use nrvna_queue::{CancelOutcome, JobId, Workspace};
 
 use crate::cli::{init_logging, parse_args, report};
 
@@ -14,7 +14,9 @@ const AFTER_HELP: &str = "\
 The everyday programs are separate binaries with the predecessor's contract:
   nrvnad MODEL WS [WORKERS]   the daemon (nrvnad --help)
   wrk WS PROMPT...            submit a job, print its id (wrk --help)
-  flw WS [ID]                 wait for and print a result (flw --help)";
+  flw WS [ID]                 wait for and print a result (flw --help)
+
+Agents are WebAssembly components run in a sandbox: nrvna exec --help.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,9 +39,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run an agent component (.wasm) in the sandbox; its jobs go to a workspace
+    #[command(after_help = super::exec::AFTER_HELP)]
+    Exec(super::exec::ExecArgs),
+    /// Cancel a job: a queued one at once, a running one at its daemon's next step
+    #[command(after_help = CANCEL_HELP)]
+    Cancel {
+        workspace: PathBuf,
+        /// The job id (as wrk printed it)
+        id: String,
+    },
+    /// Measure the agent runtime (compile vs cached start, host-call cost, pattern overhead)
+    #[command(hide = true)]
+    BenchSandbox,
     /// Print the version
     Version,
 }
+
+const CANCEL_HELP: &str = "\
+Exit codes: 0 cancelled (it was queued) or cancel requested (it is running; its daemon
+stops it and it ends in failed/ with status cancelled); 1 error (not a workspace, bad
+id); 3 the job had already ended; 4 no such job.";
 
 pub fn main() -> ExitCode {
     init_logging("warn");
@@ -52,6 +72,12 @@ pub fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<ExitCode> {
     match args.command {
+        Command::Exec(args) => super::exec::run(args),
+        Command::Cancel { workspace, id } => cancel(&workspace, &id),
+        Command::BenchSandbox => {
+            print!("{}", super::bench_sandbox::run()?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Version => {
             println!("nrvna {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
@@ -83,6 +109,35 @@ fn run(args: Args) -> Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn cancel(workspace: &std::path::Path, id: &str) -> Result<ExitCode> {
+    let ws = Workspace::open(workspace)?;
+    let id = JobId::parse(id)?;
+    match ws.cancel(&id)? {
+        CancelOutcome::Cancelled => {
+            println!("cancelled {id} (it was queued)");
+            Ok(ExitCode::SUCCESS)
+        }
+        CancelOutcome::Requested => {
+            println!("cancel requested: {id} is running; its daemon stops it at the next step");
+            if probe(ws.root())? == DaemonStatus::NotRunning {
+                eprintln!(
+                    "nrvna cancel: no daemon is running on {}; the next one to start acts on it",
+                    ws.root().display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CancelOutcome::AlreadyEnded(state) => {
+            eprintln!("nrvna cancel: {id} has already ended ({})", state.name());
+            Ok(ExitCode::from(3))
+        }
+        CancelOutcome::NotFound => {
+            eprintln!("nrvna cancel: no job {id} in {}", ws.root().display());
+            Ok(ExitCode::from(4))
         }
     }
 }

@@ -49,6 +49,7 @@ impl Guest for Hostile {
             }
             "panic" => panic!("the guest panicked on purpose"),
             "read-passwd" => Ok(read("/etc/passwd")),
+            "read" => Ok(read(&arg(1))),
             // DIR is a granted guest directory; its parent holds secret.txt.
             "escape-dotdot" => {
                 let dir = arg(1);

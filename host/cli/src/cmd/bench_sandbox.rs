@@ -1,0 +1,288 @@
+//! Benchmarks of the agent runtime, as a markdown table: what starting a component
+//! costs (compile vs the on-disk cache), what a host call costs, and what running a
+//! pattern as a component adds to the inference it drives. Numbers, not assertions.
+//!
+//! The fixture components come from `NRVNA_GUESTS_DIR`, else from where the test build
+//! puts them (`<target>/wasm-guests/wasm32-wasip2/release`, next to this binary's
+//! `target/<profile>/`); the model is the default one (`NRVNA_BENCH_MODEL` overrides).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nrvna_queue::{Sampling, Submission, Workspace};
+use nrvna_sandbox::{Agent, LogSink, RunContext, Runtime};
+
+use crate::cli::{DEFAULT_MODEL_FILE, resolve_model};
+use crate::cmd::exec::{InProcessDaemon, runtime};
+
+const HOSTCALLS: &str = "fx_hostcalls";
+const FANOUT: &str = "fx_fanout";
+const PROMPTS: [&str; 4] = [
+    "Name a colour.",
+    "Name a fruit.",
+    "Name an animal.",
+    "Name a country.",
+];
+
+pub fn run() -> Result<String> {
+    let guests = guests_dir()?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut rows: Vec<[String; 3]> = Vec::new();
+    start_up(&guests, &tokio, &mut rows)?;
+    host_calls(&guests, &tokio, &mut rows)?;
+    pattern_overhead(&guests, &tokio, &mut rows)?;
+
+    let mut out = String::from("| measurement | value | how |\n|---|---:|---|\n");
+    for [what, value, how] in rows {
+        out.push_str(&format!("| {what} | {value} | {how} |\n"));
+    }
+    Ok(out)
+}
+
+fn guests_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("NRVNA_GUESTS_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/nrvna -> target/wasm-guests/wasm32-wasip2/release
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("wasm-guests/wasm32-wasip2/release"))
+        .context("cannot locate the target directory")?;
+    if !dir.join(format!("{HOSTCALLS}.wasm")).is_file() {
+        bail!(
+            "the fixture components are not built in {}: run `cargo test --release -p \
+             nrvna-tests --no-run` (its build script builds tests/guests), or set \
+             NRVNA_GUESTS_DIR",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn ctx(ws: &Path) -> RunContext {
+    let mut ctx = RunContext::new(ws, "bench");
+    ctx.log = LogSink::Discard;
+    ctx
+}
+
+/// Runs `agent` once; the wall time of `Runtime::run`.
+fn time_run(
+    tokio: &tokio::runtime::Runtime,
+    rt: &Runtime,
+    agent: &Agent,
+    args: &[&str],
+    ws: &Path,
+) -> Result<Duration> {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let started = Instant::now();
+    let outcome = tokio.block_on(rt.run(agent, args, ctx(ws)))?;
+    let elapsed = started.elapsed();
+    if let Err(e) = outcome.output {
+        bail!("{} failed: {e}", agent.name());
+    }
+    Ok(elapsed)
+}
+
+fn start_up(
+    guests: &Path,
+    tokio: &tokio::runtime::Runtime,
+    rows: &mut Vec<[String; 3]>,
+) -> Result<()> {
+    let wasm = guests.join(format!("{HOSTCALLS}.wasm"));
+    let size = std::fs::metadata(&wasm)?.len();
+    let scratch = tempfile::tempdir()?;
+    let ws = scratch.path().join("ws");
+    let (mut cold, mut cached, mut memory, mut first_run) = (vec![], vec![], vec![], vec![]);
+    for i in 0..5 {
+        let cache = scratch.path().join(format!("cache-{i}"));
+        // A fresh engine each time: what a new process pays.
+        let rt = runtime(Some(cache.clone()))?;
+        let t = Instant::now();
+        rt.load(&wasm)?;
+        cold.push(t.elapsed());
+        let t = Instant::now();
+        rt.load(&wasm)?;
+        memory.push(t.elapsed());
+
+        let rt = runtime(Some(cache))?;
+        let t = Instant::now();
+        let agent = rt.load(&wasm)?;
+        cached.push(t.elapsed());
+        first_run.push(t.elapsed() + time_run(tokio, &rt, &agent, &["log", "0"], &ws)?);
+    }
+    let rt = runtime(None)?;
+    let agent = rt.load(&wasm)?;
+    let mut runs = Vec::new();
+    for _ in 0..50 {
+        runs.push(time_run(tokio, &rt, &agent, &["log", "0"], &ws)?);
+    }
+    let name = format!("{HOSTCALLS}.wasm, {} KB", size / 1000);
+    rows.push([
+        format!("cold start: compile ({name})"),
+        ms(median(cold)),
+        "fresh engine, `Runtime::load`, median of 5".into(),
+    ]);
+    rows.push([
+        "cached start: load from the disk cache".into(),
+        ms(median(cached)),
+        "fresh engine, same cache dir, median of 5".into(),
+    ]);
+    rows.push([
+        "cached start to result (load + instantiate + run)".into(),
+        ms(median(first_run)),
+        "fresh engine, cached, a `run` making no host call".into(),
+    ]);
+    rows.push([
+        "load again in the same process".into(),
+        ms(median(memory)),
+        "in-memory `InstancePre`".into(),
+    ]);
+    rows.push([
+        "one run (new store, instantiate, call `run`)".into(),
+        ms(median(runs)),
+        "median of 50".into(),
+    ]);
+    Ok(())
+}
+
+fn host_calls(
+    guests: &Path,
+    tokio: &tokio::runtime::Runtime,
+    rows: &mut Vec<[String; 3]>,
+) -> Result<()> {
+    let rt = runtime(None)?;
+    let agent = rt.load(&guests.join(format!("{HOSTCALLS}.wasm")))?;
+    let scratch = tempfile::tempdir()?;
+    let ws = scratch.path().join("ws");
+    let base = median(
+        (0..5)
+            .map(|_| time_run(tokio, &rt, &agent, &["log", "0"], &ws))
+            .collect::<Result<Vec<_>>>()?,
+    );
+    for (kind, n, what) in [
+        ("log", 100_000u32, "`log.log` (discarding sink)"),
+        ("routes", 100_000, "`jobs.routes`"),
+        (
+            "status",
+            20_000,
+            "`jobs.status` of an absent job (stats 5 state dirs twice)",
+        ),
+        (
+            "kv-get",
+            20_000,
+            "`kv.get` of an absent key (blocking-pool hop + open)",
+        ),
+    ] {
+        let count = n.to_string();
+        let t = median(
+            (0..3)
+                .map(|_| time_run(tokio, &rt, &agent, &[kind, &count], &ws))
+                .collect::<Result<Vec<_>>>()?,
+        );
+        let per_call = t.saturating_sub(base).as_secs_f64() / f64::from(n);
+        rows.push([
+            format!("host call: {what}"),
+            format!("{:.2} µs", per_call * 1e6),
+            format!("({n} calls − 0 calls) / {n}, median of 3"),
+        ]);
+    }
+    Ok(())
+}
+
+fn pattern_overhead(
+    guests: &Path,
+    tokio: &tokio::runtime::Runtime,
+    rows: &mut Vec<[String; 3]>,
+) -> Result<()> {
+    let model_arg =
+        std::env::var("NRVNA_BENCH_MODEL").unwrap_or_else(|_| DEFAULT_MODEL_FILE.into());
+    let Ok(model) = resolve_model(&model_arg) else {
+        rows.push([
+            "pattern overhead over inference".into(),
+            "skipped".into(),
+            format!("model {model_arg} not found (NRVNA_BENCH_MODEL)"),
+        ]);
+        return Ok(());
+    };
+    let scratch = tempfile::tempdir()?;
+    let ws_path = scratch.path().join("ws");
+    let daemon = InProcessDaemon::start(&ws_path, &model.display().to_string(), PROMPTS.len())?;
+    let ws = Workspace::open(&ws_path)?;
+    let rt = runtime(None)?;
+    let agent = rt.load(&guests.join(format!("{FANOUT}.wasm")))?;
+    // Warm-up: the first decode pays for caches.
+    direct(&ws)?;
+    let (mut plain, mut pattern) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        plain.push(direct(&ws)?);
+        pattern.push(time_run(tokio, &rt, &agent, &PROMPTS, &ws_path)?);
+    }
+    daemon.stop();
+    let (plain, pattern) = (median(plain), median(pattern));
+    let overhead = pattern.saturating_sub(plain);
+    rows.push([
+        "4 jobs submitted and awaited directly (wrk + flw path)".into(),
+        ms(plain),
+        format!(
+            "{}, in-process daemon, 4 workers, max 8 tokens, median of 3",
+            model
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ),
+    ]);
+    rows.push([
+        "the same 4 jobs by the fan-out component (submit ×4, wait-any, wait-all)".into(),
+        ms(pattern),
+        "`Runtime::run` wall time, median of 3".into(),
+    ]);
+    rows.push([
+        "pattern overhead over the inference it drives".into(),
+        format!(
+            "{} ({:.1}%)",
+            ms(overhead),
+            100.0 * overhead.as_secs_f64() / plain.as_secs_f64().max(1e-9)
+        ),
+        "difference of the two rows above".into(),
+    ]);
+    Ok(())
+}
+
+/// Submits the prompts straight into the workspace and waits for all of them.
+fn direct(ws: &Workspace) -> Result<Duration> {
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for prompt in PROMPTS {
+        ids.push(ws.submit(Submission {
+            prompt: prompt.into(),
+            sampling: Sampling {
+                max_tokens: Some(8),
+                temperature: Some(0.0),
+                ..Sampling::default()
+            },
+            ..Submission::default()
+        })?);
+    }
+    for id in &ids {
+        let state = nrvna_queue::watch::wait_terminal(ws, id, Some(Duration::from_secs(300)))?;
+        if !state.is_some_and(|s| s.is_terminal()) {
+            bail!("job {id} did not finish");
+        }
+    }
+    Ok(started.elapsed())
+}

@@ -1,0 +1,385 @@
+//! `nrvna exec COMPONENT.wasm`: runs an agent component in the sandbox, its jobs going
+//! to a workspace's daemon — or, with `--model` and no daemon, to one started in this
+//! process, so a single command runs an agent on a fresh machine.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use nrvna_engine::{LlamaEngine, check_model_file};
+use nrvna_queue::Workspace;
+use nrvna_queue::lifecycle::{DaemonLock, DaemonStatus, probe};
+use nrvna_sandbox::{
+    AgentGrant, DirGrant, EnvVar, Grants, Limits, LogLevel, LogSink, RouteGrant, RunContext,
+    Runtime, RuntimeConfig, SandboxError, parse_bytes, parse_duration,
+};
+
+use crate::cli::resolve_model;
+use crate::daemon::{self, DaemonOptions, SignalCounter};
+
+/// Exit codes of `nrvna exec` (documented in its `--help` and docs/sandbox.md).
+pub const EXIT_COMPONENT_ERROR: u8 = 1;
+pub const EXIT_LIMIT: u8 = 3;
+pub const EXIT_CRASH: u8 = 4;
+
+pub const AFTER_HELP: &str = "\
+The component's result goes to stdout; its log (the log interface, its stdout and
+stderr) and nrvna's messages go to stderr. Arguments after `--` are the component's.
+
+Examples:
+  nrvna exec refine.wasm --ws ./ws -- --rounds 2 \"Write a haiku\"
+      jobs go to the daemon serving ./ws (start one with: nrvnad MODEL ./ws)
+  nrvna exec refine.wasm --model smollm2 -- \"Write a haiku\"
+      no daemon needed: loads the model in this process, on a temporary workspace
+  nrvna exec batch.wasm --ws ./ws --dir ./data:/data:ro -- --file /data/q.txt
+  nrvna exec route.wasm --ws ./ws --route code=./ws-code --agent refine=./refine.wasm
+  nrvna exec agent.wasm --ws ./ws --timeout 30s --memory 64M --max-jobs 20
+
+Grants (nothing is granted unless given; repeatable):
+  --dir HOST[:GUEST][:ro]  a host directory, seen at GUEST (default: HOST as written),
+                           read-write unless :ro; `..` and symlinks cannot leave it
+  --env K=V                an environment variable (the host's are never passed)
+  --route NAME=WS          another workspace the component may submit to by NAME
+  --agent NAME=PATH        a component it may call with agents.call(NAME); `self` is
+                           always allowed, with the same grants
+
+Limits (for the whole run, nested agents.call included):
+  --memory SIZE            linear memory                          256M
+  --cpu DURATION           time executing guest code              60s
+  --timeout DURATION       wall-clock time, waits included        600s
+  --max-jobs N             jobs submitted                         1000
+  --max-in-flight N        jobs queued or running at once         64
+  --max-prompt-bytes SIZE  one prompt with its system message     1M
+  --max-depth N            agents.call nesting                    16
+  --max-hostcall-bytes SIZE  bytes passed to one host call        16M
+  --max-log-bytes SIZE     log before lines are dropped           1M
+SIZE is a number with K, M or G; DURATION is seconds or a number with ms, s, m, h.
+Jobs, in-flight, prompt and depth limits are errors the component sees (quota or
+invalid) and can handle; memory, CPU, time and host-call bytes stop the run.
+Jobs the run leaves queued or running are cancelled when it ends (--keep-jobs keeps
+them). Compiled components are cached in --cache-dir (default ~/.cache/nrvna/wasm).
+
+Exit codes:
+  0  the component returned ok; its result is on stdout
+  1  the component returned an error (on stderr), or it could not be run
+  2  usage error
+  3  the run was stopped by a limit (the message names it and its flag)
+  4  the component crashed (panic, unreachable, stack overflow, bad memory access)";
+
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    /// The component (.wasm) to run
+    #[arg(value_name = "COMPONENT.wasm")]
+    component: PathBuf,
+    /// Workspace the component's jobs go to (and its kv storage lives in)
+    #[arg(long, value_name = "WS")]
+    ws: Option<PathBuf>,
+    /// Run a daemon for the workspace in this process with this model, if none is running
+    /// (a GGUF path, or part of a file name in NRVNA_MODELS_DIR)
+    #[arg(long, value_name = "MODEL")]
+    model: Option<String>,
+    /// Jobs decoded together by the in-process daemon (--model)
+    #[arg(short = 'w', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// Grant a host directory (HOST[:GUEST][:ro]); repeatable
+    #[arg(long = "dir", value_name = "HOST[:GUEST][:ro]")]
+    dirs: Vec<DirGrant>,
+    /// Grant an environment variable (K=V); repeatable
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<EnvVar>,
+    /// Grant a route to another workspace (NAME=WS); repeatable
+    #[arg(long = "route", value_name = "NAME=WS")]
+    routes: Vec<RouteGrant>,
+    /// Grant a component for agents.call (NAME=PATH); repeatable
+    #[arg(long = "agent", value_name = "NAME=PATH")]
+    agents: Vec<AgentGrant>,
+    /// Linear memory of the run [default: 256M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    memory: Option<u64>,
+    /// Time executing guest code [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    cpu: Option<Duration>,
+    /// Wall-clock time of the run [default: 600s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Jobs the run may submit [default: 1000]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_jobs: Option<u64>,
+    /// Jobs queued or running at once [default: 64]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_in_flight: Option<u64>,
+    /// Bytes of one prompt with its system message [default: 1M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    max_prompt_bytes: Option<u64>,
+    /// agents.call nesting [default: 16]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1000))]
+    max_depth: Option<u32>,
+    /// Bytes the component may pass to one host call [default: 16M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    max_hostcall_bytes: Option<u64>,
+    /// Log bytes before lines are dropped [default: 1M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    max_log_bytes: Option<u64>,
+    /// Leave the jobs the run did not see end queued when it ends
+    #[arg(long)]
+    keep_jobs: bool,
+    /// Storage namespace (<ws>/.agents/NAME/kv) [default: the component's file stem]
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Lowest level of the component's log shown on stderr: debug, info, warn, error
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = parse_level)]
+    log_level: LogLevel,
+    /// Where compiled components are cached
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    cache_dir: Option<PathBuf>,
+    /// Compile the component every time
+    #[arg(long)]
+    no_cache: bool,
+    /// The component's arguments
+    #[arg(last = true, value_name = "ARGS")]
+    args: Vec<String>,
+}
+
+fn parse_level(s: &str) -> Result<LogLevel, String> {
+    match s {
+        "debug" => Ok(LogLevel::Debug),
+        "info" => Ok(LogLevel::Info),
+        "warn" => Ok(LogLevel::Warn),
+        "error" => Ok(LogLevel::Error),
+        _ => Err("expected debug, info, warn or error".into()),
+    }
+}
+
+/// `~/.cache/nrvna/wasm` (or under `XDG_CACHE_HOME`).
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("nrvna").join("wasm"))
+}
+
+/// The runtime `nrvna exec` and the daemon use: disk cache, schema compiler.
+pub fn runtime(cache_dir: Option<PathBuf>) -> Result<Runtime> {
+    let config = RuntimeConfig {
+        cache_dir,
+        schema_to_grammar: Some(Arc::new(|schema: &str| {
+            nrvna_engine::schema_to_grammar(schema).map_err(|e| e.to_string())
+        })),
+        ..RuntimeConfig::default()
+    };
+    Ok(Runtime::new(config)?)
+}
+
+pub fn run(args: ExecArgs) -> Result<ExitCode> {
+    let grants = grants(&args)?;
+    // Load first: a bad component fails before any model is loaded.
+    let cache_dir = if args.no_cache {
+        None
+    } else {
+        args.cache_dir.clone().or_else(default_cache_dir)
+    };
+    let runtime = runtime(cache_dir)?;
+    let agent = runtime.load(&args.component)?;
+    let agent_name = args.name.clone().unwrap_or_else(|| agent.name().to_owned());
+
+    let (workspace, _temp, daemon) = workspace_and_daemon(&args)?;
+    let ctx = RunContext {
+        workspace,
+        agent_name,
+        parent_job: None,
+        grants,
+        log: LogSink::Stderr(args.log_level),
+        keep_jobs: args.keep_jobs,
+    };
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = tokio.block_on(runtime.run(&agent, args.args.clone(), ctx));
+    if let Some(daemon) = daemon {
+        daemon.stop();
+    }
+    Ok(report(result))
+}
+
+/// Prints the result and picks the exit code.
+fn report(result: Result<nrvna_sandbox::RunOutcome, SandboxError>) -> ExitCode {
+    match result {
+        Ok(outcome) => match outcome.output {
+            Ok(text) => {
+                if text.ends_with('\n') {
+                    print!("{text}");
+                } else {
+                    println!("{text}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(text) => {
+                eprintln!("nrvna exec: the component returned an error: {text}");
+                ExitCode::from(EXIT_COMPONENT_ERROR)
+            }
+        },
+        Err(e @ SandboxError::Limit(_)) => {
+            eprintln!("nrvna exec: {e}");
+            ExitCode::from(EXIT_LIMIT)
+        }
+        Err(e @ SandboxError::Trap(_)) => {
+            eprintln!("nrvna exec: {e}");
+            ExitCode::from(EXIT_CRASH)
+        }
+        Err(e) => {
+            eprintln!("nrvna exec: error: {e}");
+            ExitCode::from(EXIT_COMPONENT_ERROR)
+        }
+    }
+}
+
+fn grants(args: &ExecArgs) -> Result<Grants> {
+    let defaults = Limits::default();
+    let mut grants = Grants {
+        dirs: args.dirs.clone(),
+        env: args.env.clone(),
+        limits: Limits {
+            memory_bytes: args.memory.unwrap_or(defaults.memory_bytes),
+            wall: args.timeout.unwrap_or(defaults.wall),
+            cpu: args.cpu.unwrap_or(defaults.cpu),
+            max_jobs: args.max_jobs.unwrap_or(defaults.max_jobs),
+            max_in_flight: args.max_in_flight.unwrap_or(defaults.max_in_flight),
+            max_prompt_bytes: args.max_prompt_bytes.unwrap_or(defaults.max_prompt_bytes),
+            max_depth: args.max_depth.unwrap_or(defaults.max_depth),
+            hostcall_bytes: args.max_hostcall_bytes.unwrap_or(defaults.hostcall_bytes),
+            log_bytes: args.max_log_bytes.unwrap_or(defaults.log_bytes),
+        },
+        ..Grants::default()
+    };
+    for route in &args.routes {
+        grants.add_route(route.clone())?;
+    }
+    for agent in &args.agents {
+        grants.add_agent(agent.clone())?;
+    }
+    Ok(grants)
+}
+
+/// The workspace to run against, a temporary directory to remove at exit (if the
+/// workspace is one), and the in-process daemon (if this command started one).
+fn workspace_and_daemon(
+    args: &ExecArgs,
+) -> Result<(PathBuf, Option<tempfile::TempDir>, Option<InProcessDaemon>)> {
+    match (&args.ws, &args.model) {
+        (None, None) => bail!(
+            "give --ws WS (a workspace a daemon serves) or --model MODEL (runs a daemon in \
+             this process); see nrvna exec --help"
+        ),
+        (Some(ws), model) => {
+            let status = probe(ws).unwrap_or(DaemonStatus::NotRunning);
+            match (status, model) {
+                (DaemonStatus::NotRunning, Some(model)) => {
+                    let daemon = InProcessDaemon::start(ws, model, args.workers.into())?;
+                    Ok((ws.clone(), None, Some(daemon)))
+                }
+                (DaemonStatus::NotRunning, None) => {
+                    eprintln!(
+                        "nrvna exec: warning: no daemon is running on {}: the component's jobs \
+                         wait in input/ready until one starts (nrvnad MODEL {}), or give --model",
+                        ws.display(),
+                        ws.display()
+                    );
+                    Ok((ws.clone(), None, None))
+                }
+                (_, Some(_)) => {
+                    eprintln!(
+                        "nrvna exec: a daemon already serves {}; using it (--model ignored)",
+                        ws.display()
+                    );
+                    Ok((ws.clone(), None, None))
+                }
+                (_, None) => Ok((ws.clone(), None, None)),
+            }
+        }
+        (None, Some(model)) => {
+            let temp = tempfile::Builder::new()
+                .prefix("nrvna-exec-")
+                .tempdir()
+                .context("cannot create a temporary workspace")?;
+            let ws = temp.path().join("ws");
+            eprintln!(
+                "nrvna exec: using a temporary workspace, removed at exit (--ws keeps jobs and kv)"
+            );
+            let daemon = InProcessDaemon::start(&ws, model, args.workers.into())?;
+            Ok((ws, Some(temp), Some(daemon)))
+        }
+    }
+}
+
+/// The daemon machinery of `nrvnad`, on a thread of this process.
+pub struct InProcessDaemon {
+    signals: SignalCounter,
+    thread: Option<JoinHandle<Result<daemon::Ended>>>,
+}
+
+impl InProcessDaemon {
+    /// Takes the workspace's lock, loads the model and starts serving.
+    pub fn start(ws: &Path, model: &str, workers: usize) -> Result<InProcessDaemon> {
+        let model = resolve_model(model)?;
+        check_model_file(&model)?;
+        let config = crate::cmd::nrvnad::engine_config(model, workers)?;
+        let ws = Workspace::create(ws)
+            .with_context(|| format!("cannot create workspace {}", ws.display()))?;
+        let lock = DaemonLock::acquire(ws.root())?;
+        ws.clean_stale_staging(daemon::STALE_STAGING)?;
+        let max_attempts = 3;
+        ws.recover(max_attempts)?;
+        eprintln!(
+            "nrvna exec: loading {} for an in-process daemon",
+            config.model.display()
+        );
+        let engine = LlamaEngine::start(config).context("cannot load the model")?;
+        let signals = SignalCounter::manual();
+        let opts = DaemonOptions {
+            workspace: ws.root().to_owned(),
+            workers,
+            max_attempts,
+            drain: false,
+            grace: Duration::from_secs(5),
+        };
+        let thread = {
+            let signals = signals.clone();
+            std::thread::Builder::new()
+                .name("nrvna-daemon".into())
+                .spawn(move || daemon::run(opts, lock, ws, Arc::new(engine), &signals))
+                .map_err(|e| anyhow!("cannot start the daemon thread: {e}"))?
+        };
+        Ok(InProcessDaemon {
+            signals,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops it as a SIGTERM stops nrvnad: running jobs get the grace period.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.signals.request_stop();
+            match thread.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => eprintln!("nrvna exec: the in-process daemon failed: {e:#}"),
+                Err(_) => eprintln!("nrvna exec: the in-process daemon panicked"),
+            }
+        }
+    }
+}
+
+impl Drop for InProcessDaemon {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
