@@ -6,5 +6,5 @@ mod cli;
 mod daemon;
 mod examples;
 mod faults;
-mod sandbox;
 mod patterns;
+mod sandbox;
