@@ -964,7 +964,7 @@ fn decompose_at_the_host_depth_limit_fails_clearly() {
             "24",
             "--temp",
             "0",
-            "Write a book",
+            "Plan a wedding",
         ],
     );
     assert_eq!(code(&out), 1, "{}", stdout(&out));

@@ -59,6 +59,9 @@ Options:
 /// Most leaves (`max-subgoals ^ max-depth`) one run may fan out to.
 const MAX_LEAVES: u64 = 256;
 
+/// Most list items read from a split reply, before filtering and the cap.
+const MAX_LIST: usize = 20;
+
 /// Errors from any level start with this, and are passed up unchanged.
 const PREFIX: &str = "decompose: ";
 
@@ -219,10 +222,12 @@ fn split(c: &Config) -> nrvna_guest::Result<Vec<String>> {
         c.max_subgoals, c.goal
     );
     let answer = job(c, prompt, "split").ask()?;
-    let subgoals: Vec<String> = text::parse_list(&answer, c.max_subgoals)
+    // Small models often restate the goal as its first "subgoal"; that would only
+    // recurse without progress, so it is dropped before the cap is applied.
+    let subgoals: Vec<String> = text::parse_list(&answer, MAX_LIST)
         .into_iter()
-        // A subgoal identical to the goal would only recurse without progress.
-        .filter(|s| s.trim() != c.goal.trim())
+        .filter(|s| !same_goal(s, &c.goal))
+        .take(c.max_subgoals)
         .collect();
     if subgoals.is_empty() {
         log::warn(format!(
@@ -269,6 +274,18 @@ fn sub_args(c: &Config, sub: &str) -> Vec<String> {
     a
 }
 
+/// Equal but for case, spacing and trailing punctuation.
+fn same_goal(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        s.trim()
+            .trim_end_matches(['.', '!', '?', ':', ';'])
+            .split_whitespace()
+            .map(str::to_lowercase)
+            .collect::<Vec<_>>()
+    };
+    norm(a) == norm(b)
+}
+
 fn short(s: &str) -> &str {
     text::head(s.trim(), 60)
 }
@@ -303,6 +320,12 @@ mod tests {
         assert_eq!(back.opts, c.opts);
         let c = config(&["--solver", "refine", "goal"]);
         assert_eq!(sub_args(&c, "x"), ["x"]);
+    }
+
+    #[test]
+    fn a_restated_goal_is_not_a_subgoal() {
+        assert!(same_goal("Write a book.", "write a  book"));
+        assert!(!same_goal("Write a chapter", "Write a book"));
     }
 
     #[test]

@@ -154,7 +154,11 @@ fn map_reduce(c: &Config) -> Result<String, String> {
                 report.push(json!({ "prompt": task, "id": out.id, "text": out.text }));
             }
             Err(e) => {
-                log::warn(format!("subtask {} ({task:?}) failed: {e}", i + 1));
+                log::warn(format!(
+                    "subtask {} ({:?}) failed: {e}",
+                    i + 1,
+                    text::head(task, 60)
+                ));
                 report.push(json!({ "prompt": task, "error": e.to_string() }));
             }
         }
