@@ -143,10 +143,13 @@ pub struct Daemon {
 }
 
 /// Settings that keep test jobs short.
-pub const TEST_ENV: [(&str, &str); 3] = [
+/// One decoding thread per daemon: tests run side by side on small machines, and
+/// llama.cpp's thread barriers degrade badly when threads outnumber cores.
+pub const TEST_ENV: [(&str, &str); 4] = [
     ("NRVNA_PREDICT", "32"),
     ("NRVNA_CTX", "1024"),
     ("NRVNA_LOG", "info"),
+    ("NRVNA_THREADS", "1"),
 ];
 
 impl Daemon {

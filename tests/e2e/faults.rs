@@ -10,18 +10,35 @@ use rustix::process::Signal;
 const LONG: [&str; 4] = [
     "Write a very long story about a lighthouse keeper.",
     "--max-tokens",
-    "900",
+    "400",
     "--temp=0.9",
 ];
+
+/// Waits until a daemon has claimed `id` and recorded its start in meta.json.
+fn wait_running(ws: &TestWs, id: &str) {
+    wait_attempt(ws, id, 1);
+}
+
+/// Waits until `id` is running its `attempt`-th start.
+fn wait_attempt(ws: &TestWs, id: &str, attempt: u64) {
+    let started = || {
+        std::fs::read_to_string(ws.path.join("processing").join(id).join("meta.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|m| m["started_at"].is_string() && m["attempts"] == attempt)
+    };
+    assert!(
+        wait_for(Duration::from_secs(120), started),
+        "{id} never started"
+    );
+}
 
 #[test]
 fn sigkill_mid_job_then_restart_completes_exactly_once() {
     let ws = TestWs::new();
     let mut d = ws.daemon(1);
     let id = ws.submit(&LONG);
-    assert!(wait_for(Duration::from_secs(60), || ws
-        .entries("processing")
-        .contains(&id)));
+    wait_running(&ws, &id);
     d.signal(Signal::KILL);
     d.wait_exit(Duration::from_secs(10));
     assert_eq!(ws.entries("processing"), vec![id.clone()]);
@@ -30,7 +47,8 @@ fn sigkill_mid_job_then_restart_completes_exactly_once() {
     let (rc, out, err) = ws.follow(&id);
     assert_eq!(rc, 0, "{err}\n{}", d2.log_text());
     assert!(!out.is_empty());
-    assert_eq!(ws.meta("output", &id)["attempts"], 2);
+    let meta = ws.meta("output", &id);
+    assert_eq!(meta["attempts"], 2, "{meta}\n{}", d2.log_text());
     assert!(ws.entries("failed").is_empty());
     assert!(d2.log_text().contains(&format!("recovered job {id}")));
 }
@@ -40,11 +58,9 @@ fn a_job_that_keeps_crashing_the_daemon_fails_at_the_ceiling() {
     let ws = TestWs::new();
     let env = [("NRVNA_MAX_ATTEMPTS", "2")];
     let id = ws.submit(&LONG);
-    for _ in 0..2 {
+    for attempt in 1..=2 {
         let mut d = Daemon::start(&ws.path, &model(), 1, &[], &env);
-        assert!(wait_for(Duration::from_secs(60), || ws
-            .entries("processing")
-            .contains(&id)));
+        wait_attempt(&ws, &id, attempt);
         d.signal(Signal::KILL);
         d.wait_exit(Duration::from_secs(10));
     }
@@ -141,7 +157,9 @@ fn malformed_ready_entries_go_to_failed_with_a_reason() {
     assert!(
         wait_for(Duration::from_secs(30), || ws
             .entries("input/ready")
-            .is_empty()),
+            .is_empty()
+            && ws.entries("processing").is_empty()
+            && ws.entries("failed").len() == 6),
         "left in ready: {:?}",
         ws.entries("input/ready")
     );
@@ -172,9 +190,7 @@ fn job_directory_deleted_mid_flight_does_not_stop_the_daemon() {
     let ws = TestWs::new();
     let mut d = ws.daemon(1);
     let doomed = ws.submit(&LONG);
-    assert!(wait_for(Duration::from_secs(60), || ws
-        .entries("processing")
-        .contains(&doomed)));
+    wait_running(&ws, &doomed);
     std::fs::remove_dir_all(ws.path.join("processing").join(&doomed)).unwrap();
     let next = ws.submit(&["Say hi.", "--max-tokens", "4"]);
     let (rc, _, err) = ws.follow(&next);
@@ -220,9 +236,7 @@ fn full_disk_while_writing_a_result() {
     let ws = TestWs::at(mnt.join("ws"));
     let mut d = ws.daemon(1);
     let id = ws.submit(&LONG);
-    assert!(wait_for(Duration::from_secs(60), || ws
-        .entries("processing")
-        .contains(&id)));
+    wait_running(&ws, &id);
     // Fill the disk while the job generates.
     let filler = mnt.join("filler");
     {

@@ -144,7 +144,7 @@ pub struct ClaimedJob {
 /// What `claim` found.
 #[derive(Debug)]
 pub enum Claim {
-    Claimed(ClaimedJob),
+    Claimed(Box<ClaimedJob>),
     /// Someone else claimed it first, or it vanished.
     Gone,
     /// It was malformed and has been moved to `failed/` with this reason.
@@ -264,7 +264,7 @@ impl Workspace {
 
     fn validate(&self, sub: &Submission) -> Result<()> {
         let limits = self.limits;
-        if sub.prompt.is_empty() && !(sub.mode == Mode::Embed && !sub.images.is_empty()) {
+        if sub.prompt.is_empty() && (sub.mode != Mode::Embed || sub.images.is_empty()) {
             return Err(QueueError::EmptyPrompt);
         }
         let size = sub.prompt.len() as u64;
@@ -319,7 +319,7 @@ impl Workspace {
             });
         }
         if let Some(p) = sub.sampling.top_p
-            && !(p > 0.0 && p <= 1.0)
+            && (p.is_nan() || p <= 0.0 || p > 1.0)
         {
             return Err(QueueError::InvalidOption {
                 what: "top-p",
@@ -552,14 +552,22 @@ impl Workspace {
         };
         meta.attempts += 1;
         meta.started_at = Some(now_timestamp());
-        write_meta(&running, &meta)?;
-        Ok(Claim::Claimed(ClaimedJob {
+        if let Err(e) = write_meta(&running, &meta) {
+            // The start cannot be recorded (full disk, ...): put the job back untouched
+            // rather than run it unaccounted or strand it in processing/.
+            let ready = self.job_dir(State::Queued, id);
+            if let Err(back) = rename_durable(&running, &ready) {
+                tracing::warn!("job {id}: cannot requeue after a failed claim: {back}");
+            }
+            return Err(e);
+        }
+        Ok(Claim::Claimed(Box::new(ClaimedJob {
             id: id.clone(),
             dir: running,
             prompt,
             meta,
             claimed_at,
-        }))
+        })))
     }
 
     /// Reads what a claimed job needs; an `Err` is the reason to reject it.
@@ -739,10 +747,16 @@ impl Workspace {
     /// its claim counted (for jobs interrupted by a graceful shutdown, not by a crash).
     pub fn requeue(&self, id: &JobId, uncount: bool) -> Result<()> {
         let dir = self.job_dir(State::Running, id);
-        if uncount && let Ok(mut meta) = read_meta(&dir, id) {
-            meta.attempts = meta.attempts.saturating_sub(1);
+        // Best effort: a queued job has no start time; if the disk is full the rename
+        // below still puts the job back.
+        if let Ok(mut meta) = read_meta(&dir, id) {
+            if uncount {
+                meta.attempts = meta.attempts.saturating_sub(1);
+            }
             meta.started_at = None;
-            write_meta(&dir, &meta)?;
+            if let Err(e) = write_meta(&dir, &meta) {
+                tracing::warn!("job {id}: requeueing without updating meta.json: {e}");
+            }
         }
         let ready = self.job_dir(State::Queued, id);
         rename_durable(&dir, &ready).at(&ready)

@@ -20,7 +20,7 @@ fn text(prompt: &str) -> Submission {
 
 fn claim(ws: &Workspace, id: &JobId) -> nrvna_queue::ClaimedJob {
     match ws.claim(id).unwrap() {
-        Claim::Claimed(job) => job,
+        Claim::Claimed(job) => *job,
         other => panic!("claim {id}: {other:?}"),
     }
 }

@@ -254,7 +254,12 @@ fn worker_loop(shared: &Shared) {
                 shared.failures.fetch_add(1, Ordering::SeqCst);
                 job_line(&id, "failed", None, &reason);
             }
-            Err(e) => tracing::warn!("cannot claim {id}: {e}"),
+            Err(e) => {
+                tracing::warn!("cannot claim {id}: {e}");
+                // The job went back to the queue; don't spin on it while the cause
+                // (typically a full disk) lasts.
+                std::thread::sleep(Duration::from_secs(1));
+            }
         }
         unregister(shared, &id);
         shared.pending.settle(&id);
