@@ -37,7 +37,7 @@ _nrvna_ready() {
 # ensure_daemon WS: starts nrvnad on WS unless one is already serving it; a daemon
 # started here is stopped when the script exits. Its log goes to $NRVNA_TMP.
 ensure_daemon() {
-    local ws=$1 pid i
+    local ws=$1 pid
     if _nrvna_ready "$ws"; then
         return 0
     fi
@@ -46,7 +46,7 @@ ensure_daemon() {
         </dev/null >/dev/null 2>>"$NRVNA_TMP/nrvnad.log" &
     pid=$!
     _nrvna_started+=("$pid")
-    for i in $(seq 1200); do
+    for _ in $(seq 1200); do
         _nrvna_ready "$ws" && return 0
         if ! kill -0 "$pid" 2>/dev/null; then
             echo "nrvnad on $ws exited:" >&2

@@ -6,6 +6,7 @@
 #
 # usage: agent-loop.sh [WS] [GOAL] [ROUNDS]
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 GOAL="${2:-Write a Python tutorial covering variables, loops, and functions}"

@@ -5,6 +5,7 @@
 #
 # usage: batch.sh [WS] [FILE]
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 FILE="${2:-}"

@@ -7,6 +7,7 @@
 #
 # usage: compare.sh [WS] [PROMPT]
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 PROMPT="${2:-Explain what a mutex is in two sentences.}"

@@ -5,6 +5,7 @@
 #
 # usage: decompose.sh [WS] [GOAL] [MAX_DEPTH]
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 GOAL="${2:-Plan a small product launch}"

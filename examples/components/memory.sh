@@ -5,6 +5,7 @@
 #
 # usage: memory.sh [WS] [QUESTION]
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 default_question="What's the best approach for a startup?"

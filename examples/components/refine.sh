@@ -4,6 +4,7 @@
 #
 # usage: refine.sh [WS] [GOAL]
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 GOAL="${2:-Write a cover letter for a senior engineer position}"

@@ -5,6 +5,7 @@
 #
 # usage: retry.sh [WS] [PROMPT] [ATTEMPTS]
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 PROMPT="${2:-Invent a name for a coffee shop. Answer in JSON.}"

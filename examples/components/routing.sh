@@ -6,6 +6,7 @@
 #
 # usage: routing.sh [WS] [INPUT]
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 INPUT="${2:-main.py}"

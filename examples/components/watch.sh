@@ -6,6 +6,7 @@
 #
 # usage: watch.sh [WS] [QUESTION...]
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 shift || true

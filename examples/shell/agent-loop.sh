@@ -8,6 +8,7 @@
 #   GOAL    [Write a Python tutorial covering variables, loops, and functions]
 #   ROUNDS  most iterations [5]
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 GOAL="${2:-Write a Python tutorial covering variables, loops, and functions}"

@@ -10,6 +10,7 @@
 #   wrk "$WS" "Caption this image" --image "$img"
 # for each image instead.
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 FILE="${2:-}"

@@ -7,6 +7,7 @@
 #   WS      workspace [$NRVNA_WS or ./workspace]; a daemon is started if none serves it
 #   PROMPT  [Explain what a mutex is in two sentences.]
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 PROMPT="${2:-Explain what a mutex is in two sentences.}"

@@ -8,6 +8,7 @@
 #   GOAL       [Plan a small product launch]
 #   MAX_DEPTH  levels of splitting [1]
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 GOAL="${2:-Plan a small product launch}"

@@ -5,6 +5,7 @@
 # usage: fan-out.sh [WS]   (workspace [$NRVNA_WS or ./workspace]; a daemon is started
 #                           if none serves it)
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 ensure_daemon "$WS"

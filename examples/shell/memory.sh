@@ -6,6 +6,7 @@
 #   WS        workspace [$NRVNA_WS or ./workspace]; a daemon is started if none serves it
 #   QUESTION  [What's the best approach for a startup?]
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 default_question="What's the best approach for a startup?"
@@ -17,7 +18,8 @@ job1=$(wrk "$WS" "Describe a lean startup in one paragraph.")
 job2=$(wrk "$WS" "Describe a bootstrapped startup in one paragraph.")
 job3=$(wrk "$WS" "Describe a venture-funded startup in one paragraph.")
 
-# Save results to memory.
+# Save results to memory (the seed's three appends, as written).
+# shellcheck disable=SC2129
 flw "$WS" "$job1" >> "$memory"
 flw "$WS" "$job2" >> "$memory"
 flw "$WS" "$job3" >> "$memory"

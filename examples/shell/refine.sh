@@ -5,6 +5,7 @@
 #   WS    workspace [$NRVNA_WS or ./workspace]; a daemon is started if none serves it
 #   GOAL  what to write [a cover letter for a senior engineer position]
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 GOAL="${2:-Write a cover letter for a senior engineer position}"

@@ -7,6 +7,7 @@
 #   PROMPT    [Invent a name for a coffee shop. Answer in JSON.]
 #   ATTEMPTS  tries in all [4]
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 PROMPT="${2:-Invent a name for a coffee shop. Answer in JSON.}"

@@ -10,6 +10,7 @@
 # here both serve $NRVNA_MODEL, so the example runs anywhere. Give each its own model
 # with NRVNA_MODEL=... when starting them yourself.
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 INPUT="${2:-main.py}"

@@ -8,6 +8,7 @@
 #   WS        workspace [$NRVNA_WS or ./workspace]; a daemon is started if none serves it
 #   QUESTION  prompts to submit [two built-in questions]
 set -euo pipefail
+# shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
 WS="${1:-$NRVNA_WS}"
 shift || true

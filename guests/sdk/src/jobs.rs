@@ -74,14 +74,6 @@ impl Options {
         }
         Ok(true)
     }
-
-    /// Usage lines for the flags [`Options::accept`] handles.
-    pub const USAGE: &'static str = "\
-  --max-tokens N   most tokens per job [daemon default]
-  --temp T         sampling temperature 0-5 [daemon default]
-  --seed N         sampling seed
-  --system TEXT    system message for every job
-  --tag TAG        add a tag to every job (repeatable)";
 }
 
 /// One prompt and its options, built step by step:
@@ -289,16 +281,35 @@ pub fn follow_all(ids: &[JobId]) -> Vec<Result<Output>> {
 /// place, never abort the rest. A `quota` refusal while jobs are in flight waits for one
 /// of them to end and tries again, so the run's in-flight limit only slows it down.
 pub fn run_all(jobs: &[Job], max_in_flight: usize) -> Vec<Result<Output>> {
+    windowed(
+        jobs.len(),
+        max_in_flight,
+        |i| jobs[i].submit(),
+        |ids| wait_any(ids, None),
+        follow_output,
+    )
+}
+
+/// [`run_all`]'s scheduling, apart from the host calls so it can be tested: `submit(i)`
+/// queues job `i`, `wait_any(ids)` names the index of one that ended, `follow(id)`
+/// collects it.
+fn windowed<T: Clone>(
+    n: usize,
+    max_in_flight: usize,
+    mut submit: impl FnMut(usize) -> Result<JobId>,
+    mut wait_any: impl FnMut(&[JobId]) -> Result<usize>,
+    mut follow: impl FnMut(&str) -> Result<T>,
+) -> Vec<Result<T>> {
     let window = max_in_flight.max(1);
-    let mut results: Vec<Option<Result<Output>>> = vec![None; jobs.len()];
-    // (index into jobs, id) of the jobs in flight.
+    let mut results: Vec<Option<Result<T>>> = vec![None; n];
+    // (index of the job, its id) for the jobs in flight.
     let mut flight: Vec<(usize, JobId)> = Vec::new();
     let mut next = 0;
-    while next < jobs.len() || !flight.is_empty() {
-        while next < jobs.len() && flight.len() < window {
-            match jobs[next].submit() {
+    while next < n || !flight.is_empty() {
+        while next < n && flight.len() < window {
+            match submit(next) {
                 Ok(id) => flight.push((next, id)),
-                // Retried once a job in flight has ended.
+                // Tried again once a job in flight has ended.
                 Err(Error::Quota(_)) if !flight.is_empty() => break,
                 Err(e) => results[next] = Some(Err(e)),
             }
@@ -308,8 +319,9 @@ pub fn run_all(jobs: &[Job], max_in_flight: usize) -> Vec<Result<Output>> {
             continue;
         }
         let ids: Vec<JobId> = flight.iter().map(|(_, id)| id.clone()).collect();
-        let ended = match wait_any(&ids, None) {
+        let ended = match wait_any(&ids) {
             Ok(i) if i < flight.len() => i,
+            // An index out of range is a host bug; following any job is still correct.
             Ok(_) => 0,
             Err(e) => {
                 // The wait itself is broken: report it for every job still in flight.
@@ -320,7 +332,7 @@ pub fn run_all(jobs: &[Job], max_in_flight: usize) -> Vec<Result<Output>> {
             }
         };
         let (i, id) = flight.remove(ended);
-        results[i] = Some(follow_output(&id));
+        results[i] = Some(follow(&id));
     }
     results
         .into_iter()
@@ -330,4 +342,127 @@ pub fn run_all(jobs: &[Job], max_in_flight: usize) -> Vec<Result<Output>> {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    #[test]
+    fn with_fills_only_unset_fields_and_adds_tags() {
+        let shared = Options {
+            route: Some("fast".into()),
+            max_tokens: Some(100),
+            temperature: Some(0.5),
+            tags: vec!["batch".into(), "mine".into()],
+            ..Options::default()
+        };
+        let job = Job::new("p").max_tokens(5).tag("mine").with(&shared);
+        assert_eq!(job.max_tokens, Some(5));
+        assert_eq!(job.route.as_deref(), Some("fast"));
+        assert_eq!(job.temperature, Some(0.5));
+        assert_eq!(job.tags, ["mine", "batch"]);
+        let o = job.options();
+        assert_eq!((o.max_tokens, o.tags.len()), (Some(5), 2));
+    }
+
+    #[test]
+    fn accept_parses_the_shared_flags() {
+        let args = ["--max-tokens", "7", "--temp", "9", "--tag", "x", "--other"];
+        let mut p = crate::args::Parser::new("t", "usage", args.map(String::from).to_vec());
+        let mut o = Options::default();
+        let flag = |p: &mut crate::args::Parser| match p.next() {
+            Ok(Some(crate::args::Arg::Flag(f))) => f,
+            other => panic!("{other:?}"),
+        };
+        let f = flag(&mut p);
+        assert_eq!(o.accept(&f, &mut p), Ok(true));
+        let f = flag(&mut p);
+        assert!(
+            o.accept(&f, &mut p)
+                .unwrap_err()
+                .contains("between 0 and 5")
+        );
+        let f = flag(&mut p);
+        assert_eq!(o.accept(&f, &mut p), Ok(true));
+        let f = flag(&mut p);
+        assert_eq!(o.accept(&f, &mut p), Ok(false));
+        assert_eq!((o.max_tokens, o.tags), (Some(7), vec!["x".to_owned()]));
+    }
+
+    /// A fake queue: job i gets id "i"; `quota_at` in-flight count refuses submits.
+    struct Fake {
+        in_flight: RefCell<Vec<JobId>>,
+        peak: RefCell<usize>,
+        quota_at: usize,
+    }
+
+    impl Fake {
+        fn run(&self, n: usize, window: usize, fail: &[usize]) -> Vec<Result<String>> {
+            windowed(
+                n,
+                window,
+                |i| {
+                    let mut f = self.in_flight.borrow_mut();
+                    if f.len() >= self.quota_at {
+                        return Err(Error::Quota("in flight".into()));
+                    }
+                    if fail.contains(&i) {
+                        return Err(Error::Invalid(format!("job {i}")));
+                    }
+                    f.push(i.to_string());
+                    let mut peak = self.peak.borrow_mut();
+                    *peak = (*peak).max(f.len());
+                    Ok(i.to_string())
+                },
+                // The most recently submitted job ends first: out of order on purpose.
+                |ids| Ok(ids.len() - 1),
+                |id| {
+                    self.in_flight.borrow_mut().retain(|x| x != id);
+                    Ok(format!("out {id}"))
+                },
+            )
+        }
+    }
+
+    fn fake(quota_at: usize) -> Fake {
+        Fake {
+            in_flight: RefCell::new(Vec::new()),
+            peak: RefCell::new(0),
+            quota_at,
+        }
+    }
+
+    #[test]
+    fn windowed_keeps_order_window_and_failures_in_place() {
+        let f = fake(usize::MAX);
+        let out = f.run(5, 2, &[3]);
+        assert_eq!(*f.peak.borrow(), 2);
+        let want: Vec<Result<String>> = vec![
+            Ok("out 0".into()),
+            Ok("out 1".into()),
+            Ok("out 2".into()),
+            Err(Error::Invalid("job 3".into())),
+            Ok("out 4".into()),
+        ];
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn windowed_waits_out_an_in_flight_quota() {
+        // The host allows 2 in flight although the window is 4: nothing is lost.
+        let f = fake(2);
+        let out = f.run(6, 4, &[]);
+        assert_eq!(*f.peak.borrow(), 2);
+        assert!(out.iter().all(Result::is_ok), "{out:?}");
+        assert_eq!(out.len(), 6);
+    }
+
+    #[test]
+    fn windowed_with_nothing_in_flight_reports_the_quota() {
+        let f = fake(0);
+        let out = f.run(2, 4, &[]);
+        assert_eq!(out, vec![Err(Error::Quota("in flight".into())); 2]);
+    }
 }
