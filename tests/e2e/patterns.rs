@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nrvna_tests::{TestWs, bin, code, guest, stderr, stdout, wait_for};
+use nrvna_tests::{Daemon, TestWs, bin, code, guest, model, stderr, stdout, wait_for};
 use serde_json::Value;
 
 const PATTERNS: [(&str, &str); 8] = [
@@ -465,6 +465,47 @@ fn loop_killed_mid_run_resumes_from_kv_without_redoing_rounds() {
     assert!(leftover.is_empty(), "kv state left: {leftover:?}");
 }
 
+#[test]
+fn loop_keeps_its_state_when_a_round_fails() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    let out = exec(
+        &ws,
+        "loop",
+        &["--name", "story"],
+        &["--rounds", "2", &too_long()],
+    );
+    assert_eq!(code(&out), 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("loop: round 1 (") && err.contains("run again with the same goal to resume"),
+        "{err}"
+    );
+    // The goal and the failed round's job id are kept for the rerun.
+    let kv = ws.path.join(".agents/story/kv");
+    let keys: BTreeSet<String> = walk(&kv)
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().any(|k| k.ends_with("goal")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.ends_with("job~001")), "{keys:?}");
+    // A rerun resubmits that round (its job failed), and fails the same way.
+    let out = exec(
+        &ws,
+        "loop",
+        &["--name", "story"],
+        &["--rounds", "2", &too_long()],
+    );
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("submitting again"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(count_in(&tagged(&ws, "loop-round"), "failed"), 2);
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -573,6 +614,20 @@ fn route_sends_by_rule_default_and_model_within_its_grants() {
         stderr(&out)
     );
     assert_eq!(jobs(&ws).len() + jobs(&code_ws).len(), before);
+
+    // The routed job failing fails the run, naming the route.
+    let out = exec(
+        &ws,
+        "route",
+        &exec_args,
+        &["--rule", "word*=code", &too_long()],
+    );
+    assert_eq!(code(&out), 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("route code: failed:") && err.contains("tokens"),
+        "{err}"
+    );
 }
 
 // ----- map-reduce ----------------------------------------------------------------------
@@ -782,6 +837,49 @@ fn compare_samples_its_workspace_and_lets_a_judge_pick() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn compare_leaves_out_a_failed_target() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    // The other workspace's daemon has too small a context for the prompt.
+    let small = TestWs::new();
+    let _ds = Daemon::start(&small.path, &model(), 1, &[], &[("NRVNA_CTX", "128")]);
+    let grant = format!("small={}", small.path.display());
+    let prompt = format!("{} Name a bird.", "Please answer briefly. ".repeat(40));
+    let v = ok_json(&exec(
+        &ws,
+        "compare",
+        &["--route", &grant],
+        &[
+            "--to",
+            "self",
+            "--to",
+            "small",
+            "--max-tokens",
+            "12",
+            "--json",
+            &prompt,
+        ],
+    ));
+    assert_eq!(
+        (v["method"].as_str(), v["best"].as_u64()),
+        (Some("only"), Some(1)),
+        "{v}"
+    );
+    let answers = v["answers"].as_array().expect("answers");
+    assert!(answers[0]["text"].is_string());
+    assert!(
+        answers[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("holds 128")),
+        "{v}"
+    );
+    assert_eq!(v["text"], answers[0]["text"]);
+    assert_eq!(count_in(&tagged(&small, "compare-answer"), "failed"), 1);
+    // Nothing to judge with one answer.
+    assert!(tagged(&ws, "compare-judge").is_empty());
 }
 
 #[test]
