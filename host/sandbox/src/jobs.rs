@@ -340,19 +340,6 @@ impl RunShared {
                 }
             },
         };
-        let submitted = self.submitted.load(Ordering::SeqCst);
-        if submitted >= limits.max_jobs {
-            return Err(JobError::Quota(format!(
-                "jobs submitted: this run has submitted {submitted} jobs, the limit (--max-jobs)"
-            )));
-        }
-        let in_flight = self.in_flight();
-        if in_flight >= limits.max_in_flight {
-            return Err(JobError::Quota(format!(
-                "jobs in flight: this run has {in_flight} jobs queued or running, the limit \
-                 (--max-in-flight); wait for some to end"
-            )));
-        }
         let parent = match &options.parent {
             Some(p) => Some(parse_id(p)?),
             None => self.parent_job.clone(),
@@ -370,6 +357,20 @@ impl RunShared {
             files.push(("schema.json".to_owned(), schema_file));
             files.push((GRAMMAR_FILE.to_owned(), grammar));
             output_format = Some(OutputFormat::JsonSchema);
+        }
+        // Quotas last: bad input is `invalid` whatever the counts are.
+        let submitted = self.submitted.load(Ordering::SeqCst);
+        if submitted >= limits.max_jobs {
+            return Err(JobError::Quota(format!(
+                "jobs submitted: this run has submitted {submitted} jobs, the limit (--max-jobs)"
+            )));
+        }
+        let in_flight = self.in_flight();
+        if in_flight >= limits.max_in_flight {
+            return Err(JobError::Quota(format!(
+                "jobs in flight: this run has {in_flight} jobs queued or running, the limit \
+                 (--max-in-flight); wait for some to end"
+            )));
         }
         let mode = if options.images.is_empty() {
             Mode::Text
@@ -769,4 +770,149 @@ fn cut(mut text: String, max: usize) -> String {
 
 fn mib(bytes: u64) -> String {
     format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::runtime::RuntimeConfig;
+    use nrvna_queue::{Claim, Outcome};
+
+    fn options() -> SubmitOptions {
+        SubmitOptions {
+            route: None,
+            images: Vec::new(),
+            max_tokens: Some(4),
+            temperature: None,
+            seed: None,
+            system: None,
+            json_schema: None,
+            parent: None,
+            tags: Vec::new(),
+        }
+    }
+
+    fn run_on(ws: &Path, grants: Grants) -> Arc<RunShared> {
+        let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+        let mut ctx = RunContext::new(ws, "t");
+        ctx.grants = grants;
+        ctx.parent_job = Some(JobId::parse("1_2").unwrap());
+        let own = Workspace::create(ws).unwrap();
+        Arc::new(RunShared::new(runtime, ctx, vec![own], Vec::new()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quotas_validation_follow_and_cleanup() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut grants = Grants::default();
+        grants.limits.max_in_flight = 2;
+        grants.limits.max_jobs = 3;
+        grants.limits.max_prompt_bytes = 100;
+        let run = run_on(&tmp.path().join("ws"), grants);
+        let ws = run.workspaces[0].clone();
+
+        let a = run.clone().submit("a".into(), options()).await.unwrap();
+        let b = run.clone().submit("b".into(), options()).await.unwrap();
+        let a = JobId::parse(&a).unwrap();
+        // The run's own job is the default parent.
+        assert_eq!(
+            ws.read_meta(State::Queued, &a).unwrap().parent.as_deref(),
+            Some("1_2")
+        );
+        let third = run.clone().submit("c".into(), options()).await;
+        assert!(
+            matches!(&third, Err(JobError::Quota(m)) if m.contains("--max-in-flight")),
+            "{third:?}"
+        );
+
+        // Bad input is `invalid`/`denied` and costs nothing.
+        let big = run.clone().submit("x".repeat(101), options()).await;
+        assert!(
+            matches!(&big, Err(JobError::Invalid(m)) if m.contains("--max-prompt-bytes")),
+            "{big:?}"
+        );
+        let mut routed = options();
+        routed.route = Some("elsewhere".into());
+        assert!(matches!(
+            run.clone().submit("r".into(), routed).await,
+            Err(JobError::Denied(_))
+        ));
+        let mut parented = options();
+        parented.parent = Some("../1".into());
+        assert!(matches!(
+            run.clone().submit("p".into(), parented).await,
+            Err(JobError::Invalid(_))
+        ));
+        let mut schema = options();
+        schema.json_schema = Some("{}".into());
+        assert!(
+            matches!(run.clone().submit("s".into(), schema).await, Err(JobError::Invalid(m)) if m.contains("schema compiler"))
+        );
+
+        // A job that ends frees its slot (after the refresh interval).
+        let Claim::Claimed(job) = ws.claim(&a).unwrap() else {
+            panic!("claim");
+        };
+        ws.complete(
+            &job,
+            Outcome {
+                artifacts: vec![(RESULT_FILE.into(), b"done text".to_vec())],
+                prompt_tokens: Some(5),
+                generated_tokens: Some(2),
+            },
+        )
+        .unwrap();
+        tokio::time::sleep(IN_FLIGHT_REFRESH).await;
+        let c = run.clone().submit("c".into(), options()).await.unwrap();
+        let fourth = run.clone().submit("d".into(), options()).await;
+        assert!(
+            matches!(&fourth, Err(JobError::Quota(m)) if m.contains("--max-jobs")),
+            "{fourth:?}"
+        );
+
+        let out = run.clone().follow(a.as_str(), Some(10)).await.unwrap();
+        assert_eq!(
+            (out.text.as_str(), out.prompt_tokens, out.generated_tokens),
+            ("done text", 5, 2)
+        );
+        assert!(matches!(
+            run.clone().follow(&b, Some(50)).await,
+            Err(JobError::Timeout)
+        ));
+        assert!(matches!(run.status(&b), Ok(JobState::Queued)));
+        assert!(matches!(run.status("9_9"), Ok(JobState::Missing)));
+        assert!(matches!(
+            run.clone()
+                .wait_any(&[b.clone(), a.to_string()], Some(0))
+                .await,
+            Ok(1)
+        ));
+        let all = run
+            .clone()
+            .wait_all(&[a.to_string(), b.clone(), "x".into()], Some(20))
+            .await;
+        assert!(
+            matches!(
+                &all[..],
+                [Ok(_), Err(JobError::Timeout), Err(JobError::Invalid(_))]
+            ),
+            "{all:?}"
+        );
+        assert!(
+            matches!(run.clone().cancel(a.as_str()).await, Err(JobError::Invalid(m)) if m.contains("already ended"))
+        );
+
+        // The run's end cancels what it left queued.
+        assert_eq!(run.finish(), 2);
+        for id in [&b, &c] {
+            let id = JobId::parse(id).unwrap();
+            assert_eq!(
+                ws.read_meta(State::Failed, &id).unwrap().status.as_deref(),
+                Some("cancelled")
+            );
+        }
+        assert_eq!(run.finish(), 0);
+        assert_eq!(run.jobs_submitted(), 3);
+    }
 }

@@ -41,7 +41,7 @@ enum Command {
     },
     /// Run an agent component (.wasm) in the sandbox; its jobs go to a workspace
     #[command(after_help = super::exec::AFTER_HELP)]
-    Exec(super::exec::ExecArgs),
+    Exec(Box<super::exec::ExecArgs>),
     /// Cancel a job: a queued one at once, a running one at its daemon's next step
     #[command(after_help = CANCEL_HELP)]
     Cancel {
@@ -72,7 +72,7 @@ pub fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<ExitCode> {
     match args.command {
-        Command::Exec(args) => super::exec::run(args),
+        Command::Exec(args) => super::exec::run(*args),
         Command::Cancel { workspace, id } => cancel(&workspace, &id),
         Command::BenchSandbox => {
             print!("{}", super::bench_sandbox::run()?);
