@@ -2,6 +2,7 @@
 //!
 //! One test binary (as ripgrep does) with a module per concern.
 
+mod agent_jobs;
 mod cli;
 mod daemon;
 mod examples;

@@ -5,4 +5,5 @@
 pub mod cli;
 pub mod cmd;
 pub mod daemon;
+pub mod grant_args;
 pub mod settings;

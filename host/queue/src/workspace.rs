@@ -264,7 +264,10 @@ impl Workspace {
 
     fn validate(&self, sub: &Submission) -> Result<()> {
         let limits = self.limits;
-        if sub.prompt.is_empty() && (sub.mode != Mode::Embed || sub.images.is_empty()) {
+        // Agent jobs may have no arguments; embed jobs may embed images alone.
+        let may_be_empty =
+            sub.mode == Mode::Agent || (sub.mode == Mode::Embed && !sub.images.is_empty());
+        if sub.prompt.is_empty() && !may_be_empty {
             return Err(QueueError::EmptyPrompt);
         }
         let size = sub.prompt.len() as u64;

@@ -347,6 +347,8 @@ impl InProcessDaemon {
             max_attempts,
             drain: false,
             grace: Duration::from_secs(5),
+            // The component runs in this process; the daemon only serves its jobs.
+            agents: None,
         };
         let thread = {
             let signals = signals.clone();

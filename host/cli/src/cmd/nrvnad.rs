@@ -12,7 +12,8 @@ use nrvna_queue::Workspace;
 use nrvna_queue::lifecycle::{DaemonLock, DaemonStatus, probe};
 
 use crate::cli::{init_logging, parse_from, report, resolve_model};
-use crate::daemon::{self, DaemonOptions, Ended, SignalCounter};
+use crate::daemon::{self, AgentHost, DaemonOptions, Ended, SignalCounter};
+use crate::grant_args::{GrantArgs, default_cache_dir};
 use crate::settings::{DAEMON_ENV_HELP, env_in, env_or};
 
 const AFTER_HELP: &str = "\
@@ -59,6 +60,13 @@ struct Args {
     /// Seconds running jobs may finish after SIGINT/SIGTERM before being requeued
     #[arg(long, default_value_t = 15, value_name = "SECS")]
     grace: u64,
+    /// Agent jobs run at once (more wait their turn)
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    agent_jobs: u16,
+    /// What every agent job (`wrk WS --agent X.wasm`) may use; nothing is granted unless
+    /// given here
+    #[command(flatten, next_help_heading = "Agent job grants and limits")]
+    grants: GrantArgs,
 }
 
 #[derive(Parser, Debug)]
@@ -123,6 +131,7 @@ fn serve(args: Args) -> Result<ExitCode> {
         (None, None) => env_or::<usize>("NRVNA_WORKERS", 4, 1, 64)?,
     };
     let config = engine_config(model, workers)?;
+    let agent_grants = args.grants.to_grants()?;
     let max_attempts = env_or::<u32>("NRVNA_MAX_ATTEMPTS", 3, 1, 100)?;
 
     let ws = Workspace::create(&args.workspace)
@@ -170,12 +179,16 @@ fn serve(args: Args) -> Result<ExitCode> {
         ws.root().display(),
         ws.root().display()
     );
+    let runtime = crate::cmd::exec::runtime(default_cache_dir())?;
+    let agents = AgentHost::new(runtime, agent_grants, args.agent_jobs as usize)
+        .context("cannot start the agent runtime")?;
     let opts = DaemonOptions {
         workspace: args.workspace,
         workers,
         max_attempts,
         drain: args.drain,
         grace: Duration::from_secs(args.grace),
+        agents: Some(agents),
     };
     match daemon::run(opts, lock, ws, Arc::new(engine), &signals)? {
         Ended::Clean => {

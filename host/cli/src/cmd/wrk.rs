@@ -9,7 +9,7 @@ use clap::Parser;
 use nrvna_queue::{JobId, Mode, OutputFormat, Sampling, Submission, Workspace};
 
 use crate::cli::{init_logging, parse_args, report};
-use crate::daemon::GRAMMAR_FILE;
+use crate::daemon::{AGENT_ARGS_KEY, AGENT_FILE, AGENT_NAME_KEY, GRAMMAR_FILE};
 
 /// Largest schema or grammar file accepted.
 const MAX_SPEC_BYTES: u64 = 1 << 20;
@@ -25,6 +25,7 @@ Examples:
   git diff | wrk ./ws - --system \"You review code.\"
   wrk ./ws \"Name three colours\" --json-schema colours.json
   wrk ./ws --embed \"text to embed\"
+  wrk ./ws --agent refine.wasm -- --rounds 2 \"Write a haiku\"   (an agent job)
 
 Exit codes: 0 submitted (the id is on stdout); 1 bad input or I/O error (nothing is
 left in the workspace).";
@@ -77,6 +78,13 @@ struct Args {
     /// Constrain the output with this GBNF grammar (root rule `root`)
     #[arg(long, value_name = "FILE")]
     grammar: Option<PathBuf>,
+    /// Queue an agent job: the daemon runs this component with the prompt words as its
+    /// arguments (put `--` before arguments that start with a dash)
+    #[arg(long, value_name = "COMPONENT.wasm", conflicts_with_all = ["embed", "json_schema", "grammar", "images", "system"])]
+    agent: Option<PathBuf>,
+    /// Storage name of the agent job's kv [default: the component's file stem]
+    #[arg(long, value_name = "NAME", requires = "agent")]
+    agent_name: Option<String>,
 }
 
 pub fn main() -> ExitCode {
@@ -92,6 +100,9 @@ pub fn main() -> ExitCode {
 }
 
 fn submit(args: Args) -> Result<JobId> {
+    if let Some(component) = &args.agent {
+        return submit_agent(&args, component);
+    }
     let prompt = read_prompt(&args.prompt)?;
     let parent = args
         .parent
@@ -148,6 +159,64 @@ fn submit(args: Args) -> Result<JobId> {
         output_format,
         files,
         extra_meta: Default::default(),
+    };
+    Ok(ws.submit(sub)?)
+}
+
+/// An agent job: the component travels inside the job directory (the daemon may run it
+/// long after the file has changed), its arguments in meta.json.
+fn submit_agent(args: &Args, component: &Path) -> Result<JobId> {
+    let md =
+        std::fs::metadata(component).with_context(|| format!("--agent {}", component.display()))?;
+    if !md.is_file() {
+        bail!("--agent {}: not a regular file", component.display());
+    }
+    let limit = nrvna_queue::Limits::default()
+        .max_file_bytes
+        .min(nrvna_sandbox::MAX_COMPONENT_BYTES);
+    if md.len() > limit {
+        bail!(
+            "--agent {}: {} bytes; the limit is {limit}",
+            component.display(),
+            md.len()
+        );
+    }
+    let bytes =
+        std::fs::read(component).with_context(|| format!("--agent {}", component.display()))?;
+    // A component (not a core module): magic, then layer 1 of the binary format.
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" || bytes[6..8] != [1, 0] {
+        bail!(
+            "--agent {}: not a WebAssembly component (build guests with --target wasm32-wasip2)",
+            component.display()
+        );
+    }
+    let name = match &args.agent_name {
+        Some(n) => n.clone(),
+        None => component
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "agent".into()),
+    };
+    nrvna_sandbox::check_name(&name).map_err(|e| anyhow::anyhow!("agent name {name:?}: {e}"))?;
+    let parent = args
+        .parent
+        .as_deref()
+        .map(JobId::parse)
+        .transpose()
+        .context("--parent")?;
+    let mut extra = serde_json::Map::new();
+    extra.insert(AGENT_ARGS_KEY.into(), serde_json::json!(args.prompt));
+    extra.insert(AGENT_NAME_KEY.into(), name.into());
+    let ws = Workspace::create(&args.workspace)
+        .with_context(|| format!("cannot create workspace {}", args.workspace.display()))?;
+    let sub = Submission {
+        prompt: args.prompt.join(" "),
+        mode: Mode::Agent,
+        parent,
+        tags: args.tags.clone(),
+        files: vec![(AGENT_FILE.to_owned(), bytes)],
+        extra_meta: extra,
+        ..Submission::default()
     };
     Ok(ws.submit(sub)?)
 }

@@ -5,9 +5,11 @@
 //! engine, which batches all of them together; the main thread handles signals and
 //! `--drain`.
 
+mod agent;
 mod job;
 mod pending;
 
+pub use agent::{AGENT_ARGS_KEY, AGENT_FILE, AGENT_NAME_KEY, AgentHost};
 pub use job::{GRAMMAR_FILE, JobEnd, run_job, settle};
 
 use std::collections::HashMap;
@@ -20,7 +22,7 @@ use anyhow::{Context, Result};
 use nrvna_engine::{Backend, CancelFlag};
 use nrvna_queue::lifecycle::{DaemonInfo, DaemonLock};
 use nrvna_queue::watch::DirWatcher;
-use nrvna_queue::{Claim, JobId, State, Workspace};
+use nrvna_queue::{Claim, JobId, Mode, State, Workspace};
 
 use pending::Pending;
 
@@ -37,6 +39,8 @@ pub struct DaemonOptions {
     pub drain: bool,
     /// How long in-flight jobs may run on after SIGINT/SIGTERM before they are requeued.
     pub grace: Duration,
+    /// Runs agent jobs; `None` fails them with a reason.
+    pub agents: Option<AgentHost>,
 }
 
 /// A job being worked on, so shutdown can interrupt it.
@@ -52,6 +56,7 @@ struct Shared {
     in_flight: Mutex<HashMap<JobId, InFlight>>,
     stopping: AtomicBool,
     failures: AtomicUsize,
+    agents: Option<AgentHost>,
 }
 
 /// How the daemon ended, for its exit code.
@@ -65,7 +70,7 @@ pub enum Ended {
 /// Runs the daemon until a signal (or, with `--drain`, an empty queue).
 /// `start_engine` is called after the workspace lock is held.
 pub fn run(
-    opts: DaemonOptions,
+    mut opts: DaemonOptions,
     lock: DaemonLock,
     ws: Workspace,
     engine: Arc<dyn Backend>,
@@ -86,6 +91,7 @@ pub fn run(
         in_flight: Mutex::new(HashMap::new()),
         stopping: AtomicBool::new(false),
         failures: AtomicUsize::new(0),
+        agents: opts.agents.take(),
     });
 
     let ready_dir = shared.ws.state_dir(State::Queued);
@@ -167,6 +173,29 @@ fn is_drained(shared: &Shared) -> Result<bool> {
     Ok(shared.ws.list(State::Queued)?.is_empty() && shared.ws.list(State::Running)?.is_empty())
 }
 
+/// Acts on `nrvna cancel` requests (`.cancel/<id>`): a job this daemon runs is stopped
+/// at the engine's next step; one that went back to the queue meanwhile (recovered after
+/// a crash) is cancelled there; the request is dropped once the job has ended.
+fn apply_cancel_requests(shared: &Shared) {
+    for id in shared.ws.cancel_requests() {
+        let running_here = shared
+            .in_flight
+            .lock()
+            .map(|map| map.get(&id).map(|job| job.cancel.cancel()).is_some())
+            .unwrap_or(false);
+        let done = running_here
+            || match shared.ws.state_of(&id) {
+                Ok(Some(State::Queued)) => shared.ws.cancel_queued(&id).unwrap_or(false),
+                // Being claimed right now: look again on the next round.
+                Ok(Some(State::Running)) | Ok(Some(State::Writing)) => false,
+                _ => true,
+            };
+        if done {
+            shared.ws.clear_cancel_request(&id);
+        }
+    }
+}
+
 /// Cancels every in-flight job so its worker requeues it.
 fn interrupt_all(shared: &Shared) {
     if let Ok(map) = shared.in_flight.lock() {
@@ -192,6 +221,7 @@ fn watch_loop(shared: &Shared, watcher: &DirWatcher) {
             }
         }
         shared.pending.push_all(ids);
+        apply_cancel_requests(shared);
         if sweep {
             match shared.ws.sweep_ready() {
                 Ok(ids) => shared.pending.push_all(ids),
@@ -202,7 +232,7 @@ fn watch_loop(shared: &Shared, watcher: &DirWatcher) {
     }
 }
 
-fn worker_loop(shared: &Shared) {
+fn worker_loop(shared: &Arc<Shared>) {
     while !shared.stopping.load(Ordering::SeqCst) {
         let Some(id) = shared.pending.take(Duration::from_millis(250)) else {
             continue;
@@ -225,8 +255,28 @@ fn worker_loop(shared: &Shared) {
         }
         match shared.ws.claim(&id) {
             Ok(Claim::Claimed(job)) => {
-                let started = Instant::now();
                 job_line(&id, "running", None, "");
+                if job.meta.mode == Mode::Agent
+                    && let Some(host) = &shared.agents
+                {
+                    // Agents wait on the jobs they submit: run them off the workers.
+                    let done_shared = shared.clone();
+                    let done_id = id.clone();
+                    agent::spawn_agent_job(
+                        host,
+                        shared.ws.clone(),
+                        *job,
+                        cancel,
+                        interrupted,
+                        move |end, took| {
+                            report_end(&done_shared, &done_id, &end, took);
+                            unregister(&done_shared, &done_id);
+                            done_shared.pending.settle(&done_id);
+                        },
+                    );
+                    continue;
+                }
+                let started = Instant::now();
                 let end = run_job(
                     &shared.ws,
                     shared.engine.as_ref(),
@@ -234,20 +284,7 @@ fn worker_loop(shared: &Shared) {
                     cancel,
                     &interrupted,
                 );
-                let secs = Some(started.elapsed().as_secs_f64());
-                match &end {
-                    JobEnd::Done => job_line(&id, "done", secs, ""),
-                    JobEnd::Failed(reason) => {
-                        shared.failures.fetch_add(1, Ordering::SeqCst);
-                        job_line(&id, "failed", secs, reason);
-                    }
-                    JobEnd::Cancelled => job_line(&id, "cancelled", secs, ""),
-                    JobEnd::Requeued => job_line(&id, "requeued", secs, ""),
-                    JobEnd::Lost(reason) => {
-                        shared.failures.fetch_add(1, Ordering::SeqCst);
-                        job_line(&id, "lost", secs, reason);
-                    }
-                }
+                report_end(shared, &id, &end, started.elapsed());
             }
             Ok(Claim::Gone) => {}
             Ok(Claim::Rejected(reason)) => {
@@ -263,6 +300,23 @@ fn worker_loop(shared: &Shared) {
         }
         unregister(shared, &id);
         shared.pending.settle(&id);
+    }
+}
+
+fn report_end(shared: &Shared, id: &JobId, end: &JobEnd, took: Duration) {
+    let secs = Some(took.as_secs_f64());
+    match end {
+        JobEnd::Done => job_line(id, "done", secs, ""),
+        JobEnd::Failed(reason) => {
+            shared.failures.fetch_add(1, Ordering::SeqCst);
+            job_line(id, "failed", secs, reason);
+        }
+        JobEnd::Cancelled => job_line(id, "cancelled", secs, ""),
+        JobEnd::Requeued => job_line(id, "requeued", secs, ""),
+        JobEnd::Lost(reason) => {
+            shared.failures.fetch_add(1, Ordering::SeqCst);
+            job_line(id, "lost", secs, reason);
+        }
     }
 }
 

@@ -1,0 +1,141 @@
+//! Agent jobs: a job whose payload is a WebAssembly component (`wrk WS --agent X.wasm`).
+//!
+//! They run on the agent runtime's async executor, not on an inference worker: an agent
+//! spends its life waiting for the jobs it submits, and those jobs need the workers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nrvna_engine::CancelFlag;
+use nrvna_queue::{ClaimedJob, Outcome, Workspace};
+use nrvna_sandbox::{Grants, LogSink, RunContext, Runtime};
+
+use super::job::{JobEnd, settle};
+
+/// The component file inside an agent job's directory.
+pub const AGENT_FILE: &str = "agent.wasm";
+/// meta.json keys of an agent job.
+pub const AGENT_ARGS_KEY: &str = "agent_args";
+pub const AGENT_NAME_KEY: &str = "agent_name";
+
+/// What the daemon needs to run agent jobs.
+pub struct AgentHost {
+    pub runtime: Runtime,
+    /// The grants every agent job of this daemon gets (nrvnad's grant flags).
+    pub grants: Grants,
+    pub executor: tokio::runtime::Runtime,
+    /// Agent jobs running at once; more wait (still counted as running).
+    pub slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl AgentHost {
+    pub fn new(runtime: Runtime, grants: Grants, max_running: usize) -> std::io::Result<AgentHost> {
+        let executor = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("nrvna-agent")
+            .enable_all()
+            .build()?;
+        Ok(AgentHost {
+            runtime,
+            grants,
+            executor,
+            slots: Arc::new(tokio::sync::Semaphore::new(max_running.max(1))),
+        })
+    }
+}
+
+/// Runs one claimed agent job to its end; `done` is called with the outcome.
+pub fn spawn_agent_job(
+    host: &AgentHost,
+    ws: Workspace,
+    job: ClaimedJob,
+    cancel: CancelFlag,
+    interrupted: Arc<AtomicBool>,
+    done: impl FnOnce(JobEnd, Duration) + Send + 'static,
+) {
+    let runtime = host.runtime.clone();
+    let grants = host.grants.clone();
+    let slots = host.slots.clone();
+    host.executor.spawn(async move {
+        let started = Instant::now();
+        let _permit = slots.acquire_owned().await;
+        let end = run_agent_job(&runtime, grants, &ws, &job, &cancel, &interrupted).await;
+        done(end, started.elapsed());
+    });
+}
+
+async fn run_agent_job(
+    runtime: &Runtime,
+    grants: Grants,
+    ws: &Workspace,
+    job: &ClaimedJob,
+    cancel: &CancelFlag,
+    interrupted: &AtomicBool,
+) -> JobEnd {
+    let wasm: PathBuf = job.dir.join(AGENT_FILE);
+    let args: Vec<String> = job
+        .meta
+        .extra
+        .get(AGENT_ARGS_KEY)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    let agent = match runtime.load(&wasm) {
+        Ok(agent) => agent,
+        Err(e) => return settle(ws, job, Err((e.to_string(), Outcome::default()))),
+    };
+    let name = job
+        .meta
+        .extra
+        .get(AGENT_NAME_KEY)
+        .and_then(|v| v.as_str())
+        .filter(|n| nrvna_sandbox::check_name(n).is_ok())
+        .unwrap_or(agent.name())
+        .to_owned();
+    let ctx = RunContext {
+        workspace: ws.root().to_owned(),
+        agent_name: name,
+        parent_job: Some(job.id.clone()),
+        grants,
+        log: LogSink::Tracing,
+        keep_jobs: false,
+    };
+    let run = runtime.run(&agent, args, ctx);
+    let stop = async {
+        while !cancel.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // Dropping the run future stops the component and cancels its unfinished jobs.
+    let result = tokio::select! {
+        r = run => Some(r),
+        () = stop => None,
+    };
+    let Some(result) = result else {
+        if interrupted.load(Ordering::SeqCst) {
+            return match ws.requeue(&job.id, true) {
+                Ok(()) => JobEnd::Requeued,
+                Err(e) => JobEnd::Lost(e.to_string()),
+            };
+        }
+        return match ws.cancel_claimed(job, Outcome::default()) {
+            Ok(()) => JobEnd::Cancelled,
+            Err(e) => JobEnd::Lost(e.to_string()),
+        };
+    };
+    let settled = match result {
+        Ok(outcome) => match outcome.output {
+            Ok(text) => Ok(Outcome {
+                artifacts: vec![("result.txt".into(), text.into_bytes())],
+                ..Outcome::default()
+            }),
+            Err(text) => Err((
+                format!("the agent returned an error: {text}"),
+                Outcome::default(),
+            )),
+        },
+        Err(e) => Err((e.to_string(), Outcome::default())),
+    };
+    settle(ws, job, settled)
+}
