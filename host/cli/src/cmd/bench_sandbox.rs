@@ -228,18 +228,24 @@ fn pattern_overhead(
     // Warm-up: the first decode pays for caches.
     direct(&ws)?;
     let (mut plain, mut pattern) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        let t = Instant::now();
-        let ids = direct(&ws)?;
-        plain.push(Timing::of(&ws, t.elapsed(), &ids)?);
-        let before = ws.list(State::Done)?;
-        let wall = time_run(tokio, &rt, &agent, &PROMPTS, &ws_path)?;
-        let ids: Vec<JobId> = ws
-            .list(State::Done)?
-            .into_iter()
-            .filter(|id| !before.contains(id))
-            .collect();
-        pattern.push(Timing::of(&ws, wall, &ids)?);
+    // Alternate which goes first, so neither always inherits the other's warm state.
+    for round in 0..3 {
+        for pattern_turn in [round % 2 == 1, round % 2 == 0] {
+            if pattern_turn {
+                let before = ws.list(State::Done)?;
+                let wall = time_run(tokio, &rt, &agent, &PROMPTS, &ws_path)?;
+                let ids: Vec<JobId> = ws
+                    .list(State::Done)?
+                    .into_iter()
+                    .filter(|id| !before.contains(id))
+                    .collect();
+                pattern.push(Timing::of(&ws, wall, &ids)?);
+            } else {
+                let t = Instant::now();
+                let ids = direct(&ws)?;
+                plain.push(Timing::of(&ws, t.elapsed(), &ids)?);
+            }
+        }
     }
     daemon.stop();
     let model_name = model
