@@ -6,7 +6,9 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use nrvna_tests::{TEST_ENV, TestWs, bin, code, guest, model, run, stderr, stdout};
+use nrvna_tests::{
+    Daemon, TEST_ENV, TestWs, bin, code, guest, model, run, stderr, stdout, wait_for,
+};
 
 /// `nrvna exec COMPONENT --ws WS FLAGS -- ARGS`.
 fn exec(ws: &TestWs, component: &str, flags: &[&str], args: &[&str]) -> Output {
@@ -258,6 +260,56 @@ fn the_compile_cache_is_used_on_the_second_start() {
     let out = exec(&ws, "fx_kv", &["--cache-dir", &flag], &["count"]);
     assert_eq!(stdout(&out).trim(), "3", "{}", show(&out));
     assert!(std::fs::metadata(&path).expect("rewritten").len() > 1000);
+}
+
+#[test]
+fn a_component_blocked_in_follow_blocks_only_itself() {
+    // Two agent jobs in one daemon: one waits forever on a route no daemon serves, the
+    // other (and plain jobs) must still run; cancelling the first stops its component.
+    let ws = TestWs::new();
+    let idle = TestWs::new();
+    let route = format!("idle={}", idle.path.display());
+    let _d = Daemon::start(&ws.path, &model(), 2, &["--route", &route], &[]);
+    let hostile = guest("fx_hostile");
+    let stuck = ws.submit(&[
+        "--agent",
+        hostile.to_str().unwrap_or_default(),
+        "--",
+        "stuck-route",
+        "idle",
+    ]);
+    assert!(
+        wait_for(Duration::from_secs(60), || idle
+            .entries("input/ready")
+            .len()
+            == 1),
+        "the stuck agent never submitted its job"
+    );
+    let kv = guest("fx_kv");
+    let counter = ws.submit(&["--agent", kv.to_str().unwrap_or_default(), "--", "count"]);
+    let (rc, out, err) = ws.follow(&counter);
+    assert_eq!((rc, out.trim()), (0, "1"), "{err}");
+    assert_daemon_serves(&ws);
+    assert_eq!(ws.entries("processing"), vec![stuck.clone()]);
+
+    let out = run(Command::new(bin("nrvna"))
+        .arg("cancel")
+        .arg(&ws.path)
+        .arg(&stuck));
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(
+        wait_for(Duration::from_secs(30), || ws
+            .entries("failed")
+            .contains(&stuck)),
+        "the stuck agent job was not cancelled"
+    );
+    assert_eq!(ws.meta("failed", &stuck)["status"], "cancelled");
+    // Its run was dropped, and the job it left in the route cancelled with it.
+    assert!(wait_for(Duration::from_secs(10), || idle
+        .entries("failed")
+        .len()
+        == 1));
+    assert!(idle.entries("input/ready").is_empty());
 }
 
 // ----- hostile components ---------------------------------------------------------------

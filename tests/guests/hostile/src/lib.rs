@@ -153,6 +153,14 @@ impl Guest for Hostile {
                     .map(|o| o.text)
                     .map_err(|e| format!("follow: {e:?}"))
             }
+            // Blocks in `follow` on a job queued in route NAME, which no daemon serves.
+            "stuck-route" => {
+                let id = jobs::submit("never served", &options(Some(arg(1))))
+                    .map_err(|e| format!("submit: {e:?}"))?;
+                jobs::follow(&id, None)
+                    .map(|o| o.text)
+                    .map_err(|e| format!("follow: {e:?}"))
+            }
             other => Err(format!("unknown mode {other:?}")),
         }
     }
