@@ -561,6 +561,56 @@ fn a_panic_is_reported_as_a_crash() {
     );
 }
 
+#[test]
+fn hostile_agent_jobs_fail_alone_inside_the_daemon() {
+    // The same attacks as agent jobs, so the sandbox runs inside nrvnad itself: each job
+    // fails with the limit that stopped it and the daemon goes on serving.
+    let ws = TestWs::new();
+    let flags = ["--cpu", "2s", "--memory", "1200M", "--timeout", "120s"];
+    let d = Daemon::start(&ws.path, &model(), 2, &flags, &[]);
+    let hostile = guest("fx_hostile");
+    let hostile = hostile.to_str().unwrap_or_default();
+    let nest = guest("fx_nest");
+    let gib = (1u64 << 30).to_string();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--agent", hostile, "--", "spin"],
+            "cpu time limit reached",
+        ),
+        (
+            &["--agent", hostile, "--", "membomb"],
+            "memory limit reached",
+        ),
+        (
+            &["--agent", hostile, "--", "huge-prompt", &gib],
+            "host-call bytes limit reached",
+        ),
+        (
+            &[
+                "--agent",
+                nest.to_str().unwrap_or_default(),
+                "--",
+                "forever",
+            ],
+            "would nest 17 deep; the limit is 16",
+        ),
+        (&["--agent", hostile, "--", "panic"], "crashed"),
+    ];
+    let ids: Vec<String> = cases.iter().map(|(args, _)| ws.submit(args)).collect();
+    for (id, (_, expected)) in ids.iter().zip(cases) {
+        let (rc, _, err) = ws.follow(id);
+        assert_eq!(rc, 1, "{id}: {err}\n{}", d.log_text());
+        assert!(
+            err.contains(expected),
+            "{id}: expected {expected:?} in {err}"
+        );
+    }
+    assert_daemon_serves(&ws);
+    let kv = guest("fx_kv");
+    let counter = ws.submit(&["--agent", kv.to_str().unwrap_or_default(), "--", "count"]);
+    assert_eq!(ws.follow(&counter).1.trim(), "1");
+}
+
 // ----- the command line ------------------------------------------------------------------------
 
 #[test]
