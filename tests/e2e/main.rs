@@ -5,6 +5,7 @@
 mod agent_jobs;
 mod cli;
 mod daemon;
+mod engine;
 mod examples;
 mod faults;
 mod patterns;

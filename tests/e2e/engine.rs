@@ -1,0 +1,199 @@
+//! The inference engine through the daemon: continuous batching gives each job the same
+//! text as running it alone, one job's failure does not disturb the others, structured
+//! output and embeddings.
+
+use nrvna_tests::{Daemon, TestWs, code, model, stdout};
+
+/// Sixteen jobs with different temperatures, seeds, top-k and token limits.
+fn varied_jobs(ws: &TestWs) -> Vec<String> {
+    (0..16)
+        .map(|i| {
+            let temp = ["0", "0.3", "0.7", "1.0"][i % 4];
+            ws.submit(&[
+                &format!("Tell me a fact about the number {i}."),
+                "--max-tokens",
+                &(8 + i).to_string(),
+                "--temp",
+                temp,
+                "--seed",
+                &(i * 7 + 1).to_string(),
+                "--top-k",
+                &(20 + i).to_string(),
+                "--tag",
+                "varied",
+            ])
+        })
+        .collect()
+}
+
+fn results(ws: &TestWs, ids: &[String]) -> Vec<String> {
+    ids.iter()
+        .map(|id| {
+            let (rc, out, err) = ws.follow(id);
+            assert_eq!(rc, 0, "{id}: {err}");
+            out
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_of_sixteen_gives_each_job_the_text_it_gets_alone() {
+    // Batched: all 16 queued before a 16-slot daemon starts, so they decode together.
+    let batched_ws = TestWs::new();
+    let batched_ids = varied_jobs(&batched_ws);
+    let d = Daemon::start(&batched_ws.path, &model(), 16, &[], &[]);
+    let batched = results(&batched_ws, &batched_ids);
+    assert!(d.log_text().contains("16 workers decoded together"));
+    // Alone: one slot, one job at a time.
+    let solo_ws = TestWs::new();
+    let solo_ids = varied_jobs(&solo_ws);
+    let _d1 = Daemon::start(&solo_ws.path, &model(), 1, &[], &[]);
+    let solo = results(&solo_ws, &solo_ids);
+    for (i, (b, s)) in batched.iter().zip(&solo).enumerate() {
+        assert_eq!(b, s, "job {i} differs between the batch and a solo run");
+    }
+    // And the token limits held per job.
+    for (i, id) in batched_ids.iter().enumerate() {
+        let generated = batched_ws.meta("output", id)["generated_tokens"]
+            .as_u64()
+            .unwrap();
+        assert!(generated <= 8 + i as u64, "job {i}: {generated} tokens");
+    }
+}
+
+#[test]
+fn a_job_that_fails_mid_batch_leaves_the_others_alone() {
+    // A 128-token context: the long job fills it and fails part-way; the short ones,
+    // decoded in the same batches, finish exactly as they do alone.
+    let env = [("NRVNA_CTX", "128")];
+    let short = |ws: &TestWs| -> Vec<String> {
+        (0..3)
+            .map(|i| {
+                ws.submit(&[
+                    &format!("Name a fruit number {i}."),
+                    "--max-tokens",
+                    "12",
+                    "--temp",
+                    "0",
+                ])
+            })
+            .collect()
+    };
+    let ws = TestWs::new();
+    let doomed = ws.submit(&[
+        "Write a long essay about rivers.",
+        "--max-tokens",
+        "500",
+        "--temp",
+        "0",
+    ]);
+    let ids = short(&ws);
+    let _d = Daemon::start(&ws.path, &model(), 4, &[], &env);
+    let (rc, _, err) = ws.follow(&doomed);
+    assert_eq!(rc, 1);
+    assert!(err.contains("context of 128 tokens filled"), "{err}");
+    // Its partial output is kept beside the error.
+    assert!(!ws.job_file("failed", &doomed, "response.txt").is_empty());
+    let batched = results(&ws, &ids);
+
+    let solo_ws = TestWs::new();
+    let solo_ids = short(&solo_ws);
+    let _d1 = Daemon::start(&solo_ws.path, &model(), 1, &[], &env);
+    assert_eq!(batched, results(&solo_ws, &solo_ids));
+}
+
+#[test]
+fn json_schema_and_grammar_constrain_the_output() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(2);
+    let schema = ws.scratch().join("person.json");
+    std::fs::write(
+        &schema,
+        r#"{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"}},"required":["name","age"]}"#,
+    )
+    .unwrap();
+    let grammar = ws.scratch().join("yesno.gbnf");
+    std::fs::write(&grammar, "root ::= \"yes\" | \"no\"\n").unwrap();
+    let person = ws.submit(&[
+        "Invent a person.",
+        "--json-schema",
+        schema.to_str().unwrap(),
+        "--max-tokens",
+        "64",
+    ]);
+    let yesno = ws.submit(&["Is water wet?", "--grammar", grammar.to_str().unwrap()]);
+    let truncated = ws.submit(&[
+        "Invent a person.",
+        "--json-schema",
+        schema.to_str().unwrap(),
+        "--max-tokens",
+        "3",
+    ]);
+
+    let (rc, out, err) = ws.follow(&person);
+    assert_eq!(rc, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("schema output is JSON");
+    assert!(v["name"].is_string() && v["age"].is_i64(), "{v}");
+    assert_eq!(ws.meta("output", &person)["output_format"], "json_schema");
+
+    let (rc, out, _) = ws.follow(&yesno);
+    assert_eq!(rc, 0);
+    assert!(out == "yes" || out == "no", "{out:?}");
+
+    // Cut off before the JSON closes: failed, with the raw text kept.
+    let (rc, _, err) = ws.follow(&truncated);
+    assert_eq!(rc, 1);
+    assert!(
+        err.contains("not valid JSON") && err.contains("response.txt"),
+        "{err}"
+    );
+    assert!(
+        ws.path
+            .join("failed")
+            .join(&truncated)
+            .join("response.txt")
+            .is_file()
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout(&ws.flw(&[&truncated, "--json"]))).unwrap();
+    assert!(v["partial"].is_string());
+
+    // A schema that is not JSON is refused at submission.
+    let bad = ws.scratch().join("bad.json");
+    std::fs::write(&bad, "{not json").unwrap();
+    assert_eq!(
+        code(&ws.wrk(&["x", "--json-schema", bad.to_str().unwrap()])),
+        1
+    );
+}
+
+fn embedding(ws: &TestWs, text: &str) -> Vec<f64> {
+    let id = ws.submit(&["--embed", text]);
+    let (rc, out, err) = ws.follow(&id);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(out, ws.job_file("output", &id, "embedding.json"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let vector: Vec<f64> = serde_json::from_value(v["vector"].clone()).unwrap();
+    assert_eq!(v["dim"].as_u64().unwrap() as usize, vector.len());
+    vector
+}
+
+#[test]
+fn embeddings_are_normalised_and_meaningful() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    let cat = embedding(&ws, "a cat sat on the mat");
+    let kitten = embedding(&ws, "a kitten sat on the rug");
+    let stocks = embedding(&ws, "the stock market fell sharply");
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    assert!(cat.len() >= 64);
+    assert!((dot(&cat, &cat) - 1.0).abs() < 1e-4, "not L2-normalised");
+    assert!(
+        dot(&cat, &kitten) > dot(&cat, &stocks),
+        "similar sentences should be closer: {} vs {}",
+        dot(&cat, &kitten),
+        dot(&cat, &stocks)
+    );
+    // The same text embeds the same way.
+    assert_eq!(embedding(&ws, "a cat sat on the mat"), cat);
+}
