@@ -334,6 +334,7 @@ fn refine_as_an_agent_job_makes_its_jobs_children() {
     let id = ws.submit(&[
         "--agent",
         refine,
+        "--",
         "--rounds",
         "1",
         "--max-tokens",
@@ -1042,6 +1043,44 @@ fn decompose_solves_subgoals_by_calling_itself() {
             assert!(s["goal"].is_string() && s["result"].is_string());
         }
     }
+}
+
+#[test]
+fn decompose_as_an_agent_job_parents_the_jobs_of_nested_calls() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(2);
+    let decompose = guest("decompose");
+    let decompose = decompose.to_str().expect("utf-8 path");
+    let id = ws.submit(&[
+        "--agent",
+        decompose,
+        "--",
+        "--max-depth",
+        "1",
+        "--max-subgoals",
+        "2",
+        "--max-tokens",
+        "16",
+        "--temp",
+        "0",
+        "Plan a birthday party",
+    ]);
+    let (rc, _, err) = ws.follow(&id);
+    assert_eq!(rc, 0, "{err}");
+    // Every job, also those of the decompose calls one level down, is a child of the
+    // agent job.
+    let children = ws.flw(&["--children", &id]);
+    let kids: BTreeSet<String> = stdout(&children).lines().map(str::to_owned).collect();
+    let mine: BTreeSet<String> = tagged(&ws, "decompose")
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    assert!(kids.len() >= 2, "{kids:?}");
+    assert_eq!(kids, mine);
+    let solved_below = tagged(&ws, "decompose-solve").len();
+    let split = tagged(&ws, "decompose-split").len();
+    assert_eq!(split, 1);
+    assert!(solved_below >= 1);
 }
 
 #[test]

@@ -17,7 +17,7 @@
 //! draft, so the result is never worse than the first non-empty draft.
 //!
 //! Every job is tagged `refine` and `refine-draft`, `refine-critique` or
-//! `refine-improve`. Run as a daemon job (`wrk WS --agent refine.wasm GOAL`) the jobs
+//! `refine-improve`. Run as a daemon job (`wrk WS --agent refine.wasm -- GOAL`) the jobs
 //! are children of that job (`flw WS --children ID`).
 
 use nrvna_guest::prelude::*;
