@@ -33,7 +33,9 @@ impl Guest for Fanout {
         let mut lines = Vec::new();
         for (i, result) in jobs::wait_all(&ids, None).into_iter().enumerate() {
             lines.push(match result {
-                Ok(out) if out.id == ids[i] => format!("{i} ok {} {}", out.generated_tokens, out.id),
+                Ok(out) if out.id == ids[i] => {
+                    format!("{i} ok {} {}", out.generated_tokens, out.id)
+                }
                 Ok(out) => format!("{i} err result for {} in place of {}", out.id, ids[i]),
                 Err(e) => format!("{i} err {e:?}"),
             });

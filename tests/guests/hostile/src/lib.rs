@@ -140,10 +140,13 @@ impl Guest for Hostile {
                 let bytes: usize = arg(1).parse().map_err(|e| format!("BYTES: {e}"))?;
                 let prompt = "a".repeat(bytes);
                 let r = jobs::submit(&prompt, &options(None));
-                Ok(format!("submit of {bytes} bytes: {:?}", r.map_err(|e| {
-                    let text = format!("{e:?}");
-                    text.chars().take(300).collect::<String>()
-                })))
+                Ok(format!(
+                    "submit of {bytes} bytes: {:?}",
+                    r.map_err(|e| {
+                        let text = format!("{e:?}");
+                        text.chars().take(300).collect::<String>()
+                    })
+                ))
             }
             // Blocks in `follow` on a job no daemon will run.
             "stuck-follow" => {

@@ -29,13 +29,24 @@ impl Guest for Kv {
             Some("bad-keys") => {
                 let long = "k".repeat(129);
                 let mut lines = Vec::new();
-                for key in ["", "../escape", "a/../../b", "/abs", "nul\0byte", "sp ace", &long] {
+                for key in [
+                    "",
+                    "../escape",
+                    "a/../../b",
+                    "/abs",
+                    "nul\0byte",
+                    "sp ace",
+                    &long,
+                ] {
                     let r = kv::set(key, b"x");
                     lines.push(format!("set {:?}: {r:?}", key));
                 }
                 lines.push(format!("get ../x: {:?}", kv::get("../x")));
                 let big = vec![0u8; (1 << 20) + 1];
-                lines.push(format!("set big: {:?}", kv::set("big", &big).map_err(short)));
+                lines.push(format!(
+                    "set big: {:?}",
+                    kv::set("big", &big).map_err(short)
+                ));
                 Ok(lines.join("\n"))
             }
             Some("list") => {
