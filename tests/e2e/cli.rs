@@ -70,7 +70,9 @@ fn wrk_rejects_bad_input_and_leaves_nothing_behind() {
     let notimage = ws.scratch().join("notes.txt");
     std::fs::write(&notimage, "x").unwrap();
     let big = vec![b'a'; 4 * 1024 * 1024 + 1];
-    let cases: Vec<(Vec<String>, Option<&[u8]>, &str)> = vec![
+    // (arguments, stdin, expected part of the error)
+    type Case<'a> = (Vec<String>, Option<&'a [u8]>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![], Some(b"".as_slice()), "empty prompt"),
         (vec!["-".into()], Some(big.as_slice()), "limit"),
         (

@@ -2,6 +2,9 @@
 //!
 //! One test binary (as ripgrep does) with a module per concern.
 
+// In tests an unwrap that fails is the test failing, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod agent_jobs;
 mod cli;
 mod daemon;

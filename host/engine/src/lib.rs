@@ -6,6 +6,7 @@
 //! each step (continuous batching), long prompts prefilled in chunks, each job with its
 //! own sampler chain and limits.
 
+pub mod bench;
 mod config;
 mod llama;
 mod model_file;

@@ -110,7 +110,7 @@ fn validate(c: &EngineConfig) -> Result<(), EngineError> {
     Ok(())
 }
 
-fn backend() -> Result<&'static LlamaBackend, EngineError> {
+pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {

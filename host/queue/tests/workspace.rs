@@ -1,5 +1,8 @@
 //! The queue on its own: transitions, recovery, cancellation, concurrent claims.
 
+// In tests an unwrap that fails is the test failing, with its location.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 

@@ -12,13 +12,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use nrvna_engine::{LlamaEngine, check_model_file};
 use nrvna_queue::Workspace;
 use nrvna_queue::lifecycle::{DaemonLock, DaemonStatus, probe};
-use nrvna_sandbox::{
-    AgentGrant, DirGrant, EnvVar, Grants, Limits, LogLevel, LogSink, RouteGrant, RunContext,
-    Runtime, RuntimeConfig, SandboxError, parse_bytes, parse_duration,
-};
+use nrvna_sandbox::{LogLevel, LogSink, RunContext, Runtime, RuntimeConfig, SandboxError};
 
 use crate::cli::resolve_model;
 use crate::daemon::{self, DaemonOptions, SignalCounter};
+use crate::grant_args::{GrantArgs, default_cache_dir};
 
 /// Exit codes of `nrvna exec` (documented in its `--help` and docs/sandbox.md).
 pub const EXIT_COMPONENT_ERROR: u8 = 1;
@@ -84,45 +82,8 @@ pub struct ExecArgs {
     /// Jobs decoded together by the in-process daemon (--model)
     #[arg(short = 'w', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
-    /// Grant a host directory (HOST[:GUEST][:ro]); repeatable
-    #[arg(long = "dir", value_name = "HOST[:GUEST][:ro]")]
-    dirs: Vec<DirGrant>,
-    /// Grant an environment variable (K=V); repeatable
-    #[arg(long = "env", value_name = "K=V")]
-    env: Vec<EnvVar>,
-    /// Grant a route to another workspace (NAME=WS); repeatable
-    #[arg(long = "route", value_name = "NAME=WS")]
-    routes: Vec<RouteGrant>,
-    /// Grant a component for agents.call (NAME=PATH); repeatable
-    #[arg(long = "agent", value_name = "NAME=PATH")]
-    agents: Vec<AgentGrant>,
-    /// Linear memory of the run [default: 256M]
-    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
-    memory: Option<u64>,
-    /// Time executing guest code [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    cpu: Option<Duration>,
-    /// Wall-clock time of the run [default: 600s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    timeout: Option<Duration>,
-    /// Jobs the run may submit [default: 1000]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    max_jobs: Option<u64>,
-    /// Jobs queued or running at once [default: 64]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    max_in_flight: Option<u64>,
-    /// Bytes of one prompt with its system message [default: 1M]
-    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
-    max_prompt_bytes: Option<u64>,
-    /// agents.call nesting [default: 16]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1000))]
-    max_depth: Option<u32>,
-    /// Bytes the component may pass to one host call [default: 16M]
-    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
-    max_hostcall_bytes: Option<u64>,
-    /// Log bytes before lines are dropped [default: 1M]
-    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
-    max_log_bytes: Option<u64>,
+    #[command(flatten)]
+    grants: GrantArgs,
     /// Leave the jobs the run did not see end queued when it ends
     #[arg(long)]
     keep_jobs: bool,
@@ -153,15 +114,6 @@ fn parse_level(s: &str) -> Result<LogLevel, String> {
     }
 }
 
-/// `~/.cache/nrvna/wasm` (or under `XDG_CACHE_HOME`).
-pub fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("nrvna").join("wasm"))
-}
-
 /// The runtime `nrvna exec` and the daemon use: disk cache, schema compiler.
 pub fn runtime(cache_dir: Option<PathBuf>) -> Result<Runtime> {
     let config = RuntimeConfig {
@@ -175,7 +127,7 @@ pub fn runtime(cache_dir: Option<PathBuf>) -> Result<Runtime> {
 }
 
 pub fn run(args: ExecArgs) -> Result<ExitCode> {
-    let grants = grants(&args)?;
+    let grants = args.grants.to_grants()?;
     // Load first: a bad component fails before any model is loaded.
     let cache_dir = if args.no_cache {
         None
@@ -237,33 +189,6 @@ fn report(result: Result<nrvna_sandbox::RunOutcome, SandboxError>) -> ExitCode {
             ExitCode::from(EXIT_COMPONENT_ERROR)
         }
     }
-}
-
-fn grants(args: &ExecArgs) -> Result<Grants> {
-    let defaults = Limits::default();
-    let mut grants = Grants {
-        dirs: args.dirs.clone(),
-        env: args.env.clone(),
-        limits: Limits {
-            memory_bytes: args.memory.unwrap_or(defaults.memory_bytes),
-            wall: args.timeout.unwrap_or(defaults.wall),
-            cpu: args.cpu.unwrap_or(defaults.cpu),
-            max_jobs: args.max_jobs.unwrap_or(defaults.max_jobs),
-            max_in_flight: args.max_in_flight.unwrap_or(defaults.max_in_flight),
-            max_prompt_bytes: args.max_prompt_bytes.unwrap_or(defaults.max_prompt_bytes),
-            max_depth: args.max_depth.unwrap_or(defaults.max_depth),
-            hostcall_bytes: args.max_hostcall_bytes.unwrap_or(defaults.hostcall_bytes),
-            log_bytes: args.max_log_bytes.unwrap_or(defaults.log_bytes),
-        },
-        ..Grants::default()
-    };
-    for route in &args.routes {
-        grants.add_route(route.clone())?;
-    }
-    for agent in &args.agents {
-        grants.add_agent(agent.clone())?;
-    }
-    Ok(grants)
 }
 
 /// The workspace to run against, a temporary directory to remove at exit (if the

@@ -1,6 +1,7 @@
 //! One module per program: `nrvnad`, `wrk`, `flw`, `nrvna` (with `nrvna exec`, the agent
 //! runner, and its benchmark).
 
+pub mod bench;
 pub mod bench_sandbox;
 pub mod exec;
 pub mod flw;

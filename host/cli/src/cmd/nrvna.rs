@@ -49,12 +49,22 @@ enum Command {
         /// The job id (as wrk printed it)
         id: String,
     },
-    /// Measure the agent runtime (compile vs cached start, host-call cost, pattern overhead)
-    #[command(hide = true)]
-    BenchSandbox,
+    /// Measure throughput, latency and overhead on this machine (prints a markdown table)
+    #[command(after_help = BENCH_HELP)]
+    Bench(super::bench::BenchArgs),
     /// Print the version
     Version,
 }
+
+const BENCH_HELP: &str = "\
+Sections: engine (the raw llama.cpp ceiling and the daemon end to end for each N, with
+their ratio), pickup (an idle daemon), queue (no model), sandbox (the agent runtime).
+Takes several minutes on the default model; docs/benchmarks.md keeps the results.
+
+Examples:
+  nrvna bench                          everything, N = 1,2,4,8,16
+  nrvna bench --only engine --slots 1,8
+  nrvna bench --only queue --queue-jobs 20000";
 
 const CANCEL_HELP: &str = "\
 Exit codes: 0 cancelled (it was queued) or cancel requested (it is running; its daemon
@@ -74,8 +84,8 @@ fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Exec(args) => super::exec::run(*args),
         Command::Cancel { workspace, id } => cancel(&workspace, &id),
-        Command::BenchSandbox => {
-            print!("{}", super::bench_sandbox::run()?);
+        Command::Bench(args) => {
+            print!("{}", super::bench::run(args)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Version => {

@@ -1,0 +1,355 @@
+//! `nrvna bench`: one markdown table of what nrvna does on this machine.
+//!
+//! - raw ceiling: N sequences decoded together in a tight loop through llama.cpp;
+//! - the daemon end to end at the same N: 64 jobs × 64 tokens submitted with `wrk`;
+//! - efficiency = end to end ÷ raw ceiling;
+//! - pickup latency of an idle daemon; the queue alone (no model); the agent runtime.
+//!
+//! Numbers, not assertions: docs/benchmarks.md keeps the results.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nrvna_engine::EngineConfig;
+use nrvna_engine::bench::raw_decode;
+use nrvna_queue::{Claim, Outcome, State, Submission, Workspace};
+
+use crate::cli::{DEFAULT_MODEL_FILE, resolve_model};
+
+const PROMPT: &str = "Write a long story about a dragon who learns to bake bread.";
+/// Per-job context for the benchmark: the prompt plus 64 tokens fit with room to spare.
+const BENCH_CTX: u32 = 512;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Model to measure [default: the default model]
+    #[arg(long, value_name = "MODEL")]
+    model: Option<String>,
+    /// Sequence counts (workers) to measure, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    slots: Vec<usize>,
+    /// Jobs per daemon run
+    #[arg(long, default_value_t = 64)]
+    jobs: usize,
+    /// Tokens generated per job
+    #[arg(long, default_value_t = 64)]
+    tokens: u32,
+    /// Jobs for the queue-alone measurement
+    #[arg(long, default_value_t = 10_000)]
+    queue_jobs: usize,
+    /// Sections to run: engine, pickup, queue, sandbox
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "engine,pickup,queue,sandbox"
+    )]
+    only: Vec<String>,
+}
+
+pub fn run(args: BenchArgs) -> Result<String> {
+    let model = resolve_model(args.model.as_deref().unwrap_or(DEFAULT_MODEL_FILE))?;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "machine: {}, {} cores; model: {}\n\n",
+        cpu_model(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let wants = |s: &str| args.only.iter().any(|o| o == s);
+    if wants("engine") {
+        out.push_str(&engine_table(&model, &args)?);
+    }
+    if wants("pickup") {
+        out.push_str(&idle_pickup(&model)?);
+    }
+    if wants("queue") {
+        out.push_str(&queue_alone(args.queue_jobs)?);
+    }
+    if wants("sandbox") {
+        out.push_str("\nagent runtime:\n\n");
+        out.push_str(&super::bench_sandbox::run()?);
+    }
+    Ok(out)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn engine_table(model: &Path, args: &BenchArgs) -> Result<String> {
+    let mut out = String::from(
+        "| N | raw tok/s | daemon tok/s | efficiency | makespan s | jobs/s | pickup p50 ms | pickup p95 ms | job latency p50 s | peak RSS MB |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut single = None;
+    for &n in &args.slots {
+        let mut config = EngineConfig::new(model);
+        config.ctx_per_slot = BENCH_CTX;
+        let raw = raw_decode(&config, n, PROMPT, args.tokens)?;
+        let e2e = daemon_run(model, n, args.jobs, args.tokens)?;
+        let raw_tps = raw.tokens_per_second();
+        single.get_or_insert(raw_tps);
+        out.push_str(&format!(
+            "| {n} | {raw_tps:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} | {:.0} |\n",
+            e2e.tokens_per_second,
+            e2e.tokens_per_second / raw_tps,
+            e2e.makespan,
+            e2e.jobs as f64 / e2e.makespan,
+            e2e.pickup_p50 * 1e3,
+            e2e.pickup_p95 * 1e3,
+            e2e.latency_p50,
+            e2e.peak_rss_mb,
+        ));
+        eprintln!("bench: N={n} done");
+    }
+    out.push_str(&format!(
+        "\nraw: {} tokens per sequence after prefilling the same chat-templated prompt, all N \
+         sequences in one batch per step; daemon: {} jobs × {} max tokens submitted with `wrk` \
+         to `nrvnad MODEL WS N` (NRVNA_CTX={BENCH_CTX}), tokens counted from meta.json; \
+         pickup = submitted_at → started_at (includes waiting for a free slot).\n\n",
+        args.tokens, args.jobs, args.tokens
+    ));
+    Ok(out)
+}
+
+struct DaemonRun {
+    jobs: usize,
+    makespan: f64,
+    tokens_per_second: f64,
+    pickup_p50: f64,
+    pickup_p95: f64,
+    latency_p50: f64,
+    peak_rss_mb: f64,
+}
+
+/// A daemon process on a fresh workspace, stopped on drop.
+struct BenchDaemon {
+    child: Child,
+    _dir: tempfile::TempDir,
+    ws: PathBuf,
+}
+
+impl BenchDaemon {
+    fn start(model: &Path, workers: usize, predict: u32) -> Result<BenchDaemon> {
+        let dir = tempfile::tempdir()?;
+        let ws = dir.path().join("ws");
+        let child = Command::new(sibling("nrvnad")?)
+            .arg(model)
+            .arg(&ws)
+            .arg(workers.to_string())
+            .env("NRVNA_CTX", BENCH_CTX.to_string())
+            .env("NRVNA_PREDICT", predict.to_string())
+            .env("NRVNA_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start nrvnad")?;
+        let mut d = BenchDaemon {
+            child,
+            _dir: dir,
+            ws,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !d.ws.join(".nrvnad.ready").exists() {
+            if let Some(status) = d.child.try_wait()? {
+                bail!("nrvnad exited during start-up ({status})");
+            }
+            if Instant::now() > deadline {
+                bail!("nrvnad did not become ready");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(d)
+    }
+
+    fn submit(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(sibling("wrk")?)
+            .arg(&self.ws)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    fn wait_all(&self, n: usize) -> Result<Workspace> {
+        let ws = Workspace::open(&self.ws)?;
+        loop {
+            let c = ws.counts()?;
+            if c.done + c.failed >= n {
+                return Ok(ws);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Peak resident memory (VmHWM) in MB.
+    fn peak_rss_mb(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(f64::NAN)
+    }
+}
+
+impl Drop for BenchDaemon {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// One of our binaries, next to this one.
+fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name(name);
+    if !path.is_file() {
+        bail!("{} not found next to {}", name, exe.display());
+    }
+    Ok(path)
+}
+
+fn daemon_run(model: &Path, workers: usize, jobs: usize, tokens: u32) -> Result<DaemonRun> {
+    let d = BenchDaemon::start(model, workers, tokens)?;
+    let max = tokens.to_string();
+    for i in 0..jobs {
+        d.submit(&[&format!("{PROMPT} (version {i})"), "--max-tokens", &max])?;
+    }
+    let ws = d.wait_all(jobs)?;
+    let peak = d.peak_rss_mb();
+    let mut first_submit = f64::MAX;
+    let mut last_done = f64::MIN;
+    let mut generated = 0u64;
+    let mut pickups = Vec::new();
+    let mut latencies = Vec::new();
+    for id in ws.list(State::Done)? {
+        let meta = ws.read_meta(State::Done, &id)?;
+        let sub = seconds(&meta.submitted_at)?;
+        let start = seconds(meta.started_at.as_deref().unwrap_or_default())?;
+        let end = seconds(meta.completed_at.as_deref().unwrap_or_default())?;
+        first_submit = first_submit.min(sub);
+        last_done = last_done.max(end);
+        generated += meta.generated_tokens.unwrap_or(0) as u64;
+        pickups.push(start - sub);
+        latencies.push(end - sub);
+    }
+    let failed = ws.counts()?.failed;
+    if failed > 0 {
+        bail!("{failed} benchmark jobs failed");
+    }
+    let makespan = last_done - first_submit;
+    Ok(DaemonRun {
+        jobs,
+        makespan,
+        tokens_per_second: generated as f64 / makespan,
+        pickup_p50: percentile(&mut pickups, 0.5),
+        pickup_p95: percentile(&mut pickups, 0.95),
+        latency_p50: percentile(&mut latencies, 0.5),
+        peak_rss_mb: peak,
+    })
+}
+
+/// Pickup latency of an idle daemon: one job at a time, each waited for.
+fn idle_pickup(model: &Path) -> Result<String> {
+    let d = BenchDaemon::start(model, 1, 1)?;
+    let ws = Workspace::open(&d.ws)?;
+    let mut pickups = Vec::new();
+    for i in 0..30 {
+        let id = d.submit(&[&format!("Say {i}."), "--max-tokens", "1"])?;
+        let id = nrvna_queue::JobId::parse(&id)?;
+        let state = nrvna_queue::watch::wait_terminal(&ws, &id, Some(Duration::from_secs(60)))?;
+        if state != Some(State::Done) {
+            bail!("pickup job {id} ended {state:?}");
+        }
+        let meta = ws.read_meta(State::Done, &id)?;
+        pickups.push(
+            seconds(meta.started_at.as_deref().unwrap_or_default())? - seconds(&meta.submitted_at)?,
+        );
+        // An idle daemon: let it settle back into waiting.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(format!(
+        "idle daemon pickup (submitted_at → started_at, 30 jobs one at a time): p50 {:.2} ms, \
+         p95 {:.2} ms, max {:.2} ms\n\n",
+        percentile(&mut pickups.clone(), 0.5) * 1e3,
+        percentile(&mut pickups.clone(), 0.95) * 1e3,
+        pickups.iter().cloned().fold(0.0, f64::max) * 1e3,
+    ))
+}
+
+/// The queue with no model: submit → claim → complete, fsyncs included.
+fn queue_alone(n: usize) -> Result<String> {
+    let dir = tempfile::tempdir()?;
+    let ws = Workspace::create(dir.path().join("ws"))?;
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(ws.submit(Submission {
+            prompt: format!("job {i}"),
+            ..Submission::default()
+        })?);
+    }
+    let submitted = started.elapsed().as_secs_f64();
+    for id in &ids {
+        match ws.claim(id)? {
+            Claim::Claimed(job) => ws.complete(
+                &job,
+                Outcome {
+                    artifacts: vec![("result.txt".into(), b"ok".to_vec())],
+                    ..Outcome::default()
+                },
+            )?,
+            other => bail!("claim {id}: {other:?}"),
+        }
+    }
+    let total = started.elapsed().as_secs_f64();
+    Ok(format!(
+        "queue alone ({n} jobs, no model, every write fsynced): {:.0} jobs/s end to end \
+         (submit {:.0}/s, claim+complete {:.0}/s); {:.1} s in all\n",
+        n as f64 / total,
+        n as f64 / submitted,
+        n as f64 / (total - submitted),
+        total
+    ))
+}
+
+fn seconds(ts: &str) -> Result<f64> {
+    let t = chrono::NaiveDateTime::parse_from_str(ts, "%Y-%m-%dT%H:%M:%S%.fZ")
+        .with_context(|| format!("bad timestamp {ts:?}"))?;
+    Ok(t.and_utc().timestamp_micros() as f64 / 1e6)
+}
+
+fn percentile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let idx = ((values.len() - 1) as f64 * q).round() as usize;
+    values[idx]
+}
