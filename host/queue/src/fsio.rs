@@ -7,6 +7,26 @@ use std::path::Path;
 
 use crate::error::{IoContext, Result};
 
+/// `NRVNA_FSYNC=0` turns every fsync off: still safe against process crashes (renames
+/// stay atomic and the page cache survives), not against power loss. For scratch or
+/// tmpfs workspaces where throughput matters more. Read once per process.
+pub fn fsync_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        std::env::var("NRVNA_FSYNC")
+            .map(|v| v.trim() != "0")
+            .unwrap_or(true)
+    })
+}
+
+fn sync_file(f: &File) -> std::io::Result<()> {
+    if fsync_enabled() {
+        f.sync_all()
+    } else {
+        Ok(())
+    }
+}
+
 /// Writes `bytes` to `path` durably: `path.tmp`, fsync, rename over `path`.
 /// The caller fsyncs the parent directory before publishing it.
 pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -21,7 +41,7 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
             .open(tmp)
             .at(tmp)?;
         f.write_all(bytes).at(tmp)?;
-        f.sync_all().at(tmp)?;
+        sync_file(&f).at(tmp)?;
         fs::rename(tmp, path).at(path)
     })();
     if result.is_err() {
@@ -30,15 +50,51 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// Writes `bytes` to a new file at `path` and fsyncs it, without a temporary name: for
+/// files nobody can see yet (a staging directory) or that are written once before
+/// their job moves on.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .at(path)?;
+    f.write_all(bytes).at(path)?;
+    sync_file(&f).at(path)
+}
+
+/// Replaces `path` atomically (tmp + rename) without forcing it to disk: for state that
+/// must survive a process crash (the page cache does) but may be lost on power loss.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = Path::new(&tmp);
+    let result = fs::write(tmp, bytes)
+        .at(tmp)
+        .and_then(|()| fs::rename(tmp, path).at(path));
+    if result.is_err() {
+        let _ = fs::remove_file(tmp);
+    }
+    result
+}
+
 /// fsyncs a directory so the entries created or renamed in it survive power loss.
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    if !fsync_enabled() {
+        return Ok(());
+    }
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
-/// Renames `from` to `to` and makes both directory entries durable.
+/// Renames `from` to `to` and makes the new entry durable. (The old entry's removal is
+/// in the same journal transaction on ext4/xfs; if it resurfaced after a power loss, the
+/// job would only run again, which at-least-once allows.)
 pub fn rename_durable(from: &Path, to: &Path) -> std::io::Result<()> {
     fs::rename(from, to)?;
-    for dir in [to.parent(), from.parent()].into_iter().flatten() {
+    if let Some(dir) = to.parent()
+        && fsync_enabled()
+    {
         File::open(dir)?.sync_all()?;
     }
     Ok(())

@@ -14,6 +14,7 @@ pub mod watch;
 pub mod workspace;
 
 pub use error::{QueueError, Result};
+pub use fsio::fsync_enabled;
 pub use id::JobId;
 pub use meta::{Meta, Mode, OutputFormat, Sampling};
 pub use workspace::{

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::error::{IoContext, QueueError, Result};
-use crate::fsio::{rename_durable, sync_dir, write_durable};
+use crate::fsio::{rename_durable, sync_dir, write_atomic, write_durable, write_synced};
 use crate::id::JobId;
 use crate::meta::{Meta, Mode, OutputFormat, Sampling, now_timestamp};
 
@@ -371,7 +371,9 @@ impl Workspace {
     }
 
     fn stage(&self, staging: &Path, _id: &JobId, sub: &Submission) -> Result<()> {
-        write_durable(&staging.join(PROMPT_FILE), sub.prompt.as_bytes())?;
+        // Nobody sees input/writing/: files go straight to their names, fsynced, and the
+        // directory is fsynced once before the publishing rename.
+        write_synced(&staging.join(PROMPT_FILE), sub.prompt.as_bytes())?;
         if !sub.images.is_empty() {
             let images = staging.join(IMAGES_DIR);
             fs::create_dir(&images).at(&images)?;
@@ -388,7 +390,7 @@ impl Workspace {
             sync_dir(&images)?;
         }
         for (name, bytes) in &sub.files {
-            write_durable(&staging.join(name), bytes)?;
+            write_synced(&staging.join(name), bytes)?;
         }
         let meta = Meta {
             submitted_at: now_timestamp(),
@@ -401,7 +403,7 @@ impl Workspace {
             extra: sub.extra_meta.clone(),
             ..Meta::default()
         };
-        write_meta(staging, &meta)?;
+        write_synced(&staging.join(META_FILE), &meta_bytes(&meta)?)?;
         sync_dir(staging)
     }
 
@@ -540,7 +542,7 @@ impl Workspace {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Claim::Gone),
             Err(e) => return Err(e).at(&ready),
         }
-        let _ = sync_dir(&self.state_dir(State::Running));
+        // The claim is not fsynced: after a power loss the job is simply queued again.
         let claimed_at = Instant::now();
         let (mut meta, prompt) = match self.load_claimed(&running, id) {
             Ok(loaded) => loaded,
@@ -555,7 +557,9 @@ impl Workspace {
         };
         meta.attempts += 1;
         meta.started_at = Some(now_timestamp());
-        if let Err(e) = write_meta(&running, &meta) {
+        // Crash-safe without an fsync: a daemon crash keeps the page cache, so the
+        // attempt counter bounding crash loops survives; only a power loss can undo it.
+        if let Err(e) = write_atomic(&running.join(META_FILE), &meta_bytes(&meta)?) {
             // The start cannot be recorded (full disk, ...): put the job back untouched
             // rather than run it unaccounted or strand it in processing/.
             let ready = self.job_dir(State::Queued, id);
@@ -714,7 +718,7 @@ impl Workspace {
         let dir = self.job_dir(State::Running, id);
         let mut artifacts = Vec::new();
         for (name, bytes) in &outcome.artifacts {
-            write_durable(&dir.join(name), bytes)?;
+            write_synced(&dir.join(name), bytes)?;
             artifacts.push(name.clone());
         }
         let target = match result {
@@ -723,7 +727,7 @@ impl Workspace {
                 State::Done
             }
             Err(reason) => {
-                write_durable(&dir.join(ERROR_FILE), reason.as_bytes())?;
+                write_synced(&dir.join(ERROR_FILE), reason.as_bytes())?;
                 artifacts.push(ERROR_FILE.into());
                 if meta.status.as_deref() != Some("cancelled") {
                     meta.status = Some("failed".into());
@@ -852,13 +856,18 @@ fn read_meta(dir: &Path, id: &JobId) -> Result<Meta> {
     })
 }
 
-fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
+fn meta_bytes(meta: &Meta) -> Result<Vec<u8>> {
     let mut bytes = serde_json::to_vec_pretty(meta).map_err(|e| QueueError::BadMeta {
-        id: dir.display().to_string(),
+        id: META_FILE.into(),
         reason: e.to_string(),
     })?;
     bytes.push(b'\n');
-    write_durable(&dir.join(META_FILE), &bytes)
+    Ok(bytes)
+}
+
+/// Replaces meta.json atomically and durably (readers may look at any time).
+fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
+    write_durable(&dir.join(META_FILE), &meta_bytes(meta)?)
 }
 
 /// Reads a regular file (never a FIFO or device: opening those could block or stream

@@ -39,6 +39,12 @@ pub struct BenchArgs {
     /// Jobs for the queue-alone measurement
     #[arg(long, default_value_t = 10_000)]
     queue_jobs: usize,
+    /// Threads submitting and completing at once in the queue-alone measurement
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+    queue_threads: Vec<usize>,
+    /// Directory for the queue-alone workspaces [default: the system temp dir]
+    #[arg(long, value_name = "DIR")]
+    queue_dir: Option<PathBuf>,
     /// Sections to run: engine, pickup, queue, sandbox
     #[arg(
         long,
@@ -70,7 +76,11 @@ pub fn run(args: BenchArgs) -> Result<String> {
         out.push_str(&idle_pickup(&model)?);
     }
     if wants("queue") {
-        out.push_str(&queue_alone(args.queue_jobs)?);
+        out.push_str(&queue_alone(
+            args.queue_jobs,
+            &args.queue_threads,
+            args.queue_dir.as_deref(),
+        )?);
     }
     if wants("sandbox") {
         out.push_str("\nagent runtime:\n\n");
@@ -303,40 +313,89 @@ fn idle_pickup(model: &Path) -> Result<String> {
     ))
 }
 
-/// The queue with no model: submit → claim → complete, fsyncs included.
-fn queue_alone(n: usize) -> Result<String> {
-    let dir = tempfile::tempdir()?;
-    let ws = Workspace::create(dir.path().join("ws"))?;
-    let started = Instant::now();
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        ids.push(ws.submit(Submission {
-            prompt: format!("job {i}"),
-            ..Submission::default()
-        })?);
-    }
-    let submitted = started.elapsed().as_secs_f64();
-    for id in &ids {
-        match ws.claim(id)? {
-            Claim::Claimed(job) => ws.complete(
-                &job,
-                Outcome {
-                    artifacts: vec![("result.txt".into(), b"ok".to_vec())],
-                    ..Outcome::default()
-                },
-            )?,
-            other => bail!("claim {id}: {other:?}"),
+/// The queue with no model: submit → claim → complete, fsyncs included, by one thread
+/// and by several at once (as several `wrk`s and daemon workers would).
+fn queue_alone(n: usize, threads: &[usize], dir: Option<&Path>) -> Result<String> {
+    let base = dir.map(Path::to_owned).unwrap_or_else(std::env::temp_dir);
+    let mut out = format!(
+        "queue alone ({n} jobs, no model, workspace under {}, fsync {}):\n\n\
+         | threads | jobs/s (submit → claim → complete) | submit/s | claim+complete/s |\n\
+         |---:|---:|---:|---:|\n",
+        base.display(),
+        if nrvna_queue::fsync_enabled() {
+            "on"
+        } else {
+            "off (NRVNA_FSYNC=0)"
         }
+    );
+    for &t in threads {
+        let dir = tempfile::tempdir_in(&base)?;
+        let ws = Workspace::create(dir.path().join("ws"))?;
+        let per = n / t.max(1);
+        let started = Instant::now();
+        let ids: Vec<Vec<nrvna_queue::JobId>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..t)
+                .map(|k| {
+                    let ws = ws.clone();
+                    s.spawn(move || -> Result<Vec<nrvna_queue::JobId>> {
+                        (0..per)
+                            .map(|i| {
+                                Ok(ws.submit(Submission {
+                                    prompt: format!("job {k}/{i}"),
+                                    ..Submission::default()
+                                })?)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("submit thread panicked"))?
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let submitted = started.elapsed().as_secs_f64();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = ids
+                .iter()
+                .map(|chunk| {
+                    let ws = ws.clone();
+                    s.spawn(move || -> Result<()> {
+                        for id in chunk {
+                            match ws.claim(id)? {
+                                Claim::Claimed(job) => ws.complete(
+                                    &job,
+                                    Outcome {
+                                        artifacts: vec![("result.txt".into(), b"ok".to_vec())],
+                                        ..Outcome::default()
+                                    },
+                                )?,
+                                other => bail!("claim {id}: {other:?}"),
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("worker thread panicked"))?
+            })
+        })?;
+        let total = started.elapsed().as_secs_f64();
+        let jobs = (per * t) as f64;
+        out.push_str(&format!(
+            "| {t} | {:.0} | {:.0} | {:.0} |\n",
+            jobs / total,
+            jobs / submitted,
+            jobs / (total - submitted)
+        ));
     }
-    let total = started.elapsed().as_secs_f64();
-    Ok(format!(
-        "queue alone ({n} jobs, no model, every write fsynced): {:.0} jobs/s end to end \
-         (submit {:.0}/s, claim+complete {:.0}/s); {:.1} s in all\n",
-        n as f64 / total,
-        n as f64 / submitted,
-        n as f64 / (total - submitted),
-        total
-    ))
+    out.push('\n');
+    Ok(out)
 }
 
 fn seconds(ts: &str) -> Result<f64> {
