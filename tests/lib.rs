@@ -130,6 +130,22 @@ impl TestWs {
         serde_json::from_str(&self.job_file(state_dir, id, "meta.json")).expect("meta.json parses")
     }
 
+    /// Waits until a daemon is running `id` for the `attempt`-th time (claimed, with its
+    /// start recorded in meta.json).
+    pub fn wait_started(&self, id: &str, attempt: u64) {
+        let meta = self.path.join("processing").join(id).join("meta.json");
+        let started = || {
+            fs::read_to_string(&meta)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|m| m["started_at"].is_string() && m["attempts"] == attempt)
+        };
+        assert!(
+            wait_for(Duration::from_secs(120), started),
+            "{id} never started (attempt {attempt})"
+        );
+    }
+
     /// Starts a daemon with small, fast settings and waits until it is ready.
     pub fn daemon(&self, workers: usize) -> Daemon {
         Daemon::start(&self.path, &model(), workers, &[], &[])

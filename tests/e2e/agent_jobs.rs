@@ -2,24 +2,11 @@
 //! running jobs (`nrvna cancel`).
 
 use std::process::Command;
-use std::time::Duration;
 
-use nrvna_tests::{TestWs, bin, code, guest, run, stderr, stdout, wait_for};
+use nrvna_tests::{TestWs, bin, code, guest, run, stderr, stdout};
 
 fn nrvna(args: &[&str]) -> std::process::Output {
     run(Command::new(bin("nrvna")).args(args))
-}
-
-fn wait_started(ws: &TestWs, id: &str) {
-    let started = || {
-        std::fs::read_to_string(ws.path.join("processing").join(id).join("meta.json"))
-            .ok()
-            .is_some_and(|t| t.contains("started_at"))
-    };
-    assert!(
-        wait_for(Duration::from_secs(120), started),
-        "{id} never started"
-    );
 }
 
 #[test]
@@ -91,7 +78,7 @@ fn cancel_a_queued_job_and_a_running_one_mid_batch() {
     ];
     let victim = ws.submit(&long);
     let keeper = ws.submit(&["Count from one to five.", "--max-tokens", "24"]);
-    wait_started(&ws, &victim);
+    ws.wait_started(&victim, 1);
     let out = nrvna(&["cancel", ws.path.to_str().unwrap(), &victim]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let (rc, _, err) = ws.follow(&victim);

@@ -14,31 +14,12 @@ const LONG: [&str; 4] = [
     "--temp=0.9",
 ];
 
-/// Waits until a daemon has claimed `id` and recorded its start in meta.json.
-fn wait_running(ws: &TestWs, id: &str) {
-    wait_attempt(ws, id, 1);
-}
-
-/// Waits until `id` is running its `attempt`-th start.
-fn wait_attempt(ws: &TestWs, id: &str, attempt: u64) {
-    let started = || {
-        std::fs::read_to_string(ws.path.join("processing").join(id).join("meta.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|m| m["started_at"].is_string() && m["attempts"] == attempt)
-    };
-    assert!(
-        wait_for(Duration::from_secs(120), started),
-        "{id} never started"
-    );
-}
-
 #[test]
 fn sigkill_mid_job_then_restart_completes_exactly_once() {
     let ws = TestWs::new();
     let mut d = ws.daemon(1);
     let id = ws.submit(&LONG);
-    wait_running(&ws, &id);
+    ws.wait_started(&id, 1);
     d.signal(Signal::KILL);
     d.wait_exit(Duration::from_secs(10));
     assert_eq!(ws.entries("processing"), vec![id.clone()]);
@@ -60,7 +41,7 @@ fn a_job_that_keeps_crashing_the_daemon_fails_at_the_ceiling() {
     let id = ws.submit(&LONG);
     for attempt in 1..=2 {
         let mut d = Daemon::start(&ws.path, &model(), 1, &[], &env);
-        wait_attempt(&ws, &id, attempt);
+        ws.wait_started(&id, attempt);
         d.signal(Signal::KILL);
         d.wait_exit(Duration::from_secs(10));
     }
@@ -190,7 +171,7 @@ fn job_directory_deleted_mid_flight_does_not_stop_the_daemon() {
     let ws = TestWs::new();
     let mut d = ws.daemon(1);
     let doomed = ws.submit(&LONG);
-    wait_running(&ws, &doomed);
+    ws.wait_started(&doomed, 1);
     std::fs::remove_dir_all(ws.path.join("processing").join(&doomed)).unwrap();
     let next = ws.submit(&["Say hi.", "--max-tokens", "4"]);
     let (rc, _, err) = ws.follow(&next);
@@ -202,6 +183,58 @@ fn job_directory_deleted_mid_flight_does_not_stop_the_daemon() {
         d.log_text()
     );
     assert_eq!(code(&ws.flw(&[&doomed, "--no-wait"])), 3);
+}
+
+/// Sets or clears the immutable attribute (root can still be refused writes with it,
+/// where mode bits do not stop root).
+fn chattr(flag: &str, path: &std::path::Path) {
+    let out = run(Command::new("chattr").arg(flag).arg(path));
+    assert!(
+        out.status.success(),
+        "chattr {flag} {} (e2fsprogs, ext4 and root needed): {}",
+        path.display(),
+        stderr(&out)
+    );
+}
+
+/// The immutable attribute on a directory, cleared on drop so the temp dir can go.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(path: &std::path::Path) -> Immutable {
+        chattr("+i", path);
+        Immutable(path.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = run(Command::new("chattr").arg("-i").arg(&self.0));
+    }
+}
+
+#[test]
+fn job_directory_made_unwritable_mid_flight_does_not_stop_the_daemon() {
+    let ws = TestWs::new();
+    let mut d = ws.daemon(1);
+    let stuck = ws.submit(&LONG);
+    ws.wait_started(&stuck, 1);
+    let dir = ws.path.join("processing").join(&stuck);
+    let _guard = Immutable::set(&dir);
+    // Nothing can be written into it or moved: the job is reported lost, not fatal.
+    assert!(
+        wait_for(Duration::from_secs(120), || d
+            .log_text()
+            .contains(&format!("{stuck}  lost"))),
+        "{}",
+        d.log_text()
+    );
+    let next = ws.submit(&["Say hi.", "--max-tokens", "4"]);
+    let (rc, _, err) = ws.follow(&next);
+    assert_eq!(rc, 0, "{err}\n{}", d.log_text());
+    assert!(d.is_running());
+    // It stayed in processing/, so the next start recovers it.
+    assert_eq!(ws.entries("processing"), vec![stuck.clone()]);
 }
 
 /// A small tmpfs holds the workspace; unmounted on drop.
@@ -236,7 +269,7 @@ fn full_disk_while_writing_a_result() {
     let ws = TestWs::at(mnt.join("ws"));
     let mut d = ws.daemon(1);
     let id = ws.submit(&LONG);
-    wait_running(&ws, &id);
+    ws.wait_started(&id, 1);
     // Fill the disk while the job generates.
     let filler = mnt.join("filler");
     {

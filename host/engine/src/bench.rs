@@ -27,12 +27,14 @@ impl RawRun {
     }
 }
 
-/// Generates exactly `tokens` tokens in each of `sequences` sequences decoded together
+/// Runs `waves` rounds of `sequences` jobs decoded together: each round prefills the
+/// prompt into every sequence, then generates exactly `tokens` tokens in each
 /// (end-of-generation is ignored so every run does the same work), sampling with the
-/// config's default chain.
+/// config's default chain. `waves × sequences` jobs in all, like the daemon's run.
 pub fn raw_decode(
     config: &EngineConfig,
     sequences: usize,
+    waves: usize,
     prompt: &str,
     tokens: u32,
 ) -> Result<RawRun, EngineError> {
@@ -45,11 +47,7 @@ pub fn raw_decode(
             reason: e.to_string(),
         }
     })?;
-    let threads = config.threads.map(|t| t as i32).unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as i32)
-            .unwrap_or(2)
-    });
+    let threads = crate::llama::decode_threads(config);
     let ctx_params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(config.ctx_per_slot * sequences as u32))
         .with_n_batch(config.batch)
@@ -86,40 +84,44 @@ pub fn raw_decode(
     let capacity = (prompt_tokens.len() * sequences).max(config.batch as usize);
     let mut batch = LlamaBatch::new(capacity, sequences as i32);
     let started = Instant::now();
-    // Prefill every sequence in one batch.
-    let mut logits_at = vec![0i32; sequences];
-    for (seq, at) in logits_at.iter_mut().enumerate() {
-        for (pos, token) in prompt_tokens.iter().enumerate() {
-            let last = pos + 1 == prompt_tokens.len();
-            batch
-                .add(*token, pos as i32, &[seq as i32], last)
-                .map_err(|e| EngineError::Decode(e.to_string()))?;
-        }
-        *at = batch.n_tokens() - 1;
-    }
-    ctx.decode(&mut batch)
-        .map_err(|e| EngineError::Decode(e.to_string()))?;
     let mut generated = 0u64;
-    for step in 0..tokens {
-        let next: Vec<_> = samplers
-            .iter_mut()
-            .zip(&logits_at)
-            .map(|(s, at)| s.sample(&ctx, *at))
-            .collect();
-        generated += sequences as u64;
-        if step + 1 == tokens {
-            break;
-        }
+    for _ in 0..waves.max(1) {
+        ctx.clear_kv_cache();
+        // Prefill every sequence in one batch.
+        let mut logits_at = vec![0i32; sequences];
         batch.clear();
-        let pos = (prompt_tokens.len() as u32 + step) as i32;
-        for (seq, token) in next.into_iter().enumerate() {
-            batch
-                .add(token, pos, &[seq as i32], true)
-                .map_err(|e| EngineError::Decode(e.to_string()))?;
-            logits_at[seq] = seq as i32;
+        for (seq, at) in logits_at.iter_mut().enumerate() {
+            for (pos, token) in prompt_tokens.iter().enumerate() {
+                let last = pos + 1 == prompt_tokens.len();
+                batch
+                    .add(*token, pos as i32, &[seq as i32], last)
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+            }
+            *at = batch.n_tokens() - 1;
         }
         ctx.decode(&mut batch)
             .map_err(|e| EngineError::Decode(e.to_string()))?;
+        for step in 0..tokens {
+            let next: Vec<_> = samplers
+                .iter_mut()
+                .zip(&logits_at)
+                .map(|(s, at)| s.sample(&ctx, *at))
+                .collect();
+            generated += sequences as u64;
+            if step + 1 == tokens {
+                break;
+            }
+            batch.clear();
+            let pos = (prompt_tokens.len() as u32 + step) as i32;
+            for (seq, token) in next.into_iter().enumerate() {
+                batch
+                    .add(token, pos, &[seq as i32], true)
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+                logits_at[seq] = seq as i32;
+            }
+            ctx.decode(&mut batch)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+        }
     }
     Ok(RawRun {
         sequences,

@@ -149,11 +149,7 @@ fn engine_main(
             return;
         }
     };
-    let threads = config.threads.map(|t| t as i32).unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as i32)
-            .unwrap_or(2)
-    });
+    let threads = decode_threads(&config);
     let total_ctx = info.ctx_per_slot * info.slots as u32;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(total_ctx))
@@ -190,6 +186,15 @@ fn engine_main(
         waiting: VecDeque::new(),
     };
     scheduler.run(rx);
+}
+
+/// `NRVNA_THREADS`, else every available core.
+pub(crate) fn decode_threads(config: &EngineConfig) -> i32 {
+    config.threads.map(|t| t as i32).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as i32)
+            .unwrap_or(2)
+    })
 }
 
 fn model_info(model: &LlamaModel, config: &EngineConfig) -> ModelInfo {
@@ -627,5 +632,44 @@ impl<'m> Scheduler<'m> {
             vector,
             prompt_tokens: tokens.len() as u32,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(kv_bytes: u64) -> ModelInfo {
+        ModelInfo {
+            path: "m.gguf".into(),
+            description: "test".into(),
+            n_ctx_train: 8192,
+            n_embd: 576,
+            size_bytes: 100 << 20,
+            has_chat_template: true,
+            ctx_per_slot: 8192,
+            slots: 64,
+            kv_bytes,
+        }
+    }
+
+    #[test]
+    fn a_kv_cache_larger_than_memory_is_refused_with_the_numbers() {
+        let err = check_memory(&info(u64::MAX / 4)).unwrap_err().to_string();
+        assert!(err.contains("64 slots × 8192 tokens"), "{err}");
+        assert!(err.contains("lower NRVNA_CTX or the worker count"), "{err}");
+        assert!(check_memory(&info(1 << 20)).is_ok());
+    }
+
+    #[test]
+    fn configuration_limits_are_checked() {
+        let mut c = EngineConfig::new("m.gguf");
+        c.slots = 0;
+        assert!(validate(&c).is_err());
+        c.slots = 65;
+        assert!(validate(&c).is_err());
+        c.slots = 4;
+        c.ctx_per_slot = 10;
+        assert!(validate(&c).unwrap_err().to_string().contains("NRVNA_CTX"));
     }
 }

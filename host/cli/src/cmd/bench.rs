@@ -110,7 +110,8 @@ fn engine_table(model: &Path, args: &BenchArgs) -> Result<String> {
     for &n in &args.slots {
         let mut config = EngineConfig::new(model);
         config.ctx_per_slot = BENCH_CTX;
-        let raw = raw_decode(&config, n, PROMPT, args.tokens)?;
+        let waves = args.jobs.div_ceil(n);
+        let raw = raw_decode(&config, n, waves, PROMPT, args.tokens)?;
         let e2e = daemon_run(model, n, args.jobs, args.tokens)?;
         let raw_tps = raw.tokens_per_second();
         single.get_or_insert(raw_tps);
@@ -128,11 +129,12 @@ fn engine_table(model: &Path, args: &BenchArgs) -> Result<String> {
         eprintln!("bench: N={n} done");
     }
     out.push_str(&format!(
-        "\nraw: {} tokens per sequence after prefilling the same chat-templated prompt, all N \
-         sequences in one batch per step; daemon: {} jobs × {} max tokens submitted with `wrk` \
+        "\nraw: the same {} jobs as ⌈jobs/N⌉ waves of N sequences, each wave prefilling the same \
+         chat-templated prompt and generating exactly {} tokens per sequence, all N in one batch \
+         per step; daemon: {} jobs × {} max tokens submitted with `wrk` \
          to `nrvnad MODEL WS N` (NRVNA_CTX={BENCH_CTX}), tokens counted from meta.json; \
          pickup = submitted_at → started_at (includes waiting for a free slot).\n\n",
-        args.tokens, args.jobs, args.tokens
+        args.jobs, args.tokens, args.jobs, args.tokens
     ));
     Ok(out)
 }
@@ -200,15 +202,15 @@ impl BenchDaemon {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
+    /// Waits for `n` ended jobs, woken by file-system events rather than polling, so
+    /// the measuring process takes no CPU from the daemon it measures.
     fn wait_all(&self, n: usize) -> Result<Workspace> {
         let ws = Workspace::open(&self.ws)?;
-        loop {
+        nrvna_queue::watch::wait_until(&ws, None, |ws| {
             let c = ws.counts()?;
-            if c.done + c.failed >= n {
-                return Ok(ws);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            Ok(c.done + c.failed >= n)
+        })?;
+        Ok(ws)
     }
 
     /// Peak resident memory (VmHWM) in MB.

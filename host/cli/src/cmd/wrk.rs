@@ -104,12 +104,7 @@ fn submit(args: Args) -> Result<JobId> {
         return submit_agent(&args, component);
     }
     let prompt = read_prompt(&args.prompt)?;
-    let parent = args
-        .parent
-        .as_deref()
-        .map(JobId::parse)
-        .transpose()
-        .context("--parent")?;
+    let parent = parent(&args)?;
     let mode = if args.embed {
         Mode::Embed
     } else if !args.images.is_empty() {
@@ -140,8 +135,7 @@ fn submit(args: Args) -> Result<JobId> {
         files.push((GRAMMAR_FILE.to_owned(), grammar.into_bytes()));
         output_format = Some(OutputFormat::Grammar);
     }
-    let ws = Workspace::create(&args.workspace)
-        .with_context(|| format!("cannot create workspace {}", args.workspace.display()))?;
+    let ws = workspace(&args.workspace)?;
     let sub = Submission {
         prompt,
         mode,
@@ -198,17 +192,11 @@ fn submit_agent(args: &Args, component: &Path) -> Result<JobId> {
             .unwrap_or_else(|| "agent".into()),
     };
     nrvna_sandbox::check_name(&name).map_err(|e| anyhow::anyhow!("agent name {name:?}: {e}"))?;
-    let parent = args
-        .parent
-        .as_deref()
-        .map(JobId::parse)
-        .transpose()
-        .context("--parent")?;
+    let parent = parent(args)?;
     let mut extra = serde_json::Map::new();
     extra.insert(AGENT_ARGS_KEY.into(), serde_json::json!(args.prompt));
     extra.insert(AGENT_NAME_KEY.into(), name.into());
-    let ws = Workspace::create(&args.workspace)
-        .with_context(|| format!("cannot create workspace {}", args.workspace.display()))?;
+    let ws = workspace(&args.workspace)?;
     let sub = Submission {
         prompt: args.prompt.join(" "),
         mode: Mode::Agent,
@@ -219,6 +207,18 @@ fn submit_agent(args: &Args, component: &Path) -> Result<JobId> {
         ..Submission::default()
     };
     Ok(ws.submit(sub)?)
+}
+
+fn parent(args: &Args) -> Result<Option<JobId>> {
+    args.parent
+        .as_deref()
+        .map(JobId::parse)
+        .transpose()
+        .context("--parent")
+}
+
+fn workspace(path: &Path) -> Result<Workspace> {
+    Workspace::create(path).with_context(|| format!("cannot create workspace {}", path.display()))
 }
 
 /// Prompt words, or stdin for `-` (or no words with stdin not a terminal).
