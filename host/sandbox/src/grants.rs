@@ -106,15 +106,8 @@ impl FromStr for RouteGrant {
             spec: spec.to_owned(),
             reason,
         };
-        let (name, ws) = spec
-            .split_once('=')
-            .ok_or_else(|| bad("expected NAME=WS".into()))?;
-        check_name(name).map_err(bad)?;
-        if name == "self" {
-            return Err(bad(
-                "`self` means the component's own workspace; pick another name".into(),
-            ));
-        }
+        let (name, ws) =
+            split_named(spec, "NAME=WS", "means the component's own workspace").map_err(bad)?;
         if ws.is_empty() || ws.contains('\0') {
             return Err(bad("the workspace path is empty or contains NUL".into()));
         }
@@ -140,15 +133,8 @@ impl FromStr for AgentGrant {
             spec: spec.to_owned(),
             reason,
         };
-        let (name, path) = spec
-            .split_once('=')
-            .ok_or_else(|| bad("expected NAME=PATH".into()))?;
-        check_name(name).map_err(bad)?;
-        if name == "self" {
-            return Err(bad(
-                "`self` always means the calling component; pick another name".into(),
-            ));
-        }
+        let (name, path) =
+            split_named(spec, "NAME=PATH", "always means the calling component").map_err(bad)?;
         let path = PathBuf::from(path);
         if !path.is_file() {
             return Err(bad(format!("{} is not a file", path.display())));
@@ -158,6 +144,23 @@ impl FromStr for AgentGrant {
             path,
         })
     }
+}
+
+/// Splits a `NAME=VALUE` grant, checking the name; `self` is refused because it already
+/// has a meaning (`self_means`).
+fn split_named<'a>(
+    spec: &'a str,
+    form: &str,
+    self_means: &str,
+) -> Result<(&'a str, &'a str), String> {
+    let (name, value) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("expected {form}"))?;
+    check_name(name)?;
+    if name == "self" {
+        return Err(format!("`self` {self_means}; pick another name"));
+    }
+    Ok((name, value))
 }
 
 /// Route, agent and agent-storage names: 1-64 characters from `A-Z a-z 0-9 _ - .`,
