@@ -49,10 +49,14 @@ Exit codes:
 #[command(
     name = "flw",
     version,
+    disable_version_flag = true,
     about = "Follow nrvna jobs: print a job's result, or a workspace's status",
     after_help = AFTER_HELP
 )]
 struct Args {
+    /// Print the version (-V works too)
+    #[arg(short = 'v', short_alias = 'V', long, action = clap::ArgAction::Version)]
+    version: Option<bool>,
     /// Workspace directory
     workspace: PathBuf,
     /// Job id (with -w and no id, read from stdin)

@@ -22,10 +22,14 @@ Agents are WebAssembly components run in a sandbox: nrvna exec --help.";
 #[command(
     name = "nrvna",
     version,
+    disable_version_flag = true,
     about = "nrvna: durable, filesystem-queued local LLM inference",
     after_help = AFTER_HELP
 )]
 struct Args {
+    /// Print the version (-V works too)
+    #[arg(short = 'v', short_alias = 'V', long, action = clap::ArgAction::Version)]
+    version: Option<bool>,
     #[command(subcommand)]
     command: Command,
 }

@@ -33,6 +33,7 @@ seconds, then requeue them; a second signal requeues at once.";
 #[command(
     name = "nrvnad",
     version,
+    disable_version_flag = true,
     about = "The nrvna daemon: owns a workspace and runs its jobs on a local GGUF model",
     long_about = "The nrvna daemon: owns a workspace and runs its jobs on a local GGUF model.\n\n\
         Jobs submitted with `wrk` are picked up within milliseconds (file-system \
@@ -41,6 +42,9 @@ seconds, then requeue them; a second signal requeues at once.";
     after_help = format!("{AFTER_HELP}\n\n{DAEMON_ENV_HELP}")
 )]
 struct Args {
+    /// Print the version (-V works too)
+    #[arg(short = 'v', short_alias = 'V', long, action = clap::ArgAction::Version)]
+    version: Option<bool>,
     /// GGUF model file, or part of a file name in NRVNA_MODELS_DIR
     model: String,
     /// Workspace directory (created if missing)

@@ -34,10 +34,14 @@ left in the workspace).";
 #[command(
     name = "wrk",
     version,
+    disable_version_flag = true,
     about = "Submit a job to an nrvna workspace and print its id",
     after_help = AFTER_HELP
 )]
 struct Args {
+    /// Print the version (-V works too)
+    #[arg(short = 'v', short_alias = 'V', long, action = clap::ArgAction::Version)]
+    version: Option<bool>,
     /// Workspace directory (created if missing)
     workspace: PathBuf,
     /// Prompt words, or `-` for stdin
