@@ -76,6 +76,15 @@ impl Options {
     }
 }
 
+/// The route name that means the component's own workspace (the host never grants a
+/// route of that name).
+pub const OWN_WORKSPACE: &str = "self";
+
+/// A route name as `submit` wants it: [`OWN_WORKSPACE`] is no route (`None`).
+pub fn route_of(name: &str) -> Option<&str> {
+    (name != OWN_WORKSPACE).then_some(name)
+}
+
 /// One prompt and its options, built step by step:
 /// `Job::new("Summarise: ...").max_tokens(200).tag("batch1").submit()?`.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -62,8 +62,8 @@ pub mod text;
 pub use agents::call;
 pub use error::{Context, Error, Result};
 pub use jobs::{
-    Job, JobId, JobState, Options, Output, ask, cancel, follow, follow_all, follow_output, routes,
-    run_all, status, submit, submit_all, wait_any,
+    Job, JobId, JobState, OWN_WORKSPACE, Options, Output, ask, cancel, follow, follow_all,
+    follow_output, route_of, routes, run_all, status, submit, submit_all, wait_any,
 };
 pub use retry::Retry;
 pub use serde_json;
@@ -92,6 +92,6 @@ pub mod prelude {
     pub use crate::args::{Arg, Parser};
     pub use crate::{
         Agent, Context, Error, Job, JobId, Options, Output, Retry, ask, call, export_agent, follow,
-        follow_all, follow_output, kv, log, routes, run_all, submit, submit_all,
+        follow_all, follow_output, kv, log, route_of, routes, run_all, submit, submit_all,
     };
 }

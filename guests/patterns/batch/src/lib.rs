@@ -85,7 +85,7 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
                 "--image" => c.image = true,
                 "--parallel" => c.parallel = p.number_in(1..=64)?,
                 "--limit" => c.limit = p.number_in(1..=10_000)?,
-                "--route" => c.opts.route = Some(p.value()?).filter(|r| r != "self"),
+                "--route" => c.opts.route = route_of(&p.value()?).map(Into::into),
                 "--json" => c.json = true,
                 f if c.opts.accept(f, &mut p)? => {}
                 f => return Err(p.unknown(f)),

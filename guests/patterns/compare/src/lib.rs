@@ -109,10 +109,6 @@ impl Agent for Compare {
 
 export_agent!(Compare);
 
-fn route_of(name: &str) -> Option<&str> {
-    (name != "self").then_some(name)
-}
-
 fn compare(mut c: Config) -> Result<String, String> {
     let granted = routes();
     if c.targets.is_empty() {

@@ -88,7 +88,7 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
                 "--memory-chars" => c.memory_chars = p.number_in(0..=100_000)?,
                 "--run-id" => c.run_id = p.value()?,
                 "--fresh" => c.fresh = true,
-                "--route" => c.opts.route = Some(p.value()?).filter(|r| r != "self"),
+                "--route" => c.opts.route = route_of(&p.value()?).map(Into::into),
                 "--json" => c.json = true,
                 f if c.opts.accept(f, &mut p)? => {}
                 f => return Err(p.unknown(f)),

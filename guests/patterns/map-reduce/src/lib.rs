@@ -87,7 +87,7 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
                 "--reduce" => c.reduce = p.value()?,
                 "--parallel" => c.parallel = p.number_in(1..=MAX_SUBTASKS)?,
                 "--max-chars" => c.max_chars = p.number_in(50..=100_000)?,
-                "--route" => c.opts.route = Some(p.value()?).filter(|r| r != "self"),
+                "--route" => c.opts.route = route_of(&p.value()?).map(Into::into),
                 "--json" => c.json = true,
                 f if c.opts.accept(f, &mut p)? => {}
                 f => return Err(p.unknown(f)),

@@ -65,7 +65,7 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
             Arg::Flag(f) => match f.as_str() {
                 "-h" | "--help" => return Ok(None),
                 "--rounds" => c.rounds = p.number_in(1..=5)?,
-                "--route" => c.opts.route = route_name(p.value()?),
+                "--route" => c.opts.route = route_of(&p.value()?).map(Into::into),
                 "--max-chars" => c.max_chars = p.number_in(100..=100_000)?,
                 "--json" => c.json = true,
                 f if c.opts.accept(f, &mut p)? => {}
@@ -82,10 +82,6 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
 }
 
 /// `self` names the own workspace, as everywhere in the patterns.
-fn route_name(name: String) -> Option<String> {
-    (name != "self").then_some(name)
-}
-
 struct Refine;
 
 impl Agent for Refine {

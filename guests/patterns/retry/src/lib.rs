@@ -110,7 +110,7 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
                 "--expect-json" => c.expect_json = true,
                 "--contains" => c.contains.push(p.value()?),
                 "--min-chars" => c.min_chars = p.number_in(0..=1_000_000)?,
-                "--route" => c.opts.route = Some(p.value()?).filter(|r| r != "self"),
+                "--route" => c.opts.route = route_of(&p.value()?).map(Into::into),
                 "--json" => c.json = true,
                 f if c.opts.accept(f, &mut p)? => {}
                 f => return Err(p.unknown(f)),

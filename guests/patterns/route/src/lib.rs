@@ -202,7 +202,7 @@ fn route(c: &Config) -> Result<String, String> {
     let prompt = text::fill(&c.template, &[("input", &c.input)]);
     let out = Job::new(prompt)
         .with(&c.opts)
-        .route((name != "self").then_some(name.as_str()))
+        .route(route_of(name.as_str()))
         .tag("route")
         .tag("route-job")
         .run()
