@@ -396,12 +396,16 @@ fn refine_fails_naming_the_step_whose_job_failed() {
 fn loop_killed_mid_run_resumes_from_kv_without_redoing_rounds() {
     let ws = TestWs::new();
     let _d = ws.daemon(1);
-    // A stop word the model will not say, so every round runs.
+    // Every round must run, but each prompt names the stop word and a sampled reply
+    // may echo it: greedy decoding makes the replies fixed, and with this word and
+    // goal they never contain it.
     let args = [
         "--rounds",
         "5",
         "--stop",
         "QZXV-STOP",
+        "--temp",
+        "0",
         "--max-tokens",
         "24",
         "Write a short story about a lighthouse",

@@ -27,12 +27,21 @@ fn sync_file(f: &File) -> std::io::Result<()> {
     }
 }
 
-/// Writes `bytes` to `path` durably: `path.tmp`, fsync, rename over `path`.
+/// A temporary name beside `path`, unique to this writer, so two writers racing on the
+/// same file each rename a whole file of their own (the last one wins).
+fn tmp_path(path: &Path) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}-{n}.tmp", std::process::id()));
+    tmp.into()
+}
+
+/// Writes `bytes` to `path` durably: a temporary file, fsync, rename over `path`.
 /// The caller fsyncs the parent directory before publishing it.
 pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = Path::new(&tmp);
+    let tmp = tmp_path(path);
+    let tmp = tmp.as_path();
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -67,9 +76,8 @@ pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Replaces `path` atomically (tmp + rename) without forcing it to disk: for state that
 /// must survive a process crash (the page cache does) but may be lost on power loss.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = Path::new(&tmp);
+    let tmp = tmp_path(path);
+    let tmp = tmp.as_path();
     let result = fs::write(tmp, bytes)
         .at(tmp)
         .and_then(|()| fs::rename(tmp, path).at(path));

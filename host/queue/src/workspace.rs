@@ -537,44 +537,63 @@ impl Workspace {
     pub fn claim(&self, id: &JobId) -> Result<Claim> {
         let ready = self.job_dir(State::Queued, id);
         let running = self.job_dir(State::Running, id);
+        // Never follow a symlink swapped in since the sweep: the start is written into
+        // the job directory below, and that must not land outside the workspace.
+        match fs::symlink_metadata(&ready) {
+            Ok(md) if md.file_type().is_dir() => {}
+            Ok(_) => {
+                let reason = "it is not a directory (symlink, FIFO or plain file)";
+                self.quarantine(&ready, &format!("input/ready/{id} rejected: {reason}"))?;
+                return Ok(Claim::Rejected(reason.into()));
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Claim::Gone),
+            Err(e) => return Err(e).at(&ready),
+        }
+        let claimed_at = Instant::now();
+        let loaded = self.load_claimed(&ready, id);
+        let mut meta = match &loaded {
+            Ok((meta, _)) => meta.clone(),
+            Err(_) => read_meta(&ready, id).unwrap_or_else(|_| Meta {
+                submitted_at: now_timestamp(),
+                ..Meta::default()
+            }),
+        };
+        meta.attempts += 1;
+        meta.started_at = Some(now_timestamp());
+        // The start is recorded while the job is still queued, so it is complete the
+        // moment the job shows as running. Only this daemon (it holds the workspace lock)
+        // writes into input/ready/. Not fsynced: a daemon crash keeps the page cache, so
+        // the attempt counter that bounds crash loops survives; only a power loss can undo
+        // it, and then the job is simply queued again. A crash between this write and the
+        // rename counts one attempt that never ran.
+        if let Err(e) = write_atomic(&ready.join(META_FILE), &meta_bytes(&meta)?) {
+            if !ready.exists() {
+                return Ok(Claim::Gone); // cancelled meanwhile
+            }
+            if loaded.is_ok() {
+                // The start cannot be recorded (full disk, ...): leave the job queued,
+                // untouched, rather than run it unaccounted.
+                return Err(e);
+            }
+        }
         match fs::rename(&ready, &running) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Claim::Gone),
             Err(e) => return Err(e).at(&ready),
         }
-        // The claim is not fsynced: after a power loss the job is simply queued again.
-        let claimed_at = Instant::now();
-        let (mut meta, prompt) = match self.load_claimed(&running, id) {
-            Ok(loaded) => loaded,
+        match loaded {
+            Ok((_, prompt)) => Ok(Claim::Claimed(Box::new(ClaimedJob {
+                id: id.clone(),
+                dir: running,
+                prompt,
+                meta,
+                claimed_at,
+            }))),
             Err(reason) => {
-                let meta = read_meta(&running, id).unwrap_or_else(|_| Meta {
-                    submitted_at: now_timestamp(),
-                    ..Meta::default()
-                });
                 self.finish(id, meta, Err(&reason), Outcome::default(), Some(claimed_at))?;
-                return Ok(Claim::Rejected(reason));
+                Ok(Claim::Rejected(reason))
             }
-        };
-        meta.attempts += 1;
-        meta.started_at = Some(now_timestamp());
-        // Crash-safe without an fsync: a daemon crash keeps the page cache, so the
-        // attempt counter bounding crash loops survives; only a power loss can undo it.
-        if let Err(e) = write_atomic(&running.join(META_FILE), &meta_bytes(&meta)?) {
-            // The start cannot be recorded (full disk, ...): put the job back untouched
-            // rather than run it unaccounted or strand it in processing/.
-            let ready = self.job_dir(State::Queued, id);
-            if let Err(back) = rename_durable(&running, &ready) {
-                tracing::warn!("job {id}: cannot requeue after a failed claim: {back}");
-            }
-            return Err(e);
         }
-        Ok(Claim::Claimed(Box::new(ClaimedJob {
-            id: id.clone(),
-            dir: running,
-            prompt,
-            meta,
-            claimed_at,
-        })))
     }
 
     /// Reads what a claimed job needs; an `Err` is the reason to reject it.
@@ -661,6 +680,10 @@ impl Workspace {
         }
         let mut meta = read_meta(&running, id).unwrap_or_default();
         meta.status = Some("cancelled".into());
+        // A claim that lost the race to this rename may have recorded a start first.
+        if meta.started_at.take().is_some() {
+            meta.attempts = meta.attempts.saturating_sub(1);
+        }
         self.finish(id, meta, Err("cancelled"), Outcome::default(), None)?;
         Ok(true)
     }

@@ -176,6 +176,50 @@ fn concurrent_claimers_run_each_job_exactly_once() {
 }
 
 #[test]
+fn a_running_job_shows_its_start_from_the_moment_it_is_visible() {
+    let (_d, ws) = ws();
+    let ids: Vec<JobId> = (0..300)
+        .map(|i| ws.submit(text(&format!("{i}"))).unwrap())
+        .collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (checked, incomplete) = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let (mut checked, mut incomplete) = (0, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for id in ws.list(State::Running).unwrap_or_default() {
+                    // The job may move on while it is read: only a meta read from
+                    // processing/ counts.
+                    if let Ok(meta) = ws.read_meta(State::Running, &id) {
+                        checked += 1;
+                        if (meta.started_at.is_none() || meta.attempts == 0)
+                            && !incomplete.contains(&id)
+                        {
+                            incomplete.push(id);
+                        }
+                    }
+                }
+            }
+            (checked, incomplete)
+        });
+        for id in &ids {
+            let job = claim(&ws, id);
+            // Stay running a moment so the watcher sees most jobs.
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            ws.complete(&job, Outcome::default()).unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        watcher.join().unwrap()
+    });
+    assert!(checked > 0, "the watcher never saw a running job");
+    assert!(
+        incomplete.is_empty(),
+        "{} job(s) seen running without a start, first {:?}",
+        incomplete.len(),
+        incomplete.first()
+    );
+}
+
+#[test]
 fn submissions_are_validated_and_leave_nothing_behind() {
     let (_d, ws) = ws();
     let bad = [
