@@ -330,9 +330,14 @@ fn queue_alone(n: usize, threads: &[usize], dir: Option<&Path>) -> Result<String
             "off (NRVNA_FSYNC=0)"
         }
     );
+    // Workspaces are removed only after every row: deleting one row's jobs right before
+    // the next row would slow its inode allocation (ext4 without a journal skips inodes
+    // freed in the last seconds) and charge the cleanup to the queue.
+    let mut dirs = Vec::new();
     for &t in threads {
         let dir = tempfile::tempdir_in(&base)?;
         let ws = Workspace::create(dir.path().join("ws"))?;
+        dirs.push(dir);
         let per = n / t.max(1);
         let started = Instant::now();
         let ids: Vec<Vec<nrvna_queue::JobId>> = std::thread::scope(|s| {
