@@ -416,35 +416,36 @@ fn loop_killed_mid_run_resumes_from_kv_without_redoing_rounds() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn nrvna exec");
-    // Kill it while it waits on round 3: two rounds done and round 3's job id saved
-    // (`k_loop~<run>~job~003` in its kv directory). A kill in the instant between
-    // submitting a round and saving its id would repeat that round; docs/patterns.md
-    // states that limit.
+    // Kill it as soon as round 3's job is queued: the instant in which the run has not
+    // yet recorded anything of its own about that job. The host recorded the job under
+    // the round's submit key before queueing it, so the rerun gets that job back.
     let kv_dir = ws.path.join(".agents/loop/kv");
-    let third_saved = || {
-        std::fs::read_dir(&kv_dir).is_ok_and(|rd| {
-            rd.filter_map(|e| e.ok())
-                .any(|e| e.file_name().to_string_lossy().ends_with("~job~003"))
-        })
-    };
-    let two_done = wait_for(Duration::from_secs(240), || {
-        count_in(&tagged(&ws, "loop-round"), "output") >= 2 && third_saved()
+    let third_queued = wait_for(Duration::from_secs(240), || {
+        tagged(&ws, "loop-round").len() >= 3
     });
     let _ = first.kill();
     let _ = first.wait();
     assert!(
-        two_done,
-        "two rounds did not finish: {:?}",
+        third_queued,
+        "round 3 was never submitted: {:?}",
         tagged(&ws, "loop")
     );
-    let done_before = count_in(&tagged(&ws, "loop-round"), "output");
+    // What the killed run had saved: the rounds the rerun must not redo.
+    let done_before = std::fs::read_dir(&kv_dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().contains("~round~"))
+                .count()
+        })
+        .unwrap_or(0);
     assert!(
-        done_before < 5,
-        "the run finished before it could be killed"
+        (2..5).contains(&done_before),
+        "rounds saved before the kill: {done_before}"
     );
-    // The saved state is there for the next run.
-    let kv = ws.path.join(".agents");
-    assert!(kv.is_dir(), "no kv under {}", kv.display());
+    assert!(
+        ws.path.join(".agents/loop/submitted").is_dir(),
+        "no submit keys recorded"
+    );
 
     let out = exec(&ws, "loop", &[], &args);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -477,7 +478,8 @@ fn loop_killed_mid_run_resumes_from_kv_without_redoing_rounds() {
     let last_prompt = ws.job_file("output", ids[4], "prompt.txt");
     assert!(last_prompt.contains(first_reply.trim()), "{last_prompt}");
     // The finished loop left no state behind.
-    let leftover: Vec<_> = walk(&kv).into_iter().filter(|p| p.is_file()).collect();
+    // (The host's record of submit keys stays: keys are remembered, newest first.)
+    let leftover: Vec<_> = walk(&kv_dir).into_iter().filter(|p| p.is_file()).collect();
     assert!(leftover.is_empty(), "kv state left: {leftover:?}");
 }
 
@@ -497,16 +499,23 @@ fn loop_keeps_its_state_when_a_round_fails() {
         err.contains("loop: round 1 (") && err.contains("run again with the same goal to resume"),
         "{err}"
     );
-    // The goal and the failed round's job id are kept for the rerun.
-    let kv = ws.path.join(".agents/story/kv");
-    let keys: BTreeSet<String> = walk(&kv)
-        .iter()
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
+    // The goal and the attempt's epoch are kept for the rerun; the host recorded the
+    // failed round's job under its submit key.
+    let names = |dir: &str| -> BTreeSet<String> {
+        walk(&ws.path.join(dir))
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect()
+    };
+    let keys = names(".agents/story/kv");
     assert_eq!(keys.len(), 2, "{keys:?}");
     assert!(keys.iter().any(|k| k.ends_with("goal")), "{keys:?}");
-    assert!(keys.iter().any(|k| k.ends_with("job~001")), "{keys:?}");
-    // A rerun resubmits that round (its job failed), and fails the same way.
+    assert!(keys.iter().any(|k| k.ends_with("epoch")), "{keys:?}");
+    let submitted = names(".agents/story/submitted");
+    assert_eq!(submitted.len(), 1, "{submitted:?}");
+    assert!(submitted.iter().all(|k| k.ends_with("~001")), "{submitted:?}");
+    // A rerun gets a new job for that round (the recorded one failed), under the same
+    // key, and fails the same way.
     let out = exec(
         &ws,
         "loop",
@@ -514,12 +523,8 @@ fn loop_keeps_its_state_when_a_round_fails() {
         &["--rounds", "2", &too_long()],
     );
     assert_eq!(code(&out), 1);
-    assert!(
-        stderr(&out).contains("submitting again"),
-        "{}",
-        stderr(&out)
-    );
     assert_eq!(count_in(&tagged(&ws, "loop-round"), "failed"), 2);
+    assert_eq!(names(".agents/story/submitted"), submitted);
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -99,6 +99,7 @@ pub struct Job {
     json_schema: Option<String>,
     parent: Option<JobId>,
     tags: Vec<String>,
+    key: Option<String>,
 }
 
 impl Job {
@@ -163,6 +164,15 @@ impl Job {
         self
     }
 
+    /// Makes the submission idempotent: submitting again with the same key (and route)
+    /// returns the job the first submission queued while it is queued, running or done,
+    /// even from a later run after a crash; a failed or cancelled one is replaced. Keys
+    /// are 1-128 characters from `A-Z a-z 0-9 _ - . /`.
+    pub fn key(mut self, key: impl Into<String>) -> Job {
+        self.key = Some(key.into());
+        self
+    }
+
     /// Applies shared options; fields already set on this job win, tags add up.
     pub fn with(mut self, o: &Options) -> Job {
         self.route = self.route.or_else(|| o.route.clone());
@@ -189,6 +199,7 @@ impl Job {
             json_schema: self.json_schema.clone(),
             parent: self.parent.clone(),
             tags: self.tags.clone(),
+            key: self.key.clone(),
         }
     }
 

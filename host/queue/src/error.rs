@@ -35,6 +35,9 @@ pub enum QueueError {
     BadMeta { id: String, reason: String },
     #[error("workspace {path} is owned by another nrvnad (pid {pid})")]
     Locked { path: PathBuf, pid: String },
+    /// A [`crate::Workspace::submit_with`] hook refused the job; nothing was queued.
+    #[error("{0}")]
+    Refused(String),
     #[error("file watcher: {0}")]
     Watch(#[from] notify::Error),
     #[error("job {id} is {state}, not {expected}")]

@@ -238,6 +238,17 @@ impl Workspace {
 
     /// Validates and publishes a job; returns its id. On any error nothing is left behind.
     pub fn submit(&self, sub: Submission) -> Result<JobId> {
+        self.submit_with(sub, |_| Ok(()))
+    }
+
+    /// [`Workspace::submit`], calling `before_publish` with the new id once the job is
+    /// fully staged and before it is queued: what it records about the id is on record
+    /// before any daemon can see the job. If it fails, nothing is queued.
+    pub fn submit_with(
+        &self,
+        sub: Submission,
+        before_publish: impl FnOnce(&JobId) -> Result<()>,
+    ) -> Result<JobId> {
         self.validate(&sub)?;
         let mut attempt = 0;
         loop {
@@ -254,6 +265,7 @@ impl Workspace {
             }
             let result = self
                 .stage(&staging, &id, &sub)
+                .and_then(|()| before_publish(&id))
                 .and_then(|()| self.publish(&staging, &id));
             if result.is_err() {
                 let _ = fs::remove_dir_all(&staging);

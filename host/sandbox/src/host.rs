@@ -126,7 +126,8 @@ impl jobs::Host for HostState {
         prompt: String,
         options: SubmitOptions,
     ) -> wasmtime::Result<Result<String, JobError>> {
-        Ok(self.run.clone().submit(prompt, options).await)
+        let keys = self.kv.submitted_keys();
+        Ok(self.run.clone().submit(prompt, options, keys).await)
     }
 
     async fn follow(

@@ -20,7 +20,7 @@ use nrvna_queue::{
 use crate::bindings::nrvna::agent::types::{JobError, JobOutput, JobState, SubmitOptions};
 use crate::error::{LimitHit, LimitKind};
 use crate::grants::Grants;
-use crate::kv::AGENTS_DIR;
+use crate::kv::{self, AGENTS_DIR, Kv};
 use crate::log::{LogLevel, RunLog};
 use crate::runtime::{RunContext, Runtime, show_duration};
 use crate::watch::{WsWatch, deadline_in, wait_for};
@@ -59,6 +59,8 @@ pub(crate) struct RunShared {
     agent_name: String,
     keep_jobs: bool,
     tracked: Mutex<Tracked>,
+    /// Serialises keyed submissions (`submit-options.key`).
+    keyed: Mutex<()>,
     submitted: AtomicU64,
     agent_calls: AtomicU64,
     cpu_ticks: AtomicU64,
@@ -89,6 +91,7 @@ impl RunShared {
             agent_name: ctx.agent_name,
             keep_jobs: ctx.keep_jobs,
             tracked: Mutex::new(Tracked::default()),
+            keyed: Mutex::new(()),
             submitted: AtomicU64::new(0),
             agent_calls: AtomicU64::new(0),
             cpu_ticks: AtomicU64::new(0),
@@ -306,14 +309,26 @@ impl RunShared {
         self.route_names.clone()
     }
 
+    /// Queues a prompt for the guest. `keys` is the submitting agent's record of
+    /// submit keys (see `submit-options.key`).
     pub(crate) async fn submit(
         self: Arc<Self>,
         prompt: String,
         options: SubmitOptions,
+        keys: Kv,
     ) -> Result<String, JobError> {
         let limits = &self.grants.limits;
         if prompt.is_empty() {
             return Err(JobError::Invalid("the prompt is empty".into()));
+        }
+        if let Some(key) = &options.key
+            && kv::file_name(key).is_err()
+        {
+            return Err(JobError::Invalid(format!(
+                "submit key {:?}: keys are 1-{} characters from A-Z a-z 0-9 _ - . / without `..`",
+                cut(key.escape_debug().to_string(), 140),
+                kv::MAX_KEY_LEN
+            )));
         }
         let bytes = prompt.len() as u64 + options.system.as_ref().map_or(0, |s| s.len() as u64);
         if bytes > limits.max_prompt_bytes {
@@ -397,37 +412,100 @@ impl RunShared {
         };
         let run = self.clone();
         let images = options.images;
+        let keyed = options.key.map(|key| (keys, key));
         // Staging images and publishing the job fsync several files: off the async threads.
-        let joined =
-            tokio::task::spawn_blocking(move || run.submit_blocking(wsi, sub, &images)).await;
+        let joined = tokio::task::spawn_blocking(move || match keyed {
+            Some((keys, key)) => run.submit_keyed(wsi, sub, &images, &keys, &key),
+            None => run.submit_blocking(wsi, sub, &images, |_| Ok(())),
+        })
+        .await;
         match joined {
             Ok(result) => result,
             Err(e) => Err(JobError::Failed(format!("submit task failed: {e}"))),
         }
     }
 
+    /// Stages and queues a job; `before_publish` runs once it is staged and before it
+    /// is queued (an `Err` from it queues nothing and is returned).
     fn submit_blocking(
         &self,
         wsi: usize,
         mut sub: Submission,
         images: &[String],
+        before_publish: impl FnOnce(&JobId) -> Result<(), JobError>,
     ) -> Result<String, JobError> {
         let ws = &self.workspaces[wsi];
         let staged = StagedImages::stage(self, ws, images)?;
         sub.images = staged.paths.clone();
-        let id = ws.submit(sub).map_err(submit_failure)?;
+        let mut refused = None;
+        let submitted = ws.submit_with(sub, |id| {
+            before_publish(id).map_err(|e| {
+                let text = format!("{e:?}");
+                refused = Some(e);
+                QueueError::Refused(text)
+            })
+        });
+        let id = match submitted {
+            Ok(id) => id,
+            Err(e) => return Err(refused.unwrap_or_else(|| submit_failure(e))),
+        };
         drop(staged);
         self.submitted.fetch_add(1, Ordering::SeqCst);
-        // Tracked even if the guest's future is gone by now, so the run's end cancels it.
+        self.track(wsi, &id);
+        Ok(id.to_string())
+    }
+
+    /// A job this run now owns: tracked even if the guest's future is gone by now, so
+    /// the run's end cancels it.
+    fn track(&self, wsi: usize, id: &JobId) {
         if let Ok(mut t) = self.tracked.lock() {
             t.open.push((wsi, id.clone()));
             t.located.insert(id.clone(), wsi);
         }
         if self.finished.load(Ordering::SeqCst) && !self.keep_jobs {
             // The run ended while this submission was being written.
-            let _ = ws.cancel(&id);
+            let _ = self.workspaces[wsi].cancel(id);
         }
-        Ok(id.to_string())
+    }
+
+    /// An idempotent submission: the job recorded under `key` for this route if it is
+    /// queued, running or done, else a new job whose id is recorded (durably) before
+    /// it is queued.
+    fn submit_keyed(
+        &self,
+        wsi: usize,
+        sub: Submission,
+        images: &[String],
+        keys: &Kv,
+        key: &str,
+    ) -> Result<String, JobError> {
+        // One keyed submission at a time in this run, so two racing on one key agree.
+        let _one = self.keyed.lock().map_err(|_| {
+            JobError::Failed("submit: the key lock was poisoned by a crashed thread".into())
+        })?;
+        let route = match wsi {
+            0 => "-",
+            i => self.route_names[i - 1].as_str(),
+        };
+        if let Some(record) = keys.get(key)? {
+            let record = String::from_utf8_lossy(&record);
+            let mut lines = record.lines();
+            if lines.next() == Some(route)
+                && let Some(Ok(id)) = lines.next().map(JobId::parse)
+                && matches!(
+                    self.workspaces[wsi].state_of(&id),
+                    Ok(Some(State::Queued | State::Running | State::Done))
+                )
+            {
+                self.track(wsi, &id);
+                return Ok(id.to_string());
+            }
+        }
+        self.submit_blocking(wsi, sub, images, |id| {
+            // The newest keys are kept: an agent cannot fill its storage with them.
+            keys.prune_oldest(kv::MAX_KEYS - 1)?;
+            keys.set(key, format!("{route}\n{id}\n").as_bytes())
+        })
     }
 
     fn compile_schema(&self, schema: &str) -> Result<(Vec<u8>, Vec<u8>), JobError> {
@@ -790,6 +868,63 @@ mod tests {
             json_schema: None,
             parent: None,
             tags: Vec::new(),
+            key: None,
+        }
+    }
+
+    async fn submit(
+        run: &Arc<RunShared>,
+        prompt: String,
+        options: SubmitOptions,
+    ) -> Result<String, JobError> {
+        let keys = Kv::submitted(run.workspaces[0].root().to_owned(), "t".into());
+        run.clone().submit(prompt, options, keys).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_keyed_submit_returns_its_job_until_that_job_fails() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = run_on(&tmp.path().join("ws"), Grants::default());
+        let ws = run.workspaces[0].clone();
+        let keyed = |key: &str| SubmitOptions {
+            key: Some(key.into()),
+            ..options()
+        };
+        let first = submit(&run, "a".into(), keyed("round/1")).await.unwrap();
+        // Again, as a component run again after a crash would: the same job.
+        let again = submit(&run, "a".into(), keyed("round/1")).await.unwrap();
+        assert_eq!(first, again);
+        assert_eq!(ws.list(State::Queued).unwrap().len(), 1);
+        // Another key is another job.
+        let other = submit(&run, "b".into(), keyed("round/2")).await.unwrap();
+        assert_ne!(other, first);
+        // A done job is still the key's job.
+        let id = JobId::parse(&first).unwrap();
+        let Claim::Claimed(job) = ws.claim(&id).unwrap() else {
+            panic!("claim");
+        };
+        ws.complete(&job, Outcome::default()).unwrap();
+        assert_eq!(
+            submit(&run, "a".into(), keyed("round/1")).await.unwrap(),
+            first
+        );
+        // A cancelled one is replaced, and the key now names the new job.
+        ws.cancel(&JobId::parse(&other).unwrap()).unwrap();
+        let replaced = submit(&run, "b".into(), keyed("round/2")).await.unwrap();
+        assert_ne!(replaced, other);
+        assert_eq!(
+            submit(&run, "b".into(), keyed("round/2")).await.unwrap(),
+            replaced
+        );
+        // The record lives with the agent's state, not in its kv.
+        assert!(tmp.path().join("ws/.agents/t/submitted").is_dir());
+        // Keys are checked like kv keys.
+        for bad in ["", "../x", "a b", &"k".repeat(129)] {
+            let r = submit(&run, "c".into(), keyed(bad)).await;
+            assert!(
+                matches!(&r, Err(JobError::Invalid(m)) if m.contains("submit key")),
+                "{bad:?}: {r:?}"
+            );
         }
     }
 
@@ -812,22 +947,22 @@ mod tests {
         let run = run_on(&tmp.path().join("ws"), grants);
         let ws = run.workspaces[0].clone();
 
-        let a = run.clone().submit("a".into(), options()).await.unwrap();
-        let b = run.clone().submit("b".into(), options()).await.unwrap();
+        let a = submit(&run, "a".into(), options()).await.unwrap();
+        let b = submit(&run, "b".into(), options()).await.unwrap();
         let a = JobId::parse(&a).unwrap();
         // The run's own job is the default parent.
         assert_eq!(
             ws.read_meta(State::Queued, &a).unwrap().parent.as_deref(),
             Some("1_2")
         );
-        let third = run.clone().submit("c".into(), options()).await;
+        let third = submit(&run, "c".into(), options()).await;
         assert!(
             matches!(&third, Err(JobError::Quota(m)) if m.contains("--max-in-flight")),
             "{third:?}"
         );
 
         // Bad input is `invalid`/`denied` and costs nothing.
-        let big = run.clone().submit("x".repeat(101), options()).await;
+        let big = submit(&run, "x".repeat(101), options()).await;
         assert!(
             matches!(&big, Err(JobError::Invalid(m)) if m.contains("--max-prompt-bytes")),
             "{big:?}"
@@ -835,19 +970,19 @@ mod tests {
         let mut routed = options();
         routed.route = Some("elsewhere".into());
         assert!(matches!(
-            run.clone().submit("r".into(), routed).await,
+            submit(&run, "r".into(), routed).await,
             Err(JobError::Denied(_))
         ));
         let mut parented = options();
         parented.parent = Some("../1".into());
         assert!(matches!(
-            run.clone().submit("p".into(), parented).await,
+            submit(&run, "p".into(), parented).await,
             Err(JobError::Invalid(_))
         ));
         let mut schema = options();
         schema.json_schema = Some("{}".into());
         assert!(
-            matches!(run.clone().submit("s".into(), schema).await, Err(JobError::Invalid(m)) if m.contains("schema compiler"))
+            matches!(submit(&run, "s".into(), schema).await, Err(JobError::Invalid(m)) if m.contains("schema compiler"))
         );
 
         // A job that ends frees its slot (after the refresh interval).

@@ -26,16 +26,61 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub(crate) struct Kv {
     ws_root: PathBuf,
     agent: String,
+    /// The directory under the agent's: `kv` for the guest's own keys, `submitted` for
+    /// the host's record of idempotent submissions (the guest cannot write there).
+    space: &'static str,
 }
 
 impl Kv {
     /// `agent` must already satisfy [`crate::grants::check_name`].
     pub(crate) fn new(ws_root: PathBuf, agent: String) -> Kv {
-        Kv { ws_root, agent }
+        Kv {
+            ws_root,
+            agent,
+            space: "kv",
+        }
+    }
+
+    /// The record of `submit` keys: key → the route and id of the job it queued.
+    pub(crate) fn submitted(ws_root: PathBuf, agent: String) -> Kv {
+        Kv {
+            ws_root,
+            agent,
+            space: "submitted",
+        }
+    }
+
+    /// The same agent's record of `submit` keys.
+    pub(crate) fn submitted_keys(&self) -> Kv {
+        Kv::submitted(self.ws_root.clone(), self.agent.clone())
     }
 
     fn rel(&self) -> String {
-        format!("{AGENTS_DIR}/{}/kv", self.agent)
+        format!("{AGENTS_DIR}/{}/{}", self.agent, self.space)
+    }
+
+    /// Removes the least recently written keys until at most `keep` remain.
+    pub(crate) fn prune_oldest(&self, keep: usize) -> Result<(), JobError> {
+        let Some(dir) = self.dir(false)? else {
+            return Ok(());
+        };
+        let names = key_names(&dir)?;
+        if names.len() <= keep {
+            return Ok(());
+        }
+        let mut aged: Vec<(std::time::SystemTime, String)> = names
+            .into_iter()
+            .filter_map(|name| {
+                let modified = dir.symlink_metadata(&name).ok()?.modified().ok()?;
+                Some((modified.into_std(), name))
+            })
+            .collect();
+        aged.sort();
+        let excess = aged.len().saturating_sub(keep);
+        for (_, name) in aged.into_iter().take(excess) {
+            let _ = dir.remove_file(&name);
+        }
+        sync_dir(&dir).map_err(io)
     }
 
     /// The agent's kv directory; `None` if it does not exist and `create` is false.

@@ -13,14 +13,16 @@
 //! Limits: 1-50 rounds, one job at a time.
 //!
 //! Memory lives in `kv`, under `loop/RUN/` where RUN is `--run-id` or a hash of the
-//! goal: every finished round's reply, and the id of the job of the round in progress
-//! (saved before waiting for it). A run that is interrupted — killed, timed out, the
-//! daemon restarted — and started again with the same goal resumes: finished rounds are
-//! not redone, and the round in progress waits for its already-submitted job instead of
-//! submitting another (a job that failed or was cancelled meanwhile is submitted again).
-//! The state is removed when the loop ends, so running a finished goal again starts
-//! over; `--fresh` starts over even when there is state. Without kv (the host refuses
-//! it) the loop still runs, but cannot resume.
+//! goal: every finished round's reply and an epoch naming this attempt at the goal.
+//! Each round's job is submitted with the key `loop/RUN/EPOCH/NNN` (`submit-options.key`),
+//! which the host records before it queues the job. A run that is interrupted — killed,
+//! timed out, the daemon restarted — and started again with the same goal resumes:
+//! finished rounds are not redone, and the round in progress gets back its job from the
+//! host, even one submitted an instant before the kill (a job that failed or was
+//! cancelled meanwhile is replaced by a new one). The state is removed when the loop
+//! ends, so running a finished goal again starts over with a new epoch; `--fresh`
+//! starts over even when there is state. Without kv (the host refuses it) the loop
+//! still runs, but cannot resume.
 //!
 //! Prompts are the seed's: `Goal: G\nPrevious work: MEMORY\nContinue. Write the next
 //! section. Say DONE if complete.` A small model may never say DONE or say it at once;
@@ -30,7 +32,7 @@
 
 use nrvna_guest::prelude::*;
 use nrvna_guest::serde_json::json;
-use nrvna_guest::{JobState, status, text};
+use nrvna_guest::text;
 
 pub const USAGE: &str = "\
 usage: loop [OPTIONS] [--] GOAL...
@@ -133,6 +135,8 @@ export_agent!(Loop);
 struct State {
     prefix: String,
     persist: bool,
+    /// Names this attempt at the goal in the rounds' submit keys; `None` without kv.
+    epoch: Option<String>,
 }
 
 impl State {
@@ -140,6 +144,7 @@ impl State {
         let mut s = State {
             prefix: format!("loop/{}/", c.run_id),
             persist: true,
+            epoch: None,
         };
         if c.fresh {
             s.guard(kv::delete_prefix(&s.prefix))?;
@@ -157,6 +162,15 @@ impl State {
             Some(_) => {}
             None => s.guard(kv::set(&s.key("goal"), &c.goal))?.unwrap_or(()),
         }
+        let epoch = match s.get("epoch")? {
+            Some(e) => Some(e),
+            None => {
+                let e = new_epoch();
+                s.set("epoch", &e)?;
+                s.persist.then_some(e)
+            }
+        };
+        s.epoch = epoch;
         Ok(s)
     }
 
@@ -199,14 +213,6 @@ impl State {
         self.guard(kv::set(&key, value)).map(|_| ())
     }
 
-    fn delete(&mut self, name: &str) -> Result<(), String> {
-        if !self.persist {
-            return Ok(());
-        }
-        let key = self.key(name);
-        self.guard(kv::delete(&key)).map(|_| ())
-    }
-
     fn clear(&mut self) -> Result<(), String> {
         if !self.persist {
             return Ok(());
@@ -220,8 +226,16 @@ fn round_key(i: u32) -> String {
     format!("round/{i:03}")
 }
 
-fn job_key(i: u32) -> String {
-    format!("job/{i:03}")
+/// A name for a new attempt at a goal, so its submit keys differ from every earlier
+/// attempt's (16 hex digits from the clock and the process's hash seed).
+fn new_epoch() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(nanos);
+    format!("{:016x}", h.finish())
 }
 
 fn run_loop(c: &Config) -> Result<String, String> {
@@ -257,11 +271,10 @@ fn run_loop(c: &Config) -> Result<String, String> {
             text::tail(&memory, c.memory_chars),
             c.stop
         );
-        let out = round(c, &mut state, next, &prompt)?;
+        let out = round(c, &state, next, &prompt)?;
         // The reply is saved before the pending job is forgotten: a crash in between
         // leaves a finished round, never a lost one.
         state.set(&round_key(next), &format!("{}\n{}", out.id, out.text))?;
-        state.delete(&job_key(next))?;
         log::info(format!("round {next}/{} done ({})", c.rounds, out.id));
         done = out.text.contains(&c.stop);
         rounds.push((next, out.id, out.text));
@@ -289,30 +302,14 @@ fn run_loop(c: &Config) -> Result<String, String> {
     Ok(out)
 }
 
-/// One round's job: the one an interrupted run left in flight if it can still finish,
-/// else a new one (its id saved before waiting, so a rerun can pick it up).
-fn round(c: &Config, state: &mut State, i: u32, prompt: &str) -> Result<Output, String> {
-    if let Some(id) = state.get(&job_key(i))? {
-        match status(&id) {
-            Ok(JobState::Queued | JobState::Running | JobState::Done) => {
-                log::info(format!("round {i}: waiting for {id}, submitted before"));
-                match follow_output(&id) {
-                    Ok(out) => return Ok(out),
-                    Err(e) => log::warn(format!("round {i}: {id}: {e}; submitting again")),
-                }
-            }
-            other => log::info(format!(
-                "round {i}: earlier job {id} is {other:?}; submitting again"
-            )),
-        }
+/// One round's job. With kv it is submitted under the round's key, so a rerun after an
+/// interruption gets back the job the interrupted run queued for this round.
+fn round(c: &Config, state: &State, i: u32, prompt: &str) -> Result<Output, String> {
+    let mut job = Job::new(prompt).with(&c.opts).tag("loop").tag("loop-round");
+    if let Some(epoch) = &state.epoch {
+        job = job.key(format!("loop/{}/{epoch}/{i:03}", c.run_id));
     }
-    let id = Job::new(prompt)
-        .with(&c.opts)
-        .tag("loop")
-        .tag("loop-round")
-        .submit()
-        .map_err(|e| format!("loop: round {i}: {e}"))?;
-    state.set(&job_key(i), &id)?;
+    let id = job.submit().map_err(|e| format!("loop: round {i}: {e}"))?;
     follow_output(&id)
         .map_err(|e| format!("loop: round {i} ({id}): {e}; run again with the same goal to resume"))
 }

@@ -26,6 +26,7 @@ impl Guest for Echo {
             json_schema: None,
             parent: None,
             tags: vec!["fx-echo".into()],
+            key: None,
         };
         let id = jobs::submit(prompt, &options).map_err(|e| format!("submit: {e:?}"))?;
         log(Level::Info, &format!("submitted {id}"));

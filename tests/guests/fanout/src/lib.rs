@@ -26,6 +26,7 @@ impl Guest for Fanout {
                 json_schema: None,
                 parent: None,
                 tags: vec!["fx-fanout".into()],
+                key: None,
             };
             ids.push(jobs::submit(prompt, &options).map_err(|e| format!("submit: {e:?}"))?);
         }

@@ -20,6 +20,7 @@ fn options(route: Option<String>) -> SubmitOptions {
         json_schema: None,
         parent: None,
         tags: vec!["fx-hostile".into()],
+        key: None,
     }
 }
 
