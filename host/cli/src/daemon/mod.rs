@@ -293,8 +293,8 @@ fn worker_loop(shared: &Arc<Shared>) {
             }
             Err(e) => {
                 tracing::warn!("cannot claim {id}: {e}");
-                // The job went back to the queue; don't spin on it while the cause
-                // (typically a full disk) lasts.
+                // The job stays queued (the periodic sweep offers it again); don't spin
+                // on it while the cause (typically a full disk) lasts.
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
