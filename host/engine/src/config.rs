@@ -43,6 +43,9 @@ pub struct EngineConfig {
     /// CPU threads for decoding; `None`: all available cores.
     pub threads: Option<u32>,
     pub sampling: SamplingDefaults,
+    /// A dedicated embedding model (GGUF) that serves every embedding request on its own
+    /// thread and context; `None`: the chat model serves them, mean-pooled.
+    pub embed_model: Option<PathBuf>,
 }
 
 impl EngineConfig {
@@ -56,6 +59,7 @@ impl EngineConfig {
             gpu_layers: 0,
             threads: None,
             sampling: SamplingDefaults::default(),
+            embed_model: None,
         }
     }
 }

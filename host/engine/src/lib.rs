@@ -8,6 +8,7 @@
 
 pub mod bench;
 mod config;
+mod embed;
 mod llama;
 mod model_file;
 mod text;
@@ -40,7 +41,9 @@ impl CancelFlag {
 pub enum RequestKind {
     /// Chat-templated generation.
     Generate,
-    /// Mean-pooled, L2-normalised embedding of the raw prompt.
+    /// L2-normalised sentence embedding of the raw prompt: by the dedicated embedding
+    /// model if one is configured (pooled as its metadata says), else by the chat model
+    /// mean-pooled.
     Embed,
 }
 
@@ -112,10 +115,18 @@ pub enum EngineError {
     ModelFile(#[from] ModelFileError),
     #[error("cannot load model {path}: {reason}")]
     Load { path: String, reason: String },
+    #[error("cannot load embedding model {path}: {reason}")]
+    LoadEmbedding { path: String, reason: String },
     #[error("configuration: {0}")]
     Config(String),
     #[error("prompt is {tokens} tokens; the per-job context (NRVNA_CTX) holds {limit}")]
     PromptTooLong { tokens: usize, limit: usize },
+    #[error("text is {tokens} tokens; the embedding model {model} takes at most {limit} tokens")]
+    EmbeddingTooLong {
+        tokens: usize,
+        limit: usize,
+        model: String,
+    },
     #[error(
         "generation truncated: the per-job context of {limit} tokens filled after {generated} \
          generated tokens (raise NRVNA_CTX or lower max tokens)"
@@ -153,6 +164,7 @@ impl EngineError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
     pub path: String,
+    /// `general.name`, else the file name.
     pub description: String,
     pub n_ctx_train: u32,
     pub n_embd: u32,
@@ -163,6 +175,33 @@ pub struct ModelInfo {
     pub slots: usize,
     /// Bytes of KV cache reserved for all slots.
     pub kv_bytes: u64,
+    /// The dedicated embedding model serving embedding jobs; `None`: the chat model does.
+    pub embedder: Option<EmbedderInfo>,
+}
+
+impl ModelInfo {
+    /// Name of the model that serves requests of this kind.
+    pub fn model_for(&self, kind: RequestKind) -> &str {
+        match (kind, &self.embedder) {
+            (RequestKind::Embed, Some(embedder)) => &embedder.name,
+            _ => &self.description,
+        }
+    }
+}
+
+/// Facts about a dedicated embedding model (`EngineConfig::embed_model`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedderInfo {
+    pub path: String,
+    /// `general.name`, else the file name.
+    pub name: String,
+    /// Dimensions of its vectors.
+    pub dim: u32,
+    /// Most tokens one text may have, special tokens included.
+    pub max_tokens: u32,
+    /// `mean`, `cls` or `last`, from the model's metadata (`mean` when it names none).
+    pub pooling: &'static str,
+    pub size_bytes: u64,
 }
 
 /// The engine interface the daemon uses: blocking, callable from many threads at once.

@@ -18,6 +18,7 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
+use crate::embed::{Embedder, embed_context, embed_text, model_name};
 use crate::text::strip_think_blocks;
 use crate::{
     Backend, CancelFlag, EngineConfig, EngineError, Finish, ModelInfo, Request, RequestKind,
@@ -37,13 +38,23 @@ pub struct LlamaEngine {
     tx: Sender<Msg>,
     info: ModelInfo,
     thread: Option<JoinHandle<()>>,
+    /// Serves embedding requests when a dedicated embedding model is configured.
+    embedder: Option<Embedder>,
 }
 
 impl LlamaEngine {
-    /// Loads the model and starts the engine thread; returns once the model is loaded.
+    /// Loads the model (and the embedding model, if any) and starts the engine thread;
+    /// returns once both are loaded.
     pub fn start(config: EngineConfig) -> Result<LlamaEngine, EngineError> {
         check_model_file(&config.model)?;
+        if let Some(path) = &config.embed_model {
+            check_model_file(path)?;
+        }
         validate(&config)?;
+        let embedder = match &config.embed_model {
+            Some(path) => Some(Embedder::start(path, &config)?),
+            None => None,
+        };
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
@@ -51,11 +62,15 @@ impl LlamaEngine {
             .spawn(move || engine_main(config, rx, ready_tx))
             .map_err(|e| EngineError::Config(format!("cannot start engine thread: {e}")))?;
         match ready_rx.recv() {
-            Ok(Ok(info)) => Ok(LlamaEngine {
-                tx,
-                info,
-                thread: Some(thread),
-            }),
+            Ok(Ok(mut info)) => {
+                info.embedder = embedder.as_ref().map(|e| e.info().clone());
+                Ok(LlamaEngine {
+                    tx,
+                    info,
+                    thread: Some(thread),
+                    embedder,
+                })
+            }
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -72,6 +87,11 @@ impl LlamaEngine {
 
 impl Backend for LlamaEngine {
     fn run(&self, request: Request) -> Result<Response, EngineError> {
+        if request.kind == RequestKind::Embed
+            && let Some(embedder) = &self.embedder
+        {
+            return embedder.run(request);
+        }
         let (reply, rx) = mpsc::sync_channel(1);
         self.tx
             .send(Msg::Run(Box::new(request), reply))
@@ -211,9 +231,7 @@ fn model_info(model: &LlamaModel, config: &EngineConfig) -> ModelInfo {
         2 * 2 * model.n_layer() as u64 * kv_dim * ctx_per_slot as u64 * config.slots as u64;
     ModelInfo {
         path: config.model.display().to_string(),
-        description: model
-            .meta_val_str("general.name")
-            .unwrap_or_else(|_| "unknown".into()),
+        description: model_name(model, &config.model),
         n_ctx_train,
         n_embd: model.n_embd() as u32,
         size_bytes: model.size(),
@@ -221,6 +239,7 @@ fn model_info(model: &LlamaModel, config: &EngineConfig) -> ModelInfo {
         ctx_per_slot,
         slots: config.slots,
         kv_bytes,
+        embedder: None,
     }
 }
 
@@ -578,8 +597,13 @@ impl<'m> Scheduler<'m> {
         let _ = slot.reply.send(result);
     }
 
+    /// An embedding by the chat model itself, mean-pooled (no dedicated embedding model),
+    /// on a second context created on first use.
     fn embed(&mut self, req: &Request) -> Result<Response, EngineError> {
-        let n_ctx = self.info.ctx_per_slot.min(self.config.batch.max(512));
+        let n_ctx = self
+            .info
+            .ctx_per_slot
+            .min(embed_context(0, self.config.batch));
         if self.embed_ctx.is_none() {
             let params = LlamaContextParams::default()
                 .with_n_ctx(NonZeroU32::new(n_ctx))
@@ -598,39 +622,13 @@ impl<'m> Scheduler<'m> {
         let Some(ctx) = self.embed_ctx.as_mut() else {
             return Err(EngineError::Stopped);
         };
-        let tokens = self
-            .model
-            .vocab()
-            .tokenize(req.prompt.as_bytes(), true, false);
-        if tokens.is_empty() || tokens.len() > n_ctx as usize {
-            return Err(EngineError::PromptTooLong {
-                tokens: tokens.len(),
-                limit: n_ctx as usize,
-            });
-        }
-        ctx.clear_kv_cache();
-        let mut batch = LlamaBatch::new(tokens.len(), 1);
-        batch
-            .add_sequence(&tokens, 0, true)
-            .map_err(|e| EngineError::Decode(e.to_string()))?;
-        ctx.decode(&mut batch)
-            .map_err(|e| EngineError::Decode(e.to_string()))?;
-        let raw = ctx
-            .embeddings_seq_ith(0)
-            .map_err(|e| EngineError::Decode(e.to_string()))?;
-        let norm = raw
-            .iter()
-            .map(|x| (*x as f64) * (*x as f64))
-            .sum::<f64>()
-            .sqrt();
-        let vector = if norm > 0.0 {
-            raw.iter().map(|x| (*x as f64 / norm) as f32).collect()
-        } else {
-            raw.to_vec()
-        };
+        let limit = n_ctx as usize;
+        let (vector, prompt_tokens) = embed_text(ctx, self.model, &req.prompt, limit, |tokens| {
+            EngineError::PromptTooLong { tokens, limit }
+        })?;
         Ok(Response::Embedding {
             vector,
-            prompt_tokens: tokens.len() as u32,
+            prompt_tokens,
         })
     }
 }
@@ -650,6 +648,7 @@ mod tests {
             ctx_per_slot: 8192,
             slots: 64,
             kv_bytes,
+            embedder: None,
         }
     }
 

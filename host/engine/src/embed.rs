@@ -1,0 +1,294 @@
+//! Sentence embeddings. A dedicated embedding model (`EngineConfig::embed_model`) is
+//! loaded once on its own thread with its own context, so embedding jobs neither wait for
+//! the generation batch nor stall it; [`embed_text`] is shared with the chat model's
+//! fallback path.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::thread::JoinHandle;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+
+use crate::llama::{backend, decode_threads};
+use crate::{
+    CancelFlag, EmbedderInfo, EngineConfig, EngineError, Request, Response, check_model_file,
+};
+
+type Reply = SyncSender<Result<Response, EngineError>>;
+
+enum Msg {
+    Run(String, CancelFlag, Reply),
+    Shutdown,
+}
+
+/// A loaded embedding model answering requests one at a time on its own thread.
+pub(crate) struct Embedder {
+    tx: Sender<Msg>,
+    info: EmbedderInfo,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Embedder {
+    /// Loads `path` and creates its context; returns once it can serve.
+    pub(crate) fn start(path: &Path, config: &EngineConfig) -> Result<Embedder, EngineError> {
+        check_model_file(path)?;
+        let path = path.to_owned();
+        let gpu_layers = config.gpu_layers;
+        let threads = decode_threads(config);
+        let batch = config.batch;
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("nrvna-embed".into())
+            .spawn(move || embedder_main(path, gpu_layers, threads, batch, rx, ready_tx))
+            .map_err(|e| EngineError::Config(format!("cannot start embedding thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(Ok(info)) => Ok(Embedder {
+                tx,
+                info,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(EngineError::Config(
+                    "embedding thread died while loading".into(),
+                ))
+            }
+        }
+    }
+
+    pub(crate) fn run(&self, request: Request) -> Result<Response, EngineError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Msg::Run(request.prompt, request.cancel, reply))
+            .map_err(|_| EngineError::Stopped)?;
+        rx.recv().map_err(|_| EngineError::Stopped)?
+    }
+
+    pub(crate) fn info(&self) -> &EmbedderInfo {
+        &self.info
+    }
+}
+
+impl Drop for Embedder {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn embedder_main(
+    path: PathBuf,
+    gpu_layers: u32,
+    threads: i32,
+    batch: u32,
+    rx: Receiver<Msg>,
+    ready: SyncSender<Result<EmbedderInfo, EngineError>>,
+) {
+    let load_error = |reason: String| EngineError::LoadEmbedding {
+        path: path.display().to_string(),
+        reason,
+    };
+    let loaded = backend().and_then(|backend| {
+        let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
+        LlamaModel::load_from_file(backend, &path, &params)
+            .map(|model| (backend, model))
+            .map_err(|e| load_error(e.to_string()))
+    });
+    let (backend, model) = match loaded {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let (pooling_type, pooling) = match pooling_of(&model) {
+        Ok(p) => p,
+        Err(reason) => {
+            let _ = ready.send(Err(load_error(reason)));
+            return;
+        }
+    };
+    let max_tokens = embed_context(model.n_ctx_train(), batch);
+    // Encoder models see the whole text at once: one batch, one micro-batch.
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(max_tokens))
+        .with_n_batch(max_tokens)
+        .with_n_ubatch(max_tokens)
+        .with_n_seq_max(1)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        .with_embeddings(true)
+        .with_pooling_type(pooling_type);
+    let mut ctx = match model.new_context(backend, params) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            let _ = ready.send(Err(load_error(format!(
+                "cannot create an embedding context of {max_tokens} tokens: {e}"
+            ))));
+            return;
+        }
+    };
+    let info = EmbedderInfo {
+        path: path.display().to_string(),
+        name: model_name(&model, &path),
+        dim: model.n_embd_out().max(0) as u32,
+        max_tokens,
+        pooling,
+        size_bytes: model.size(),
+    };
+    let _ = ready.send(Ok(info.clone()));
+    while let Ok(Msg::Run(prompt, cancel, reply)) = rx.recv() {
+        let result = if cancel.is_cancelled() {
+            Err(EngineError::Cancelled {
+                partial: String::new(),
+            })
+        } else {
+            embed_text(&mut ctx, &model, &prompt, max_tokens as usize, |tokens| {
+                EngineError::EmbeddingTooLong {
+                    tokens,
+                    limit: max_tokens as usize,
+                    model: info.name.clone(),
+                }
+            })
+            .map(|(vector, prompt_tokens)| Response::Embedding {
+                vector,
+                prompt_tokens,
+            })
+        };
+        let _ = reply.send(result);
+    }
+}
+
+/// Tokens one embedding may have: the model's training context, bounded by the decode
+/// batch (NRVNA_BATCH, at least 512) since the whole text is decoded in one step.
+pub(crate) fn embed_context(n_ctx_train: u32, batch: u32) -> u32 {
+    let cap = batch.max(512);
+    if n_ctx_train == 0 {
+        cap
+    } else {
+        n_ctx_train.min(cap)
+    }
+}
+
+/// The pooling the model's metadata asks for (`{arch}.pooling_type`); a model that names
+/// none, or "none", is mean-pooled.
+fn pooling_of(model: &LlamaModel) -> Result<(LlamaPoolingType, &'static str), String> {
+    let arch = model
+        .meta_val_str("general.architecture")
+        .unwrap_or_default();
+    let raw = model.meta_val_str(&format!("{arch}.pooling_type")).ok();
+    pooling_from_metadata(raw.as_deref())
+}
+
+fn pooling_from_metadata(raw: Option<&str>) -> Result<(LlamaPoolingType, &'static str), String> {
+    match raw.map(str::trim) {
+        None | Some("0") | Some("1") => Ok((LlamaPoolingType::Mean, "mean")),
+        Some("2") => Ok((LlamaPoolingType::Cls, "cls")),
+        Some("3") => Ok((LlamaPoolingType::Last, "last")),
+        Some("4") => Err("it is a reranker (rank pooling), not an embedding model".into()),
+        Some(other) => Err(format!("unknown pooling type {other:?} in its metadata")),
+    }
+}
+
+/// `general.name`, else the file name without `.gguf`.
+pub(crate) fn model_name(model: &LlamaModel, path: &Path) -> String {
+    model
+        .meta_val_str("general.name")
+        .ok()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            path.file_name()
+                .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_owned())
+                .unwrap_or_else(|| "unknown".into())
+        })
+}
+
+/// Tokenises `text` with the model's special tokens, decodes it in one batch on `ctx` (a
+/// context with embeddings and pooling on), and returns the pooled vector, L2-normalised,
+/// with the token count. A text of no tokens or more than `limit` fails with
+/// `too_long(tokens)`.
+pub(crate) fn embed_text(
+    ctx: &mut LlamaContext,
+    model: &LlamaModel,
+    text: &str,
+    limit: usize,
+    too_long: impl FnOnce(usize) -> EngineError,
+) -> Result<(Vec<f32>, u32), EngineError> {
+    let tokens = model.vocab().tokenize(text.as_bytes(), true, false);
+    if tokens.is_empty() || tokens.len() > limit {
+        return Err(too_long(tokens.len()));
+    }
+    ctx.clear_kv_cache();
+    let mut batch = LlamaBatch::new(tokens.len(), 1);
+    batch
+        .add_sequence(&tokens, 0, true)
+        .map_err(|e| EngineError::Decode(e.to_string()))?;
+    ctx.decode(&mut batch)
+        .map_err(|e| EngineError::Decode(e.to_string()))?;
+    let raw = ctx
+        .embeddings_seq_ith(0)
+        .map_err(|e| EngineError::Decode(e.to_string()))?;
+    Ok((normalise(raw), tokens.len() as u32))
+}
+
+/// `v / |v|` (a zero vector stays as it is).
+fn normalise(raw: &[f32]) -> Vec<f32> {
+    let norm = raw
+        .iter()
+        .map(|x| (*x as f64) * (*x as f64))
+        .sum::<f64>()
+        .sqrt();
+    if norm > 0.0 {
+        raw.iter().map(|x| (*x as f64 / norm) as f32).collect()
+    } else {
+        raw.to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_comes_from_the_metadata_and_rerankers_are_refused() {
+        assert_eq!(pooling_from_metadata(None).unwrap().1, "mean");
+        assert_eq!(pooling_from_metadata(Some("0")).unwrap().1, "mean");
+        assert_eq!(pooling_from_metadata(Some("1")).unwrap().1, "mean");
+        assert_eq!(pooling_from_metadata(Some("2")).unwrap().1, "cls");
+        assert_eq!(pooling_from_metadata(Some("3")).unwrap().1, "last");
+        assert!(
+            pooling_from_metadata(Some("4"))
+                .unwrap_err()
+                .contains("reranker")
+        );
+        assert!(pooling_from_metadata(Some("9")).is_err());
+    }
+
+    #[test]
+    fn the_embedding_context_is_the_training_context_within_the_batch() {
+        assert_eq!(embed_context(512, 2048), 512);
+        assert_eq!(embed_context(8192, 2048), 2048);
+        assert_eq!(embed_context(8192, 100), 512);
+        assert_eq!(embed_context(0, 2048), 2048);
+    }
+
+    #[test]
+    fn vectors_are_unit_length() {
+        let v = normalise(&[3.0, 4.0]);
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+        assert_eq!(normalise(&[0.0, 0.0]), vec![0.0, 0.0]);
+    }
+}
