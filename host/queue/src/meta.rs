@@ -87,6 +87,9 @@ pub struct Meta {
     pub prompt_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generated_tokens: Option<u32>,
+    /// Name of the model the job ran on (set by the daemon for text and embedding jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Fields this version does not know (written by newer tools); preserved on rewrite.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,

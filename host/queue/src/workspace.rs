@@ -158,6 +158,8 @@ pub struct Outcome {
     pub artifacts: Vec<(String, Vec<u8>)>,
     pub prompt_tokens: Option<u32>,
     pub generated_tokens: Option<u32>,
+    /// Name of the model the job ran on.
+    pub model: Option<String>,
 }
 
 /// What [`Workspace::cancel`] did.
@@ -778,6 +780,9 @@ impl Workspace {
         }
         if outcome.generated_tokens.is_some() {
             meta.generated_tokens = outcome.generated_tokens;
+        }
+        if outcome.model.is_some() {
+            meta.model = outcome.model;
         }
         write_meta(&dir, &meta)?;
         sync_dir(&dir)?;

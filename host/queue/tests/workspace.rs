@@ -46,6 +46,7 @@ fn a_job_walks_through_every_state() {
             artifacts: vec![("result.txt".into(), b"hi there".to_vec())],
             prompt_tokens: Some(3),
             generated_tokens: Some(2),
+            model: Some("m".into()),
         },
     )
     .unwrap();
@@ -54,6 +55,7 @@ fn a_job_walks_through_every_state() {
     assert_eq!(meta.status.as_deref(), Some("done"));
     assert_eq!(meta.artifacts, vec!["result.txt"]);
     assert_eq!(meta.generated_tokens, Some(2));
+    assert_eq!(meta.model.as_deref(), Some("m"));
     assert!(meta.completed_at.is_some() && meta.duration_s.is_some());
     assert_eq!(
         ws.read_file(State::Done, &id, "result.txt").unwrap(),

@@ -32,6 +32,7 @@ pub fn run_job(
         Ok(r) => r,
         Err(reason) => return settle(ws, job, Err((reason, Outcome::default()))),
     };
+    let model = Some(engine.info().model_for(request.kind).to_owned());
     let result = engine.run(request);
     if let Err(EngineError::Cancelled { .. }) = &result
         && interrupted.load(Ordering::SeqCst)
@@ -53,6 +54,7 @@ pub fn run_job(
                 artifacts: vec![(artifact.to_owned(), text.clone().into_bytes())],
                 prompt_tokens: Some(prompt_tokens),
                 generated_tokens: Some(generated_tokens),
+                model: model.clone(),
             };
             if job.meta.output_format == Some(OutputFormat::JsonSchema)
                 && let Err(e) = serde_json::from_str::<serde_json::Value>(&text)
@@ -74,17 +76,24 @@ pub fn run_job(
                 artifacts: vec![(EMBEDDING_FILE.to_owned(), json.to_string().into_bytes())],
                 prompt_tokens: Some(prompt_tokens),
                 generated_tokens: None,
+                model,
             })
         }
         Err(EngineError::Cancelled { partial }) => {
-            let outcome = partial_outcome(&partial);
+            let outcome = Outcome {
+                model,
+                ..partial_outcome(&partial)
+            };
             return match ws.cancel_claimed(job, outcome) {
                 Ok(()) => JobEnd::Cancelled,
                 Err(e) => JobEnd::Lost(e.to_string()),
             };
         }
         Err(e) => {
-            let outcome = partial_outcome(e.partial().unwrap_or(""));
+            let outcome = Outcome {
+                model,
+                ..partial_outcome(e.partial().unwrap_or(""))
+            };
             Err((e.to_string(), outcome))
         }
     };
