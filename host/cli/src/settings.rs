@@ -24,6 +24,21 @@ where
     }
 }
 
+/// Reads `name` as a non-empty string (surrounding whitespace trimmed); `Ok(None)` when
+/// unset or empty, an error when it is not valid UTF-8.
+pub fn env_str(name: &str) -> Result<Option<String>> {
+    match std::env::var(name) {
+        Ok(raw) => {
+            let raw = raw.trim();
+            Ok((!raw.is_empty()).then(|| raw.to_owned()))
+        }
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(raw)) => {
+            bail!("{name}={raw:?} is invalid: expected UTF-8 text")
+        }
+    }
+}
+
 /// Like [`env_in`] with a default.
 pub fn env_or<T>(name: &str, default: T, min: T, max: T) -> Result<T>
 where
@@ -47,6 +62,7 @@ Environment (parsed strictly; a bad value stops start-up):
   NRVNA_WORKERS       jobs decoded together (-w wins)          4        (1-64)
   NRVNA_MAX_ATTEMPTS  starts before a crashing job fails       3        (1-100)
   NRVNA_MODELS_DIR    where a bare model name is looked up     ~/.cache/nrvna/models
+  NRVNA_EMBED_MODEL   embedding model (--embed-model wins)     the chat model, mean-pooled
   NRVNA_LOG           log filter (error, warn, info, debug)    info";
 
 #[cfg(test)]
@@ -71,5 +87,13 @@ mod tests {
         );
         assert!(env_in::<u32>("NRVNA_TEST_C", 1, 64).is_err());
         assert_eq!(env_or::<u32>("NRVNA_TEST_UNSET", 7, 1, 64).unwrap(), 7);
+        // SAFETY: as above.
+        unsafe {
+            std::env::set_var("NRVNA_TEST_D", "  m.gguf ");
+            std::env::set_var("NRVNA_TEST_E", " ");
+        }
+        assert_eq!(env_str("NRVNA_TEST_D").unwrap().as_deref(), Some("m.gguf"));
+        assert_eq!(env_str("NRVNA_TEST_E").unwrap(), None);
+        assert_eq!(env_str("NRVNA_TEST_UNSET").unwrap(), None);
     }
 }

@@ -253,7 +253,8 @@ impl InProcessDaemon {
     pub fn start(ws: &Path, model: &str, workers: usize) -> Result<InProcessDaemon> {
         let model = resolve_model(model)?;
         check_model_file(&model)?;
-        let config = crate::cmd::nrvnad::engine_config(model, workers)?;
+        let mut config = crate::cmd::nrvnad::engine_config(model, workers)?;
+        config.embed_model = crate::cmd::nrvnad::embed_model(None)?;
         let ws = Workspace::create(ws)
             .with_context(|| format!("cannot create workspace {}", ws.display()))?;
         let lock = DaemonLock::acquire(ws.root())?;

@@ -14,12 +14,14 @@ use nrvna_queue::lifecycle::{DaemonLock, DaemonStatus, probe};
 use crate::cli::{init_logging, parse_from, report, resolve_model};
 use crate::daemon::{self, AgentHost, DaemonOptions, Ended, SignalCounter};
 use crate::grant_args::{GrantArgs, default_cache_dir};
-use crate::settings::{DAEMON_ENV_HELP, env_in, env_or};
+use crate::settings::{DAEMON_ENV_HELP, env_in, env_or, env_str};
 
 const AFTER_HELP: &str = "\
 Examples:
   nrvnad ~/.cache/nrvna/models/SmolLM2-135M-Instruct.Q4_1.gguf ./ws 4 &
   nrvnad smollm2 ./ws --drain          work through the queue, then exit
+  nrvnad smollm2 ./ws --embed-model minilm
+                                       embed with all-MiniLM-L6-v2 (scripts/setup)
   nrvnad status ./ws                   ready / starting / not running
   nrvnad stop ./ws                     graceful stop, forced after --timeout
 
@@ -55,6 +57,12 @@ struct Args {
     /// Jobs decoded together, 1-64 [default: NRVNA_WORKERS or 4]
     #[arg(short = 'w', long, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: Option<u16>,
+    /// Dedicated embedding model (GGUF file, or part of a file name in NRVNA_MODELS_DIR)
+    /// serving every `wrk --embed` job, pooled as its metadata says; e.g. the
+    /// all-MiniLM-L6-v2.f16.gguf scripts/setup builds [default: NRVNA_EMBED_MODEL, else
+    /// the chat model, mean-pooled]
+    #[arg(long, value_name = "FILE")]
+    embed_model: Option<String>,
     /// Multimodal projector for vision models (accepted; vision is not implemented yet)
     #[arg(long, value_name = "FILE")]
     mmproj: Option<PathBuf>,
@@ -121,6 +129,7 @@ fn serve(args: Args) -> Result<ExitCode> {
     // Checks that need nothing loaded come first, so bad input fails fast.
     let model = resolve_model(&args.model)?;
     check_model_file(&model)?;
+    let embed_model = embed_model(args.embed_model.as_deref())?;
     if let Some(mmproj) = &args.mmproj {
         check_model_file(mmproj).context("--mmproj")?;
         tracing::warn!(
@@ -134,7 +143,8 @@ fn serve(args: Args) -> Result<ExitCode> {
         (None, Some(w)) => bail!("WORKERS must be between 1 and 64, got {w}"),
         (None, None) => env_or::<usize>("NRVNA_WORKERS", 4, 1, 64)?,
     };
-    let config = engine_config(model, workers)?;
+    let mut config = engine_config(model, workers)?;
+    config.embed_model = embed_model;
     let agent_grants = args.grants.to_grants()?;
     let max_attempts = env_or::<u32>("NRVNA_MAX_ATTEMPTS", 3, 1, 100)?;
 
@@ -170,6 +180,17 @@ fn serve(args: Args) -> Result<ExitCode> {
         if info.has_chat_template { "yes" } else { "no" },
         started.elapsed().as_secs_f64()
     );
+    if let Some(e) = &info.embedder {
+        eprintln!(
+            "nrvnad: embeddings by {} ({:.0} MB, {} dimensions, at most {} tokens, {} \
+             pooling)",
+            e.name,
+            e.size_bytes as f64 / 1e6,
+            e.dim,
+            e.max_tokens,
+            e.pooling
+        );
+    }
     eprintln!(
         "nrvnad: {} workers decoded together, {} tokens of context each; {:.0} MB of KV \
          cache reserved",
@@ -204,6 +225,21 @@ fn serve(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// The dedicated embedding model: `--embed-model`, else `NRVNA_EMBED_MODEL`, resolved like
+/// MODEL and checked to be a GGUF file; errors name where the path came from.
+pub fn embed_model(flag: Option<&str>) -> Result<Option<PathBuf>> {
+    let (arg, source) = match flag {
+        Some(arg) => (arg.to_owned(), "--embed-model"),
+        None => match env_str("NRVNA_EMBED_MODEL")? {
+            Some(arg) => (arg, "NRVNA_EMBED_MODEL"),
+            None => return Ok(None),
+        },
+    };
+    let path = resolve_model(&arg).with_context(|| format!("{source} {arg}"))?;
+    check_model_file(&path).with_context(|| format!("{source} {}", path.display()))?;
+    Ok(Some(path))
 }
 
 /// Engine settings from the worker count and the `NRVNA_*` variables.
