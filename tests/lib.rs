@@ -3,7 +3,8 @@
 //!
 //! The binaries are the ones cargo built next to this test (`target/<profile>/`), so run
 //! `cargo build --release --bins` first (`scripts/test` does). The model is
-//! `$NRVNA_TEST_MODEL`, else the default model `scripts/setup` installs.
+//! `$NRVNA_TEST_MODEL`, else the default model `scripts/setup` installs; the embedding
+//! model is `$NRVNA_TEST_EMBED_MODEL`, else the one `scripts/setup` converts.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The embedding model `scripts/setup` builds with `scripts/embedding-model`.
+pub const EMBED_MODEL: &str = "all-MiniLM-L6-v2.f16.gguf";
 
 /// Path of one of our binaries, built beside the running test.
 pub fn bin(name: &str) -> PathBuf {
@@ -41,6 +44,24 @@ pub fn model() -> PathBuf {
     assert!(
         path.is_file(),
         "the default model is not installed at {}: run scripts/setup (or set NRVNA_TEST_MODEL)",
+        path.display()
+    );
+    path
+}
+
+/// The dedicated embedding model (all-MiniLM-L6-v2) the tests run against.
+pub fn embed_model() -> PathBuf {
+    if let Some(p) = std::env::var_os("NRVNA_TEST_EMBED_MODEL") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let path = home.join(".cache/nrvna/models").join(EMBED_MODEL);
+    assert!(
+        path.is_file(),
+        "the embedding model is not installed at {}: run scripts/setup (or set \
+         NRVNA_TEST_EMBED_MODEL)",
         path.display()
     );
     path
@@ -185,7 +206,9 @@ impl Daemon {
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log_file);
+            .stderr(log_file)
+            // Embedding jobs use the chat model unless a test asks otherwise.
+            .env_remove("NRVNA_EMBED_MODEL");
         for (k, v) in TEST_ENV.iter().chain(env) {
             cmd.env(k, v);
         }

@@ -1,8 +1,8 @@
 //! The inference engine through the daemon: continuous batching gives each job the same
 //! text as running it alone, one job's failure does not disturb the others, structured
-//! output and embeddings.
+//! output and embeddings (by the chat model, and by a dedicated embedding model).
 
-use nrvna_tests::{Daemon, TestWs, code, model, stdout};
+use nrvna_tests::{Daemon, TestWs, code, embed_model, model, stdout};
 
 /// Sixteen jobs with different temperatures, seeds, top-k and token limits.
 fn varied_jobs(ws: &TestWs) -> Vec<String> {
@@ -196,4 +196,68 @@ fn embeddings_are_normalised_and_meaningful() {
     );
     // The same text embeds the same way.
     assert_eq!(embedding(&ws, "a cat sat on the mat"), cat);
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()
+}
+
+#[test]
+fn a_dedicated_embedding_model_serves_embed_jobs() {
+    let ws = TestWs::new();
+    let embedder = embed_model();
+    let d = Daemon::start(
+        &ws.path,
+        &model(),
+        1,
+        &["--embed-model", &embedder.display().to_string()],
+        &[],
+    );
+    assert!(
+        d.log_text()
+            .contains("embeddings by all-MiniLM-L6-v2 (45 MB, 384 dimensions, at most 512 tokens, mean pooling)"),
+        "{}",
+        d.log_text()
+    );
+    let cat = embedding(&ws, "A cat sits on the mat");
+    let kitten = embedding(&ws, "A kitten is sitting on a rug");
+    let stocks = embedding(&ws, "Stock markets fell sharply today");
+    assert_eq!(cat.len(), 384);
+    for v in [&cat, &kitten, &stocks] {
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "not L2-normalised: {norm}");
+    }
+    let near = cosine(&cat, &kitten);
+    let far = cosine(&cat, &stocks);
+    assert!(
+        near > 0.6 && far < 0.2 && near - far > 0.4,
+        "paraphrases should be clearly closer: {near} vs {far}"
+    );
+    // The same figures as a plain numpy forward pass of the original F32 weights
+    // (scripts/embedding-model --reference): 0.6945 and 0.0626.
+    assert!((near - 0.6945).abs() < 0.01, "{near}");
+    assert!((far - 0.0626).abs() < 0.01, "{far}");
+
+    // meta.json names the model; text jobs still run on the chat model.
+    let ids = ws.entries("output");
+    assert_eq!(ws.meta("output", &ids[0])["model"], "all-MiniLM-L6-v2");
+    let text = ws.submit(&["Say hello.", "--max-tokens", "4"]);
+    assert_eq!(ws.follow(&text).0, 0);
+    let chat_model = ws.meta("output", &text)["model"].clone();
+    assert!(
+        chat_model.is_string() && chat_model != "all-MiniLM-L6-v2",
+        "{chat_model}"
+    );
+
+    // A text longer than the model's 512 tokens fails alone, naming the limit.
+    let long = vec!["word"; 600].join(" ");
+    let id = ws.submit(&["--embed", &long]);
+    let (rc, _, err) = ws.follow(&id);
+    assert_eq!(rc, 1, "{err}");
+    assert!(
+        err.contains("602 tokens") && err.contains("all-MiniLM-L6-v2 takes at most 512 tokens"),
+        "{err}"
+    );
+    assert_eq!(embedding(&ws, "A cat sits on the mat"), cat);
 }

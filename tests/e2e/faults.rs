@@ -56,6 +56,41 @@ fn a_job_that_keeps_crashing_the_daemon_fails_at_the_ceiling() {
 }
 
 #[test]
+fn bad_embedding_models_are_refused_before_anything_else() {
+    let ws = TestWs::new();
+    let junk = ws.scratch().join("junk.gguf");
+    std::fs::write(&junk, b"definitely not a model").unwrap();
+    let absent = ws.scratch().join("absent.gguf");
+    let nrvnad = || {
+        let mut cmd = Command::new(bin("nrvnad"));
+        cmd.arg(model())
+            .arg(&ws.path)
+            .env_remove("NRVNA_EMBED_MODEL");
+        cmd
+    };
+    for (path, expect) in [(&junk, "not a GGUF model"), (&absent, "not found")] {
+        let shown = path.display().to_string();
+        let out = run(nrvnad().arg("--embed-model").arg(path));
+        assert_eq!(code(&out), 1);
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("--embed-model {shown}")) && err.contains(expect),
+            "{err}"
+        );
+        assert!(!ws.path.exists(), "workspace created despite a bad model");
+        // The variable is checked the same way and named.
+        let out = run(nrvnad().env("NRVNA_EMBED_MODEL", path));
+        assert_eq!(code(&out), 1);
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("NRVNA_EMBED_MODEL {shown}")) && err.contains(expect),
+            "{err}"
+        );
+        assert!(!ws.path.exists(), "workspace created despite a bad model");
+    }
+}
+
+#[test]
 fn bad_model_files_are_refused_before_anything_else() {
     let ws = TestWs::new();
     let junk = ws.scratch().join("junk.gguf");
