@@ -513,7 +513,10 @@ fn loop_keeps_its_state_when_a_round_fails() {
     assert!(keys.iter().any(|k| k.ends_with("epoch")), "{keys:?}");
     let submitted = names(".agents/story/submitted");
     assert_eq!(submitted.len(), 1, "{submitted:?}");
-    assert!(submitted.iter().all(|k| k.ends_with("~001")), "{submitted:?}");
+    assert!(
+        submitted.iter().all(|k| k.ends_with("~001")),
+        "{submitted:?}"
+    );
     // A rerun gets a new job for that round (the recorded one failed), under the same
     // key, and fails the same way.
     let out = exec(

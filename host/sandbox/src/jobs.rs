@@ -1000,8 +1000,8 @@ mod tests {
         )
         .unwrap();
         tokio::time::sleep(IN_FLIGHT_REFRESH).await;
-        let c = run.clone().submit("c".into(), options()).await.unwrap();
-        let fourth = run.clone().submit("d".into(), options()).await;
+        let c = submit(&run, "c".into(), options()).await.unwrap();
+        let fourth = submit(&run, "d".into(), options()).await;
         assert!(
             matches!(&fourth, Err(JobError::Quota(m)) if m.contains("--max-jobs")),
             "{fourth:?}"
