@@ -63,11 +63,12 @@ enum Command {
 const BENCH_HELP: &str = "\
 Sections: engine (the raw llama.cpp ceiling and the daemon end to end for each N, with
 their ratio), pickup (an idle daemon), queue (no model), sandbox (the agent runtime).
-Takes several minutes on the default model; docs/benchmarks.md keeps the results.
+Takes about 20 minutes on the default model on 2 cores (each N runs the raw loop and the
+daemon twice, in turn; --repeat 1 halves it); docs/benchmarks.md keeps the results.
 
 Examples:
   nrvna bench                          everything, N = 1,2,4,8,16
-  nrvna bench --only engine --slots 1,8
+  nrvna bench --only engine --slots 1,8 --repeat 3
   nrvna bench --only queue --queue-jobs 20000";
 
 const CANCEL_HELP: &str = "\
