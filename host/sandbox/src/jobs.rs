@@ -326,7 +326,7 @@ impl RunShared {
         {
             return Err(JobError::Invalid(format!(
                 "submit key {:?}: keys are 1-{} characters from A-Z a-z 0-9 _ - . / without `..`",
-                cut(key.escape_debug().to_string(), 140),
+                shown(key, 140),
                 kv::MAX_KEY_LEN
             )));
         }
@@ -345,7 +345,7 @@ impl RunShared {
                 None => {
                     return Err(JobError::Denied(format!(
                         "route {:?} is not granted to this component (granted: {})",
-                        cut(name.escape_debug().to_string(), 100),
+                        shown(name, 100),
                         if self.route_names.is_empty() {
                             "none".to_owned()
                         } else {
@@ -765,7 +765,7 @@ impl Drop for StagedImages {
 /// contains it, with cap-std (so `..` and symlinks cannot leave the grant).
 fn read_granted(run: &RunShared, guest_path: &str, max: u64) -> Result<Vec<u8>, JobError> {
     use std::io::Read;
-    let shown = cut(guest_path.escape_debug().to_string(), 200);
+    let shown = shown(guest_path, 200);
     let denied = || {
         JobError::Denied(format!(
             "image {shown} is not inside a directory granted with --dir"
@@ -832,6 +832,13 @@ fn submit_failure(e: QueueError) -> JobError {
         | QueueError::NotFound(_) => queue_failure(e),
         other => JobError::Invalid(other.to_string()),
     }
+}
+
+/// Guest text for a message, escaped: only its first `max` characters are looked at, so a
+/// huge string costs no more than a short one.
+fn shown(text: &str, max: usize) -> String {
+    let head: String = text.chars().take(max + 1).collect();
+    cut(head.escape_debug().to_string(), max)
 }
 
 fn cut(mut text: String, max: usize) -> String {
