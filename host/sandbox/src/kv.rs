@@ -55,32 +55,14 @@ impl Kv {
         Kv::submitted(self.ws_root.clone(), self.agent.clone())
     }
 
-    fn rel(&self) -> String {
-        format!("{AGENTS_DIR}/{}/{}", self.agent, self.space)
+    /// Whether a full store makes room by forgetting its oldest keys (the record of
+    /// submit keys) rather than refusing the new one (the guest's kv).
+    fn evicts(&self) -> bool {
+        self.space == "submitted"
     }
 
-    /// Removes the least recently written keys until at most `keep` remain.
-    pub(crate) fn prune_oldest(&self, keep: usize) -> Result<(), JobError> {
-        let Some(dir) = self.dir(false)? else {
-            return Ok(());
-        };
-        let names = key_names(&dir)?;
-        if names.len() <= keep {
-            return Ok(());
-        }
-        let mut aged: Vec<(std::time::SystemTime, String)> = names
-            .into_iter()
-            .filter_map(|name| {
-                let modified = dir.symlink_metadata(&name).ok()?.modified().ok()?;
-                Some((modified.into_std(), name))
-            })
-            .collect();
-        aged.sort();
-        let excess = aged.len().saturating_sub(keep);
-        for (_, name) in aged.into_iter().take(excess) {
-            let _ = dir.remove_file(&name);
-        }
-        sync_dir(&dir).map_err(io)
+    fn rel(&self) -> String {
+        format!("{AGENTS_DIR}/{}/{}", self.agent, self.space)
     }
 
     /// The agent's kv directory; `None` if it does not exist and `create` is false.
@@ -137,12 +119,16 @@ impl Kv {
             Err(e) => return Err(io(e)),
         };
         if !exists {
-            let count = key_names(&dir)?.len();
+            let names = key_names(&dir)?;
+            let count = names.len();
             if count >= MAX_KEYS {
-                return Err(JobError::Quota(format!(
-                    "kv keys: agent {:?} already has {count} keys; the limit is {MAX_KEYS}",
-                    self.agent
-                )));
+                if !self.evicts() {
+                    return Err(JobError::Quota(format!(
+                        "kv keys: agent {:?} already has {count} keys; the limit is {MAX_KEYS}",
+                        self.agent
+                    )));
+                }
+                evict_oldest(&dir, names, MAX_KEYS - 1)?;
             }
         }
         let tmp = format!(
@@ -217,6 +203,23 @@ fn decode(name: &str) -> Option<String> {
     file_name(&key).ok().map(|_| key)
 }
 
+/// Removes the least recently written of `names` until at most `keep` remain.
+fn evict_oldest(dir: &Dir, names: Vec<String>, keep: usize) -> Result<(), JobError> {
+    let mut aged: Vec<(std::time::SystemTime, String)> = names
+        .into_iter()
+        .filter_map(|name| {
+            let modified = dir.symlink_metadata(&name).ok()?.modified().ok()?;
+            Some((modified.into_std(), name))
+        })
+        .collect();
+    aged.sort();
+    let excess = aged.len().saturating_sub(keep);
+    for (_, name) in aged.into_iter().take(excess) {
+        let _ = dir.remove_file(&name);
+    }
+    sync_dir(dir).map_err(io)
+}
+
 fn key_names(dir: &Dir) -> Result<Vec<String>, JobError> {
     let mut names = Vec::new();
     for entry in dir.entries().map_err(io)? {
@@ -252,6 +255,36 @@ mod tests {
 
     fn invalid(r: Result<impl std::fmt::Debug, JobError>) -> bool {
         matches!(r, Err(JobError::Invalid(_)))
+    }
+
+    #[test]
+    fn a_full_store_refuses_guest_keys_but_forgets_the_oldest_submit_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fill = |space: &str| {
+            let dir = tmp.path().join(AGENTS_DIR).join("a").join(space);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..MAX_KEYS {
+                std::fs::write(dir.join(format!("k_old{i:05}")), b"x").unwrap();
+            }
+            // The first key is clearly the oldest.
+            let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+            std::fs::File::options()
+                .write(true)
+                .open(dir.join("k_old00000"))
+                .unwrap()
+                .set_modified(past)
+                .unwrap();
+            dir
+        };
+        fill("kv");
+        let kv = Kv::new(tmp.path().to_owned(), "a".into());
+        assert!(matches!(kv.set("new", b"v"), Err(JobError::Quota(_))));
+        let dir = fill("submitted");
+        let keys = kv.submitted_keys();
+        keys.set("new", b"v").unwrap();
+        assert_eq!(keys.get("new").unwrap().as_deref(), Some(&b"v"[..]));
+        assert!(!dir.join("k_old00000").exists());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), MAX_KEYS);
     }
 
     #[test]
