@@ -13,3 +13,4 @@ mod examples;
 mod faults;
 mod patterns;
 mod sandbox;
+mod setup;

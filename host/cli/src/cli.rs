@@ -6,6 +6,14 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::Parser;
 
+/// `-v`/`--version` (and `-V`), as the predecessor had, for every program.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct VersionFlag {
+    /// Print the version (-V works too)
+    #[arg(short = 'v', short_alias = 'V', long, action = clap::ArgAction::Version)]
+    version: Option<bool>,
+}
+
 /// Logs go to stderr; stdout stays machine-readable. `NRVNA_LOG` sets the filter.
 pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NRVNA_LOG")

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use nrvna_queue::workspace::{EMBEDDING_FILE, ERROR_FILE, RESULT_FILE};
 use nrvna_queue::{
-    CancelOutcome, JobId, Mode, OutputFormat, QueueError, Sampling, State, Submission, Workspace,
+    CancelOutcome, GRAMMAR_FILE, JobId, JobOutcome, Limits, Mode, OutputFormat, QueueError,
+    SCHEMA_FILE, Sampling, State, Submission, Workspace,
 };
 
 use crate::bindings::nrvna::agent::types::{JobError, JobOutput, JobState, SubmitOptions};
@@ -27,14 +27,10 @@ use crate::watch::{WsWatch, deadline_in, wait_for};
 
 /// Most ids one `wait-any`/`wait-all` may name.
 pub const MAX_WAIT_IDS: usize = 10_000;
-/// Most images one job may carry (the queue's limit).
-const MAX_IMAGES: usize = 16;
 /// Largest JSON Schema accepted in submit options.
 const MAX_SCHEMA_BYTES: usize = 1 << 20;
 /// Longest part of an `error.txt` handed back.
 const MAX_ERROR_TEXT: usize = 64 << 10;
-/// The grammar file a structured-output job carries (what the daemon reads).
-const GRAMMAR_FILE: &str = "grammar.gbnf";
 /// How often the in-flight count is re-checked against the disk when at its limit.
 const IN_FLIGHT_REFRESH: Duration = Duration::from_millis(100);
 
@@ -237,8 +233,8 @@ impl RunShared {
             State::Writing | State::Queued => JobState::Queued,
             State::Running => JobState::Running,
             State::Done => JobState::Done,
-            State::Failed => match self.workspaces[wsi].read_meta(State::Failed, id) {
-                Ok(meta) if meta.status.as_deref() == Some("cancelled") => JobState::Cancelled,
+            State::Failed => match self.workspaces[wsi].outcome(State::Failed, id) {
+                Ok(Some(JobOutcome::Cancelled)) => JobState::Cancelled,
                 _ => JobState::Failed,
             },
         }
@@ -247,31 +243,25 @@ impl RunShared {
     /// The output of an ended job, as `follow` returns it.
     fn output(&self, wsi: usize, id: &JobId, state: State) -> Result<JobOutput, JobError> {
         let ws = &self.workspaces[wsi];
-        let meta = ws.read_meta(state, id).map_err(queue_failure)?;
-        if state == State::Failed {
-            if meta.status.as_deref() == Some("cancelled") {
-                return Err(JobError::Cancelled);
+        match ws.outcome(state, id).map_err(queue_failure)? {
+            Some(JobOutcome::Done(artifact)) => {
+                let meta = ws.read_meta(state, id).map_err(queue_failure)?;
+                Ok(JobOutput {
+                    id: id.to_string(),
+                    text: String::from_utf8_lossy(&artifact.bytes).into_owned(),
+                    prompt_tokens: meta.prompt_tokens.unwrap_or(0),
+                    generated_tokens: meta.generated_tokens.unwrap_or(0),
+                })
             }
-            let text = match ws.read_file(State::Failed, id, ERROR_FILE) {
-                Ok(bytes) => cut(String::from_utf8_lossy(&bytes).into_owned(), MAX_ERROR_TEXT),
-                Err(e) => format!("the job failed and its {ERROR_FILE} is unreadable: {e}"),
-            };
-            return Err(JobError::Failed(text));
+            Some(JobOutcome::Cancelled) => Err(JobError::Cancelled),
+            Some(JobOutcome::Failed { reason, .. }) => {
+                Err(JobError::Failed(cut(reason, MAX_ERROR_TEXT)))
+            }
+            None => Err(JobError::Invalid(format!(
+                "job {id} has not ended (it is {})",
+                state.name()
+            ))),
         }
-        let bytes = match ws.read_file(State::Done, id, RESULT_FILE) {
-            Ok(bytes) => bytes,
-            Err(QueueError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                ws.read_file(State::Done, id, EMBEDDING_FILE)
-                    .map_err(queue_failure)?
-            }
-            Err(e) => return Err(queue_failure(e)),
-        };
-        Ok(JobOutput {
-            id: id.to_string(),
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-            prompt_tokens: meta.prompt_tokens.unwrap_or(0),
-            generated_tokens: meta.generated_tokens.unwrap_or(0),
-        })
     }
 
     fn mark_ended(&self, id: &JobId) {
@@ -359,9 +349,10 @@ impl RunShared {
             Some(p) => Some(parse_id(p)?),
             None => self.parent_job.clone(),
         };
-        if options.images.len() > MAX_IMAGES {
+        let max_images = Limits::default().max_images;
+        if options.images.len() > max_images {
             return Err(JobError::Invalid(format!(
-                "{} images; a job takes at most {MAX_IMAGES}",
+                "{} images; a job takes at most {max_images}",
                 options.images.len()
             )));
         }
@@ -369,7 +360,7 @@ impl RunShared {
         let mut output_format = None;
         if let Some(schema) = &options.json_schema {
             let (schema_file, grammar) = self.compile_schema(schema)?;
-            files.push(("schema.json".to_owned(), schema_file));
+            files.push((SCHEMA_FILE.to_owned(), schema_file));
             files.push((GRAMMAR_FILE.to_owned(), grammar));
             output_format = Some(OutputFormat::JsonSchema);
         }
@@ -408,7 +399,7 @@ impl RunShared {
             },
             output_format,
             files,
-            extra_meta: Default::default(),
+            agent: Default::default(),
         };
         let run = self.clone();
         let images = options.images;
@@ -861,7 +852,7 @@ fn mib(bytes: u64) -> String {
 mod tests {
     use super::*;
     use crate::runtime::RuntimeConfig;
-    use nrvna_queue::{Claim, Outcome};
+    use nrvna_queue::{Claim, Outcome, RESULT_FILE};
 
     fn options() -> SubmitOptions {
         SubmitOptions {
@@ -1050,7 +1041,7 @@ mod tests {
         for id in [&b, &c] {
             let id = JobId::parse(id).unwrap();
             assert_eq!(
-                ws.read_meta(State::Failed, &id).unwrap().status.as_deref(),
+                ws.read_meta(State::Failed, &id).unwrap().status.map(nrvna_queue::JobStatus::as_str),
                 Some("cancelled")
             );
         }

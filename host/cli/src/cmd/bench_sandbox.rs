@@ -14,7 +14,8 @@ use nrvna_queue::{JobId, Sampling, State, Submission, Workspace};
 use nrvna_sandbox::{Agent, LogSink, RunContext, Runtime};
 
 use crate::cli::{DEFAULT_MODEL_FILE, resolve_model};
-use crate::cmd::exec::{InProcessDaemon, runtime};
+use crate::cmd::exec::in_process_daemon;
+use crate::daemon::agent_runtime as runtime;
 
 const HOSTCALLS: &str = "fx_hostcalls";
 const FANOUT: &str = "fx_fanout";
@@ -221,7 +222,7 @@ fn pattern_overhead(
     };
     let scratch = tempfile::tempdir()?;
     let ws_path = scratch.path().join("ws");
-    let daemon = InProcessDaemon::start(&ws_path, &model.display().to_string(), PROMPTS.len())?;
+    let daemon = in_process_daemon(&ws_path, &model.display().to_string(), Some(PROMPTS.len()))?;
     let ws = Workspace::open(&ws_path)?;
     let rt = runtime(None)?;
     let agent = rt.load(&guests.join(format!("{FANOUT}.wasm")))?;
