@@ -48,7 +48,11 @@ impl FakeMachine {
                 log = dir.path().join("dpkg.log").display()
             ),
         );
-        stub(&bin, "rustup", "echo wasm32-wasip2\necho x86_64-unknown-linux-gnu\n");
+        stub(
+            &bin,
+            "rustup",
+            "echo wasm32-wasip2\necho x86_64-unknown-linux-gnu\n",
+        );
         // Anything that would install must not run.
         for tool in ["apt-get", "sudo", "pip"] {
             stub(

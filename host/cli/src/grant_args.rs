@@ -76,7 +76,7 @@ impl GrantArgs {
 /// A byte count as the flags take it: `256M`, `1M`, `512K`, `1000`.
 pub fn show_size(bytes: u64) -> String {
     for (unit, shift) in [("G", 30), ("M", 20), ("K", 10)] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }
@@ -97,14 +97,42 @@ pub fn limits_help() -> String {
     let d = Limits::default();
     let rows = [
         ("--memory SIZE", "linear memory", show_size(d.memory_bytes)),
-        ("--cpu DURATION", "time executing guest code", show_time(d.cpu)),
-        ("--timeout DURATION", "wall-clock time, waits included", show_time(d.wall)),
+        (
+            "--cpu DURATION",
+            "time executing guest code",
+            show_time(d.cpu),
+        ),
+        (
+            "--timeout DURATION",
+            "wall-clock time, waits included",
+            show_time(d.wall),
+        ),
         ("--max-jobs N", "jobs submitted", d.max_jobs.to_string()),
-        ("--max-in-flight N", "jobs queued or running at once", d.max_in_flight.to_string()),
-        ("--max-prompt-bytes SIZE", "one prompt with its system message", show_size(d.max_prompt_bytes)),
-        ("--max-depth N", "agents.call nesting", d.max_depth.to_string()),
-        ("--max-hostcall-bytes SIZE", "bytes passed to one host call", show_size(d.hostcall_bytes)),
-        ("--max-log-bytes SIZE", "log before lines are dropped", show_size(d.log_bytes)),
+        (
+            "--max-in-flight N",
+            "jobs queued or running at once",
+            d.max_in_flight.to_string(),
+        ),
+        (
+            "--max-prompt-bytes SIZE",
+            "one prompt with its system message",
+            show_size(d.max_prompt_bytes),
+        ),
+        (
+            "--max-depth N",
+            "agents.call nesting",
+            d.max_depth.to_string(),
+        ),
+        (
+            "--max-hostcall-bytes SIZE",
+            "bytes passed to one host call",
+            show_size(d.hostcall_bytes),
+        ),
+        (
+            "--max-log-bytes SIZE",
+            "log before lines are dropped",
+            show_size(d.log_bytes),
+        ),
     ];
     let mut out = String::from("Limits (for the whole run, nested agents.call included):\n");
     for (flag, what, default) in rows {

@@ -15,11 +15,11 @@ pub mod watch;
 pub mod workspace;
 
 pub use error::{QueueError, Result, shown};
+pub use files::*;
 pub use fsio::fsync_enabled;
 pub use id::JobId;
-pub use files::*;
 pub use meta::{AgentJob, JobStatus, Meta, Mode, OutputFormat, Sampling};
 pub use workspace::{
-    Artifact, ArtifactKind, CancelOutcome, Claim, ClaimedJob, Counts, JobOutcome, Limits,
-    Outcome, State, Submission, Workspace,
+    Artifact, ArtifactKind, CancelOutcome, Claim, ClaimedJob, Counts, JobOutcome, Limits, Outcome,
+    State, Submission, Workspace,
 };

@@ -69,7 +69,11 @@ impl JobStatus {
 pub struct AgentJob {
     /// The component's arguments (what follows `--` in `wrk --agent X.wasm -- ARGS`);
     /// an agent job always has the key, an empty list when it has no arguments.
-    #[serde(rename = "agent_args", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "agent_args",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub args: Option<Vec<String>>,
     /// Storage namespace (`<ws>/.agents/NAME/`); the component's file stem when absent.
     #[serde(

@@ -1041,7 +1041,10 @@ mod tests {
         for id in [&b, &c] {
             let id = JobId::parse(id).unwrap();
             assert_eq!(
-                ws.read_meta(State::Failed, &id).unwrap().status.map(nrvna_queue::JobStatus::as_str),
+                ws.read_meta(State::Failed, &id)
+                    .unwrap()
+                    .status
+                    .map(nrvna_queue::JobStatus::as_str),
                 Some("cancelled")
             );
         }

@@ -155,6 +155,7 @@ fn submit(args: Args) -> Result<JobId> {
         },
         output_format,
         files,
+        agent: AgentJob::default(),
     };
     Ok(ws.submit(sub)?)
 }

@@ -100,7 +100,9 @@ pub fn start(config: DaemonConfig, banner: Banner) -> Result<Daemon> {
     };
     if banner == Banner::Nrvnad {
         let root = ws.root().display();
-        eprintln!("nrvnad: RUNNING on {root}\n  Submit:  wrk {root} \"prompt\"\n  Results: flw {root} <job-id>");
+        eprintln!(
+            "nrvnad: RUNNING on {root}\n  Submit:  wrk {root} \"prompt\"\n  Results: flw {root} <job-id>"
+        );
     }
     let options = DaemonOptions {
         workers,
