@@ -6,25 +6,21 @@
 
 use std::sync::Arc;
 
-use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::nrvna::agent::types::{JobError, JobOutput, JobState, SubmitOptions};
 use crate::bindings::nrvna::agent::{agents, jobs, kv, log, types};
-use crate::error::{LimitHit, LimitKind};
 use crate::jobs::RunShared;
 use crate::kv::Kv;
+use crate::limits::MemoryLimiter;
 use crate::log::{LogLevel, LogSource};
 use crate::runtime::{Agent, run_sandbox};
-
-/// Most elements one wasm table may grow to.
-const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 pub(crate) struct HostState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
-    pub(crate) limiter: TreeLimiter,
+    pub(crate) limiter: MemoryLimiter,
     pub(crate) run: Arc<RunShared>,
     /// The component itself, for `agents.call("self", ..)`.
     pub(crate) agent: Agent,
@@ -39,82 +35,6 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
-    }
-}
-
-/// Charges linear memory to the run's budget (shared by nested agents), and traps with
-/// a message naming the limit when it would be exceeded.
-pub(crate) struct TreeLimiter {
-    run: Arc<RunShared>,
-    /// Bytes this store holds, given back when it is dropped.
-    mine: u64,
-    last_grow: u64,
-}
-
-impl TreeLimiter {
-    pub(crate) fn new(run: Arc<RunShared>) -> TreeLimiter {
-        TreeLimiter {
-            run,
-            mine: 0,
-            last_grow: 0,
-        }
-    }
-}
-
-impl ResourceLimiter for TreeLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let delta = desired.saturating_sub(current) as u64;
-        self.run.grow_memory(delta)?;
-        self.mine += delta;
-        self.last_grow = delta;
-        Ok(true)
-    }
-
-    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        // Growth we allowed failed anyway (the memory's own maximum): give it back.
-        self.run.release_memory(self.last_grow);
-        self.mine = self.mine.saturating_sub(self.last_grow);
-        self.last_grow = 0;
-        Ok(())
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > MAX_TABLE_ELEMENTS {
-            return Err(LimitHit::new(
-                LimitKind::Resources,
-                format!(
-                    "a table would grow to {desired} elements; the limit is {MAX_TABLE_ELEMENTS}"
-                ),
-            )
-            .into());
-        }
-        Ok(true)
-    }
-
-    fn instances(&self) -> usize {
-        100
-    }
-    fn tables(&self) -> usize {
-        100
-    }
-    fn memories(&self) -> usize {
-        10
-    }
-}
-
-impl Drop for TreeLimiter {
-    fn drop(&mut self) {
-        self.run.release_memory(self.mine);
     }
 }
 
@@ -231,20 +151,16 @@ impl agents::Host for HostState {
         name: String,
         args: Vec<String>,
     ) -> wasmtime::Result<Result<String, JobError>> {
-        let max = self.run.grants.limits.max_depth;
-        let depth = self.depth + 1;
         let shown = name
             .escape_debug()
             .to_string()
             .chars()
             .take(100)
             .collect::<String>();
-        if depth > max {
-            return Ok(Err(JobError::Quota(format!(
-                "agents.call depth: calling {shown:?} would nest {depth} deep; the limit is \
-                 {max} (--max-depth)"
-            ))));
-        }
+        let depth = match self.run.budget.check_call_depth(self.depth, &format!("{shown:?}")) {
+            Ok(depth) => depth,
+            Err(e) => return Ok(Err(e)),
+        };
         let (agent, agent_name) = if name == "self" {
             (self.agent.clone(), self.agent_name.clone())
         } else {
@@ -266,7 +182,7 @@ impl agents::Host for HostState {
                 Err(e) => return Ok(Err(JobError::Failed(format!("agent load task: {e}")))),
             }
         };
-        self.run.count_agent_call();
+        self.run.budget.count_agent_call();
         // A task of its own: the child's store runs on its own fiber, and aborting the
         // handle (this future dropped) stops it.
         let child = AbortOnDrop(tokio::spawn(run_sandbox(

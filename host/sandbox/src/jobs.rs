@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -18,11 +18,11 @@ use nrvna_queue::{
 };
 
 use crate::bindings::nrvna::agent::types::{JobError, JobOutput, JobState, SubmitOptions};
-use crate::error::{LimitHit, LimitKind};
 use crate::grants::Grants;
 use crate::kv::{self, AGENTS_DIR, Kv};
+use crate::limits::RunBudget;
 use crate::log::{LogLevel, RunLog};
-use crate::runtime::{RunContext, Runtime, show_duration};
+use crate::runtime::{RunContext, Runtime};
 use crate::watch::{WsWatch, deadline_in, wait_for};
 
 /// Most ids one `wait-any`/`wait-all` may name.
@@ -50,6 +50,7 @@ struct Tracked {
 pub(crate) struct RunShared {
     pub(crate) runtime: Runtime,
     pub(crate) grants: Grants,
+    pub(crate) budget: Arc<RunBudget>,
     pub(crate) workspaces: Vec<Workspace>,
     route_names: Vec<String>,
     watches: Vec<OnceLock<Arc<WsWatch>>>,
@@ -61,12 +62,6 @@ pub(crate) struct RunShared {
     tracked: Mutex<Tracked>,
     /// Serialises keyed submissions (`submit-options.key`).
     keyed: Mutex<()>,
-    submitted: AtomicU64,
-    agent_calls: AtomicU64,
-    cpu_ticks: AtomicU64,
-    cpu_limit_ticks: u64,
-    pub(crate) memory_used: AtomicU64,
-    memory_peak: AtomicU64,
     finished: AtomicBool,
 }
 
@@ -77,13 +72,13 @@ impl RunShared {
         workspaces: Vec<Workspace>,
         route_names: Vec<String>,
     ) -> RunShared {
-        let tick = runtime.inner().tick;
-        let cpu_limit_ticks = (ctx.grants.limits.cpu.as_nanos() / tick.as_nanos().max(1)) as u64;
+        let budget = RunBudget::new(ctx.grants.limits.clone(), runtime.inner().tick);
         let watches = workspaces.iter().map(|_| OnceLock::new()).collect();
         RunShared {
             runtime,
             log: Arc::new(RunLog::new(ctx.log, ctx.grants.limits.log_bytes)),
             grants: ctx.grants,
+            budget: Arc::new(budget),
             workspaces,
             route_names,
             watches,
@@ -92,89 +87,8 @@ impl RunShared {
             keep_jobs: ctx.keep_jobs,
             tracked: Mutex::new(Tracked::default()),
             keyed: Mutex::new(()),
-            submitted: AtomicU64::new(0),
-            agent_calls: AtomicU64::new(0),
-            cpu_ticks: AtomicU64::new(0),
-            cpu_limit_ticks: cpu_limit_ticks.max(1),
-            memory_used: AtomicU64::new(0),
-            memory_peak: AtomicU64::new(0),
             finished: AtomicBool::new(false),
         }
-    }
-
-    // ----- budgets ------------------------------------------------------------------------
-
-    /// One epoch tick of guest execution; past the CPU limit the run stops.
-    pub(crate) fn charge_cpu_tick(&self) -> Result<(), LimitHit> {
-        let used = self.cpu_ticks.fetch_add(1, Ordering::Relaxed) + 1;
-        if used > self.cpu_limit_ticks {
-            return Err(LimitHit::new(
-                LimitKind::Cpu,
-                format!(
-                    "the run executed guest code for more than {}",
-                    show_duration(self.grants.limits.cpu)
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Reserves `bytes` more linear memory for the run, or says which limit stops it.
-    pub(crate) fn grow_memory(&self, bytes: u64) -> Result<(), LimitHit> {
-        let limit = self.grants.limits.memory_bytes;
-        let mut used = self.memory_used.load(Ordering::SeqCst);
-        loop {
-            let next = used.saturating_add(bytes);
-            if next > limit {
-                return Err(LimitHit::new(
-                    LimitKind::Memory,
-                    format!(
-                        "growing linear memory by {} would bring the run to {} (nested agents \
-                         included); the limit is {}",
-                        mib(bytes),
-                        mib(next),
-                        mib(limit)
-                    ),
-                ));
-            }
-            match self.memory_used.compare_exchange_weak(
-                used,
-                next,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => {
-                    self.memory_peak.fetch_max(next, Ordering::SeqCst);
-                    return Ok(());
-                }
-                Err(now) => used = now,
-            }
-        }
-    }
-
-    pub(crate) fn release_memory(&self, bytes: u64) {
-        let _ = self
-            .memory_used
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
-                Some(u.saturating_sub(bytes))
-            });
-    }
-
-    pub(crate) fn count_agent_call(&self) {
-        self.agent_calls.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn cpu_ticks(&self) -> u64 {
-        self.cpu_ticks.load(Ordering::Relaxed)
-    }
-    pub(crate) fn jobs_submitted(&self) -> u64 {
-        self.submitted.load(Ordering::Relaxed)
-    }
-    pub(crate) fn agent_calls(&self) -> u64 {
-        self.agent_calls.load(Ordering::Relaxed)
-    }
-    pub(crate) fn peak_memory(&self) -> u64 {
-        self.memory_peak.load(Ordering::Relaxed)
     }
 
     /// Ends the run: cancels the jobs it submitted that are still queued or running
@@ -286,7 +200,7 @@ impl RunShared {
         let Ok(mut t) = self.tracked.lock() else {
             return u64::MAX;
         };
-        let limit = self.grants.limits.max_in_flight;
+        let limit = self.budget.max_in_flight();
         let stale = t
             .refreshed
             .is_none_or(|at| at.elapsed() >= IN_FLIGHT_REFRESH);
@@ -317,7 +231,6 @@ impl RunShared {
         options: SubmitOptions,
         keys: Kv,
     ) -> Result<String, JobError> {
-        let limits = &self.grants.limits;
         if prompt.is_empty() {
             return Err(JobError::Invalid("the prompt is empty".into()));
         }
@@ -331,13 +244,7 @@ impl RunShared {
             )));
         }
         let bytes = prompt.len() as u64 + options.system.as_ref().map_or(0, |s| s.len() as u64);
-        if bytes > limits.max_prompt_bytes {
-            return Err(JobError::Invalid(format!(
-                "the prompt (with its system message) is {bytes} bytes; the limit is {} bytes \
-                 (--max-prompt-bytes)",
-                limits.max_prompt_bytes
-            )));
-        }
+        self.budget.check_prompt_size(bytes)?;
         let wsi = match &options.route {
             None => 0,
             Some(name) => match self.route_names.iter().position(|r| r == name) {
@@ -374,19 +281,7 @@ impl RunShared {
             output_format = Some(OutputFormat::JsonSchema);
         }
         // Quotas last: bad input is `invalid` whatever the counts are.
-        let submitted = self.submitted.load(Ordering::SeqCst);
-        if submitted >= limits.max_jobs {
-            return Err(JobError::Quota(format!(
-                "jobs submitted: this run has submitted {submitted} jobs, the limit (--max-jobs)"
-            )));
-        }
-        let in_flight = self.in_flight();
-        if in_flight >= limits.max_in_flight {
-            return Err(JobError::Quota(format!(
-                "jobs in flight: this run has {in_flight} jobs queued or running, the limit \
-                 (--max-in-flight); wait for some to end"
-            )));
-        }
+        self.budget.check_job_quota(|| self.in_flight())?;
         let mode = if options.images.is_empty() {
             Mode::Text
         } else {
@@ -450,7 +345,7 @@ impl RunShared {
             Err(e) => return Err(refused.unwrap_or_else(|| submit_failure(e))),
         };
         drop(staged);
-        self.submitted.fetch_add(1, Ordering::SeqCst);
+        self.budget.count_job_submitted();
         self.track(wsi, &id);
         Ok(id.to_string())
     }
@@ -852,10 +747,6 @@ fn cut(mut text: String, max: usize) -> String {
     text
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1055,6 +946,6 @@ mod tests {
             );
         }
         assert_eq!(run.finish(), 0);
-        assert_eq!(run.jobs_submitted(), 3);
+        assert_eq!(run.budget.jobs_submitted(), 3);
     }
 }

@@ -33,17 +33,18 @@ mod grants;
 mod host;
 mod jobs;
 mod kv;
+mod limits;
 mod log;
 mod runtime;
 mod watch;
 
 pub use error::{GrantError, LimitHit, LimitKind, SandboxError};
 pub use grants::{
-    AgentGrant, DirGrant, EnvVar, Grants, Limits, RouteGrant, check_name, parse_bytes,
-    parse_duration,
+    AgentGrant, DirGrant, EnvVar, Grants, RouteGrant, check_name, parse_bytes, parse_duration,
 };
 pub use jobs::MAX_WAIT_IDS;
 pub use kv::{AGENTS_DIR, MAX_KEY_LEN, MAX_KEYS, MAX_VALUE_BYTES};
+pub use limits::Limits;
 pub use log::{LogFn, LogLevel, LogRecord, LogSink, LogSource};
 pub use runtime::{
     Agent, LoadSource, MAX_COMPONENT_BYTES, RunContext, RunOutcome, RunStats, Runtime,

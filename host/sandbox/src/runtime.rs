@@ -18,9 +18,10 @@ use crate::bindings::{self, AgentPre};
 use crate::cache::{CompileCache, sha256_hex};
 use crate::error::{GrantError, LimitHit, LimitKind, SandboxError};
 use crate::grants::{Grants, check_name};
-use crate::host::{HostState, TreeLimiter};
+use crate::host::HostState;
 use crate::jobs::RunShared;
 use crate::kv::Kv;
+use crate::limits::MemoryLimiter;
 use crate::log::{LogPipe, LogSink, LogSource};
 use crate::watch::Watchers;
 
@@ -362,25 +363,17 @@ impl Runtime {
             run_sandbox(run.clone(), agent.clone(), agent_name, args, 0),
         )
         .await
-        .unwrap_or_else(|_| {
-            Err(SandboxError::Limit(LimitHit::new(
-                LimitKind::WallClock,
-                format!("the run took longer than {}", show_duration(wall)),
-            )))
-        });
+        .unwrap_or_else(|_| Err(SandboxError::Limit(run.budget.wall_clock_hit())));
         let jobs_cancelled = run.finish();
         let output = result?;
         Ok(RunOutcome {
             output,
             stats: RunStats {
                 elapsed: started.elapsed(),
-                cpu: self
-                    .inner
-                    .tick
-                    .saturating_mul(u32::try_from(run.cpu_ticks()).unwrap_or(u32::MAX)),
-                jobs_submitted: run.jobs_submitted(),
-                agent_calls: run.agent_calls(),
-                peak_memory_bytes: run.peak_memory(),
+                cpu: run.budget.cpu_time(),
+                jobs_submitted: run.budget.jobs_submitted(),
+                agent_calls: run.budget.agent_calls(),
+                peak_memory_bytes: run.budget.peak_memory(),
                 jobs_cancelled,
             },
         })
@@ -432,7 +425,7 @@ pub(crate) fn run_sandbox(
         let state = HostState {
             wasi: wasi.build(),
             table,
-            limiter: TreeLimiter::new(run.clone()),
+            limiter: MemoryLimiter::new(run.budget.clone()),
             run: run.clone(),
             agent: agent.clone(),
             agent_name: agent_name.clone(),
@@ -441,14 +434,12 @@ pub(crate) fn run_sandbox(
         };
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_hostcall_fuel(
-            usize::try_from(run.grants.limits.hostcall_bytes).unwrap_or(usize::MAX),
-        );
+        store.set_hostcall_fuel(run.budget.hostcall_fuel());
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
             // Each callback is one tick of guest execution; a long host call (follow)
             // costs one tick, not its duration.
-            ctx.data().run.charge_cpu_tick()?;
+            ctx.data().run.budget.charge_cpu_tick()?;
             Ok(UpdateDeadline::Yield(1))
         });
         let instance = agent
@@ -544,14 +535,6 @@ fn name_from_path(path: &Path) -> String {
         name.push_str("agent");
     }
     name
-}
-
-pub(crate) fn show_duration(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{}s", (d.as_secs_f64() * 10.0).round() / 10.0)
-    }
 }
 
 #[cfg(test)]
