@@ -31,10 +31,10 @@ mod cache;
 mod error;
 mod grants;
 mod host;
-mod jobs;
 mod kv;
 mod limits;
 mod log;
+mod run;
 mod runtime;
 mod watch;
 
@@ -42,7 +42,7 @@ pub use error::{GrantError, LimitHit, LimitKind, SandboxError};
 pub use grants::{
     AgentGrant, DirGrant, EnvVar, Grants, RouteGrant, check_name, parse_bytes, parse_duration,
 };
-pub use jobs::MAX_WAIT_IDS;
+pub use host::jobs::MAX_WAIT_IDS;
 pub use kv::{AGENTS_DIR, MAX_KEY_LEN, MAX_KEYS, MAX_VALUE_BYTES};
 pub use limits::Limits;
 pub use log::{LogFn, LogLevel, LogRecord, LogSink, LogSource};

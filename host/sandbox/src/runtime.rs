@@ -19,10 +19,10 @@ use crate::cache::{CompileCache, sha256_hex};
 use crate::error::{GrantError, LimitHit, LimitKind, SandboxError};
 use crate::grants::{Grants, check_name};
 use crate::host::HostState;
-use crate::jobs::RunShared;
 use crate::kv::Kv;
 use crate::limits::MemoryLimiter;
 use crate::log::{LogPipe, LogSink, LogSource};
+use crate::run::RunShared;
 use crate::watch::Watchers;
 
 /// Largest component file accepted.

@@ -2,139 +2,87 @@
 //!
 //! A run names jobs only in its own workspace (index 0) and its granted routes. Every id
 //! a component hands over is parsed with [`JobId::parse`] before it reaches a path, so
-//! `../`, absolute paths and NUL bytes are `invalid`, never a file lookup.
-//! [`RunShared`] is shared by every sandbox of one run (nested `agents.call` included):
-//! quotas and budgets are per run, not per sandbox.
+//! `../`, absolute paths and NUL bytes are `invalid`, never a file lookup. The operations
+//! are on [`RunShared`]: every sandbox of a run (nested `agents.call` included) sees the
+//! same jobs.
 
-use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+mod images;
+
+use std::sync::Arc;
 
 use nrvna_queue::workspace::{EMBEDDING_FILE, ERROR_FILE, RESULT_FILE};
 use nrvna_queue::{
-    CancelOutcome, JobId, Mode, OutputFormat, QueueError, Sampling, State, Submission, Workspace,
+    CancelOutcome, JobId, Mode, OutputFormat, QueueError, Sampling, State, Submission,
 };
 
+use crate::bindings::nrvna::agent::jobs;
 use crate::bindings::nrvna::agent::types::{JobError, JobOutput, JobState, SubmitOptions};
-use crate::grants::Grants;
-use crate::kv::{self, AGENTS_DIR, Kv};
-use crate::limits::RunBudget;
-use crate::log::{LogLevel, RunLog};
-use crate::runtime::{RunContext, Runtime};
-use crate::watch::{WsWatch, deadline_in, wait_for};
+use crate::host::HostState;
+use crate::kv::{self, Kv};
+use crate::run::RunShared;
+use crate::watch::{deadline_in, wait_for};
+use images::{MAX_IMAGES, StagedImages};
 
 /// Most ids one `wait-any`/`wait-all` may name.
 pub const MAX_WAIT_IDS: usize = 10_000;
-/// Most images one job may carry (the queue's limit).
-const MAX_IMAGES: usize = 16;
 /// Largest JSON Schema accepted in submit options.
 const MAX_SCHEMA_BYTES: usize = 1 << 20;
 /// Longest part of an `error.txt` handed back.
 const MAX_ERROR_TEXT: usize = 64 << 10;
 /// The grammar file a structured-output job carries (what the daemon reads).
 const GRAMMAR_FILE: &str = "grammar.gbnf";
-/// How often the in-flight count is re-checked against the disk when at its limit.
-const IN_FLIGHT_REFRESH: Duration = Duration::from_millis(100);
 
-/// Jobs this run submitted that it has not seen end.
-#[derive(Default)]
-struct Tracked {
-    open: Vec<(usize, JobId)>,
-    /// Workspace index of every job the run submitted.
-    located: HashMap<JobId, usize>,
-    refreshed: Option<Instant>,
-}
+impl jobs::Host for HostState {
+    async fn submit(
+        &mut self,
+        prompt: String,
+        options: SubmitOptions,
+    ) -> wasmtime::Result<Result<String, JobError>> {
+        let keys = self.kv.submitted_keys();
+        Ok(self.run.clone().submit(prompt, options, keys).await)
+    }
 
-pub(crate) struct RunShared {
-    pub(crate) runtime: Runtime,
-    pub(crate) grants: Grants,
-    pub(crate) budget: Arc<RunBudget>,
-    pub(crate) workspaces: Vec<Workspace>,
-    route_names: Vec<String>,
-    watches: Vec<OnceLock<Arc<WsWatch>>>,
-    parent_job: Option<JobId>,
-    pub(crate) log: Arc<RunLog>,
-    /// The top-level agent, for the host's own log lines.
-    agent_name: String,
-    keep_jobs: bool,
-    tracked: Mutex<Tracked>,
-    /// Serialises keyed submissions (`submit-options.key`).
-    keyed: Mutex<()>,
-    finished: AtomicBool,
+    async fn follow(
+        &mut self,
+        id: String,
+        timeout_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<JobOutput, JobError>> {
+        Ok(self.run.clone().follow(&id, timeout_ms).await)
+    }
+
+    async fn status(&mut self, id: String) -> wasmtime::Result<Result<JobState, JobError>> {
+        Ok(self.run.status(&id))
+    }
+
+    async fn cancel(&mut self, id: String) -> wasmtime::Result<Result<(), JobError>> {
+        Ok(self.run.clone().cancel(&id).await)
+    }
+
+    async fn wait_any(
+        &mut self,
+        ids: Vec<String>,
+        timeout_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<u32, JobError>> {
+        Ok(self.run.clone().wait_any(&ids, timeout_ms).await)
+    }
+
+    async fn wait_all(
+        &mut self,
+        ids: Vec<String>,
+        timeout_ms: Option<u64>,
+    ) -> wasmtime::Result<Vec<Result<JobOutput, JobError>>> {
+        Ok(self.run.clone().wait_all(&ids, timeout_ms).await)
+    }
+
+    async fn routes(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.run.routes())
+    }
 }
 
 impl RunShared {
-    pub(crate) fn new(
-        runtime: Runtime,
-        ctx: RunContext,
-        workspaces: Vec<Workspace>,
-        route_names: Vec<String>,
-    ) -> RunShared {
-        let budget = RunBudget::new(ctx.grants.limits.clone(), runtime.inner().tick);
-        let watches = workspaces.iter().map(|_| OnceLock::new()).collect();
-        RunShared {
-            runtime,
-            log: Arc::new(RunLog::new(ctx.log, ctx.grants.limits.log_bytes)),
-            grants: ctx.grants,
-            budget: Arc::new(budget),
-            workspaces,
-            route_names,
-            watches,
-            parent_job: ctx.parent_job,
-            agent_name: ctx.agent_name,
-            keep_jobs: ctx.keep_jobs,
-            tracked: Mutex::new(Tracked::default()),
-            keyed: Mutex::new(()),
-            finished: AtomicBool::new(false),
-        }
-    }
-
-    /// Ends the run: cancels the jobs it submitted that are still queued or running
-    /// (unless told to keep them). Returns how many it cancelled. Runs once.
-    pub(crate) fn finish(&self) -> usize {
-        if self.finished.swap(true, Ordering::SeqCst) || self.keep_jobs {
-            return 0;
-        }
-        let open = match self.tracked.lock() {
-            Ok(mut t) => std::mem::take(&mut t.open),
-            Err(_) => return 0,
-        };
-        let mut cancelled = 0;
-        for (wsi, id) in open {
-            match self.workspaces[wsi].cancel(&id) {
-                Ok(CancelOutcome::Cancelled) | Ok(CancelOutcome::Requested) => cancelled += 1,
-                Ok(_) => {}
-                Err(e) => tracing::warn!("cannot cancel job {id} left by an agent run: {e}"),
-            }
-        }
-        if cancelled > 0 {
-            self.log.host(
-                &self.agent_name,
-                LogLevel::Info,
-                &format!("cancelled {cancelled} unfinished job(s) the run submitted"),
-            );
-        }
-        cancelled
-    }
-
-    // ----- lookup -------------------------------------------------------------------------
-
-    fn watch(&self, wsi: usize) -> Arc<WsWatch> {
-        self.watches[wsi]
-            .get_or_init(|| self.runtime.inner().watchers.watch(&self.workspaces[wsi]))
-            .clone()
-    }
-
     /// Where a job is: its workspace index and state; `None` if no granted workspace has it.
     fn locate(&self, id: &JobId) -> Result<Option<(usize, State)>, JobError> {
-        let known = self
-            .tracked
-            .lock()
-            .ok()
-            .and_then(|t| t.located.get(id).copied());
-        let order: Vec<usize> = match known {
+        let order: Vec<usize> = match self.submitted_in(id) {
             Some(i) => vec![i],
             None => (0..self.workspaces.len()).collect(),
         };
@@ -187,37 +135,6 @@ impl RunShared {
             generated_tokens: meta.generated_tokens.unwrap_or(0),
         })
     }
-
-    fn mark_ended(&self, id: &JobId) {
-        if let Ok(mut t) = self.tracked.lock() {
-            t.open.retain(|(_, open)| open != id);
-        }
-    }
-
-    /// Jobs of this run still queued or running; re-checked on disk (at most every
-    /// [`IN_FLIGHT_REFRESH`]) when the count is at the limit.
-    fn in_flight(&self) -> u64 {
-        let Ok(mut t) = self.tracked.lock() else {
-            return u64::MAX;
-        };
-        let limit = self.budget.max_in_flight();
-        let stale = t
-            .refreshed
-            .is_none_or(|at| at.elapsed() >= IN_FLIGHT_REFRESH);
-        if t.open.len() as u64 >= limit && stale {
-            let workspaces = &self.workspaces;
-            t.open
-                .retain(|(wsi, id)| match workspaces[*wsi].state_of(id) {
-                    Ok(Some(s)) => !s.is_terminal(),
-                    Ok(None) => false,
-                    Err(_) => true,
-                });
-            t.refreshed = Some(Instant::now());
-        }
-        t.open.len() as u64
-    }
-
-    // ----- the interface ---------------------------------------------------------------------
 
     pub(crate) fn routes(&self) -> Vec<String> {
         self.route_names.clone()
@@ -331,7 +248,7 @@ impl RunShared {
     ) -> Result<String, JobError> {
         let ws = &self.workspaces[wsi];
         let staged = StagedImages::stage(self, ws, images)?;
-        sub.images = staged.paths.clone();
+        sub.images = staged.paths().to_vec();
         let mut refused = None;
         let submitted = ws.submit_with(sub, |id| {
             before_publish(id).map_err(|e| {
@@ -348,19 +265,6 @@ impl RunShared {
         self.budget.count_job_submitted();
         self.track(wsi, &id);
         Ok(id.to_string())
-    }
-
-    /// A job this run now owns: tracked even if the guest's future is gone by now, so
-    /// the run's end cancels it.
-    fn track(&self, wsi: usize, id: &JobId) {
-        if let Ok(mut t) = self.tracked.lock() {
-            t.open.push((wsi, id.clone()));
-            t.located.insert(id.clone(), wsi);
-        }
-        if self.finished.load(Ordering::SeqCst) && !self.keep_jobs {
-            // The run ended while this submission was being written.
-            let _ = self.workspaces[wsi].cancel(id);
-        }
     }
 
     /// An idempotent submission: the job recorded under `key` for this route if it is
@@ -586,121 +490,7 @@ impl RunShared {
             .map(|r| r.unwrap_or(Err(JobError::Timeout)))
             .collect()
     }
-
-    /// Watches every workspace the jobs are in; true if all of them notify.
-    fn watch_all(&self, jobs: &[(usize, JobId)]) -> bool {
-        let mut notifies = true;
-        let mut seen = vec![false; self.workspaces.len()];
-        for (wsi, _) in jobs {
-            if !seen[*wsi] {
-                seen[*wsi] = true;
-                notifies &= self.watch(*wsi).notifies();
-            }
-        }
-        notifies
-    }
 }
-
-impl Drop for RunShared {
-    fn drop(&mut self) {
-        // A run whose future was dropped never reached `finish`.
-        self.finish();
-    }
-}
-
-/// Images a job names, copied out of the granted directories into the workspace before
-/// submission (so what the job gets is what was checked), removed afterwards.
-struct StagedImages {
-    paths: Vec<PathBuf>,
-}
-
-impl StagedImages {
-    fn stage(run: &RunShared, ws: &Workspace, images: &[String]) -> Result<StagedImages, JobError> {
-        let mut staged = StagedImages { paths: Vec::new() };
-        if images.is_empty() {
-            return Ok(staged);
-        }
-        let dir = ws.root().join(AGENTS_DIR).join(".staging");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| JobError::Failed(format!("cannot stage images: {e}")))?;
-        let max = ws.limits().max_image_bytes;
-        for (i, guest_path) in images.iter().enumerate() {
-            let bytes = read_granted(run, guest_path, max)?;
-            let ext: String = Path::new(guest_path)
-                .extension()
-                .and_then(|e| e.to_str())
-                .unwrap_or("")
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .take(8)
-                .collect();
-            let path = dir.join(format!(
-                "img-{}-{}-{i}.{ext}",
-                std::process::id(),
-                JobId::generate()
-            ));
-            std::fs::write(&path, &bytes)
-                .map_err(|e| JobError::Failed(format!("cannot stage image: {e}")))?;
-            staged.paths.push(path);
-        }
-        Ok(staged)
-    }
-}
-
-impl Drop for StagedImages {
-    fn drop(&mut self) {
-        for p in &self.paths {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-/// Reads a file the component names by its guest path, through the `--dir` grant that
-/// contains it, with cap-std (so `..` and symlinks cannot leave the grant).
-fn read_granted(run: &RunShared, guest_path: &str, max: u64) -> Result<Vec<u8>, JobError> {
-    use std::io::Read;
-    let shown = shown(guest_path, 200);
-    let denied = || {
-        JobError::Denied(format!(
-            "image {shown} is not inside a directory granted with --dir"
-        ))
-    };
-    let path = Path::new(guest_path);
-    let grant = run
-        .grants
-        .dirs
-        .iter()
-        .filter_map(|d| path.strip_prefix(&d.guest).ok().map(|rel| (d, rel)))
-        .max_by_key(|(d, _)| d.guest.len());
-    let Some((grant, rel)) = grant else {
-        return Err(denied());
-    };
-    if guest_path.contains('\0')
-        || rel.as_os_str().is_empty()
-        || rel.components().any(|c| !matches!(c, Component::Normal(_)))
-    {
-        return Err(denied());
-    }
-    let dir = cap_std::fs::Dir::open_ambient_dir(&grant.host, cap_std::ambient_authority())
-        .map_err(|e| JobError::Failed(format!("image {shown}: {e}")))?;
-    let file = dir
-        .open(rel)
-        .map_err(|e| JobError::Denied(format!("image {shown}: {e}")))?;
-    let md = file
-        .metadata()
-        .map_err(|e| JobError::Failed(format!("image {shown}: {e}")))?;
-    if !md.is_file() || md.len() > max {
-        return Err(JobError::Invalid(format!(
-            "image {shown} is not a regular file of at most {max} bytes"
-        )));
-    }
-    let mut bytes = Vec::with_capacity(md.len() as usize);
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| JobError::Failed(format!("image {shown}: {e}")))?;
-    Ok(bytes)
-}
-
 /// Parses a component-supplied id; the only way an id reaches a path.
 pub(crate) fn parse_id(raw: &str) -> Result<JobId, JobError> {
     JobId::parse(raw).map_err(|e| JobError::Invalid(cut(e.to_string(), 400)))
@@ -751,8 +541,12 @@ fn cut(mut text: String, max: usize) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::runtime::RuntimeConfig;
+    use crate::grants::Grants;
+    use crate::run::IN_FLIGHT_REFRESH;
+    use crate::runtime::{RunContext, Runtime, RuntimeConfig};
+    use nrvna_queue::Workspace;
     use nrvna_queue::{Claim, Outcome};
+    use std::path::Path;
 
     fn options() -> SubmitOptions {
         SubmitOptions {
