@@ -24,6 +24,11 @@ mod bindings {
         world: "agent",
         imports: { default: async | trappable },
         exports: { default: async },
+        // Host functions return `Result<T, HostCallError>`: a `job-error` for the
+        // component or a trap, both through `?`.
+        trappable_error_type: {
+            "nrvna:agent/types.job-error" => crate::host::HostCallError,
+        },
     });
 }
 

@@ -1,63 +1,29 @@
 //! The `agents` interface: running another component (or this one) in a fresh sandbox of
 //! the same run, one level deeper.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use crate::bindings::nrvna::agent::agents;
 use crate::bindings::nrvna::agent::types::JobError;
-use crate::host::HostState;
-use crate::runtime::run_sandbox;
-
-/// Aborts the spawned child run if the caller's future is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+use crate::host::{HostCallError, HostState};
+use crate::runtime::{Agent, run_sandbox};
 
 impl agents::Host for HostState {
-    async fn call(
-        &mut self,
-        name: String,
-        args: Vec<String>,
-    ) -> wasmtime::Result<Result<String, JobError>> {
+    async fn call(&mut self, name: String, args: Vec<String>) -> Result<String, HostCallError> {
         let shown = name
             .escape_debug()
             .to_string()
             .chars()
             .take(100)
             .collect::<String>();
-        let depth = match self
+        let depth = self
             .run
             .budget
-            .check_call_depth(self.depth, &format!("{shown:?}"))
-        {
-            Ok(depth) => depth,
-            Err(e) => return Ok(Err(e)),
-        };
-        let (agent, agent_name) = if name == "self" {
-            (self.agent.clone(), self.agent_name.clone())
-        } else {
-            let Some(path) = self.run.grants.agents.get(&name).cloned() else {
-                return Ok(Err(JobError::Denied(format!(
-                    "agent {shown:?} is not granted to this component (grant it with --agent \
-                     NAME=PATH; `self` is always allowed)"
-                ))));
-            };
-            let runtime = self.run.runtime.clone();
-            let loaded = tokio::task::spawn_blocking(move || runtime.load(&path)).await;
-            match loaded {
-                Ok(Ok(agent)) => (agent, Arc::<str>::from(name.as_str())),
-                Ok(Err(e)) => {
-                    return Ok(Err(JobError::Failed(format!(
-                        "cannot load agent {shown:?}: {e}"
-                    ))));
-                }
-                Err(e) => return Ok(Err(JobError::Failed(format!("agent load task: {e}")))),
-            }
-        };
+            .check_call_depth(self.depth, &format!("{shown:?}"))?;
+        let (agent, agent_name) = self.callee(name, &shown).await?;
         self.run.budget.count_agent_call();
         // A task of its own: the child's store runs on its own fiber, and aborting the
         // handle (this future dropped) stops it.
@@ -68,24 +34,55 @@ impl agents::Host for HostState {
             args,
             depth,
         )));
-        let result = match child.await {
-            Ok(Ok(Ok(text))) => Ok(text),
-            Ok(Ok(Err(error))) => Err(JobError::Failed(error)),
-            Ok(Err(stopped)) => Err(JobError::Failed(format!("agent {shown:?}: {stopped}"))),
-            Err(e) => Err(JobError::Failed(format!(
-                "agent {shown:?}: task ended: {e}"
-            ))),
+        let failed = match child.await {
+            Ok(Ok(Ok(text))) => return Ok(text),
+            Ok(Ok(Err(error))) => error,
+            Ok(Err(stopped)) => format!("agent {shown:?}: {stopped}"),
+            Err(e) => format!("agent {shown:?}: task ended: {e}"),
         };
-        Ok(result)
+        Err(JobError::Failed(failed).into())
     }
 }
 
-impl<T> std::future::Future for AbortOnDrop<T> {
+impl HostState {
+    /// The component `name` stands for, and the name it runs (and keeps its storage)
+    /// under: this one for `self`, else a granted one, loaded off the async threads.
+    /// (`&mut` because `HostState` is not `Sync`: a shared borrow held across the load
+    /// would make the call's future not `Send`.)
+    async fn callee(&mut self, name: String, shown: &str) -> Result<(Agent, Arc<str>), JobError> {
+        if name == "self" {
+            return Ok((self.agent.clone(), self.agent_name.clone()));
+        }
+        let Some(path) = self.run.grants.agents.get(&name).cloned() else {
+            return Err(JobError::Denied(format!(
+                "agent {shown:?} is not granted to this component (grant it with --agent \
+                 NAME=PATH; `self` is always allowed)"
+            )));
+        };
+        let runtime = self.run.runtime.clone();
+        match tokio::task::spawn_blocking(move || runtime.load(&path)).await {
+            Ok(Ok(agent)) => Ok((agent, Arc::from(name))),
+            Ok(Err(e)) => Err(JobError::Failed(format!(
+                "cannot load agent {shown:?}: {e}"
+            ))),
+            Err(e) => Err(JobError::Failed(format!("agent load task: {e}"))),
+        }
+    }
+}
+
+/// Aborts the spawned child run if the caller's future is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for AbortOnDrop<T> {
     type Output = Result<T, tokio::task::JoinError>;
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
     }
 }

@@ -17,7 +17,7 @@ use nrvna_queue::{
 
 use crate::bindings::nrvna::agent::jobs;
 use crate::bindings::nrvna::agent::types::{JobError, JobOutput, JobState, SubmitOptions};
-use crate::host::HostState;
+use crate::host::{HostCallError, HostState};
 use crate::kv::{self, Kv};
 use crate::run::RunShared;
 use crate::watch::{deadline_in, wait_for};
@@ -37,33 +37,33 @@ impl jobs::Host for HostState {
         &mut self,
         prompt: String,
         options: SubmitOptions,
-    ) -> wasmtime::Result<Result<String, JobError>> {
+    ) -> Result<String, HostCallError> {
         let keys = self.kv.submitted_keys();
-        Ok(self.run.clone().submit(prompt, options, keys).await)
+        Ok(self.run.clone().submit(prompt, options, keys).await?)
     }
 
     async fn follow(
         &mut self,
         id: String,
         timeout_ms: Option<u64>,
-    ) -> wasmtime::Result<Result<JobOutput, JobError>> {
-        Ok(self.run.clone().follow(&id, timeout_ms).await)
+    ) -> Result<JobOutput, HostCallError> {
+        Ok(self.run.clone().follow(&id, timeout_ms).await?)
     }
 
-    async fn status(&mut self, id: String) -> wasmtime::Result<Result<JobState, JobError>> {
-        Ok(self.run.status(&id))
+    async fn status(&mut self, id: String) -> Result<JobState, HostCallError> {
+        Ok(self.run.status(&id)?)
     }
 
-    async fn cancel(&mut self, id: String) -> wasmtime::Result<Result<(), JobError>> {
-        Ok(self.run.clone().cancel(&id).await)
+    async fn cancel(&mut self, id: String) -> Result<(), HostCallError> {
+        Ok(self.run.clone().cancel(&id).await?)
     }
 
     async fn wait_any(
         &mut self,
         ids: Vec<String>,
         timeout_ms: Option<u64>,
-    ) -> wasmtime::Result<Result<u32, JobError>> {
-        Ok(self.run.clone().wait_any(&ids, timeout_ms).await)
+    ) -> Result<u32, HostCallError> {
+        Ok(self.run.clone().wait_any(&ids, timeout_ms).await?)
     }
 
     async fn wait_all(

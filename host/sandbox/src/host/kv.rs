@@ -2,10 +2,10 @@
 
 use crate::bindings::nrvna::agent::kv;
 use crate::bindings::nrvna::agent::types::JobError;
-use crate::host::HostState;
+use crate::host::{HostCallError, HostState};
 
-/// Runs a storage operation off the async threads (writes fsync).
-async fn blocking<T: Send + 'static>(
+/// Runs a storage operation on the blocking pool (writes fsync).
+async fn off_async_threads<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, JobError> + Send + 'static,
 ) -> Result<T, JobError> {
     tokio::task::spawn_blocking(f)
@@ -14,26 +14,23 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl kv::Host for HostState {
-    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, JobError>> {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, HostCallError> {
         let kv = self.kv.clone();
-        Ok(blocking(move || kv.get(&key)).await)
+        Ok(off_async_threads(move || kv.get(&key)).await?)
     }
 
-    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), JobError>> {
+    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), HostCallError> {
         let kv = self.kv.clone();
-        Ok(blocking(move || kv.set(&key, &value)).await)
+        Ok(off_async_threads(move || kv.set(&key, &value)).await?)
     }
 
-    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), JobError>> {
+    async fn delete(&mut self, key: String) -> Result<(), HostCallError> {
         let kv = self.kv.clone();
-        Ok(blocking(move || kv.delete(&key)).await)
+        Ok(off_async_threads(move || kv.delete(&key)).await?)
     }
 
-    async fn list_keys(
-        &mut self,
-        prefix: String,
-    ) -> wasmtime::Result<Result<Vec<String>, JobError>> {
+    async fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, HostCallError> {
         let kv = self.kv.clone();
-        Ok(blocking(move || kv.list(&prefix)).await)
+        Ok(off_async_threads(move || kv.list(&prefix)).await?)
     }
 }

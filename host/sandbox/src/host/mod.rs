@@ -15,7 +15,8 @@ use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::nrvna::agent::types;
+use crate::bindings::nrvna::agent::types::{self, JobError};
+use crate::error::LimitHit;
 use crate::kv::Kv;
 use crate::limits::MemoryLimiter;
 use crate::run::RunShared;
@@ -46,4 +47,34 @@ impl WasiView for HostState {
     }
 }
 
-impl types::Host for HostState {}
+/// How a host call fails: with a `job-error` handed back to the component, or with a
+/// trap that stops the run. The bindings turn it into one or the other
+/// (`convert_job_error`), so host functions use `?` on both.
+#[derive(Debug)]
+pub(crate) enum HostCallError {
+    /// The component gets it back from the call.
+    Job(JobError),
+    /// The run stops (a limit reached inside the call).
+    Trap(wasmtime::Error),
+}
+
+impl From<JobError> for HostCallError {
+    fn from(error: JobError) -> HostCallError {
+        HostCallError::Job(error)
+    }
+}
+
+impl From<LimitHit> for HostCallError {
+    fn from(hit: LimitHit) -> HostCallError {
+        HostCallError::Trap(hit.into())
+    }
+}
+
+impl types::Host for HostState {
+    fn convert_job_error(&mut self, error: HostCallError) -> wasmtime::Result<JobError> {
+        match error {
+            HostCallError::Job(error) => Ok(error),
+            HostCallError::Trap(trap) => Err(trap),
+        }
+    }
+}
