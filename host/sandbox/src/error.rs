@@ -98,8 +98,13 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{name}: not a usable nrvna:agent component: {message}")]
-    InvalidComponent { name: String, message: String },
+    /// Not a component this host can run (or its name is unusable); `source` says why.
+    #[error("{name}: not a usable nrvna:agent component: {}", chain(.source))]
+    InvalidComponent {
+        name: String,
+        #[source]
+        source: wasmtime::Error,
+    },
     #[error(transparent)]
     Grant(#[from] GrantError),
     #[error("workspace {path}: {source}")]
@@ -112,12 +117,18 @@ pub enum SandboxError {
     #[error("stopped: {0}")]
     Limit(LimitHit),
     /// The component crashed: a panic, `unreachable`, a stack overflow, a bad memory
-    /// access, or a host call it used wrongly.
-    #[error("the component crashed: {0}")]
-    Trap(String),
-    /// The host itself failed (engine set-up, linking, a task that could not start).
-    #[error("agent runtime: {0}")]
-    Runtime(String),
+    /// access, or a host call it used wrongly. The message shows wasmtime's trap first,
+    /// then the wasm backtrace.
+    #[error("the component crashed: {}", crash_report(.0))]
+    Trap(#[source] wasmtime::Error),
+    /// The host itself failed (engine set-up, linking, a thread that could not start).
+    #[error("agent runtime: {what}: {source}")]
+    Runtime {
+        /// The step that failed.
+        what: &'static str,
+        #[source]
+        source: wasmtime::Error,
+    },
 }
 
 impl SandboxError {
@@ -128,4 +139,47 @@ impl SandboxError {
             _ => None,
         }
     }
+}
+
+/// Longest error text shown (a wasm backtrace can be long).
+const MAX_ERROR_TEXT: usize = 4000;
+
+/// An error with its causes, cut to a readable length.
+fn chain(e: &wasmtime::Error) -> String {
+    let mut text = String::new();
+    for (i, cause) in e.chain().enumerate() {
+        if i > 0 {
+            text.push_str(": ");
+        }
+        text.push_str(&cause.to_string());
+    }
+    cut(text)
+}
+
+/// A crash: the root cause ("wasm trap: ...") first, the wasm backtrace after it.
+fn crash_report(e: &wasmtime::Error) -> String {
+    let root = e.root_cause().to_string();
+    let rest: Vec<String> = e
+        .chain()
+        .map(|c| c.to_string())
+        .filter(|c| *c != root)
+        .collect();
+    let mut message = root;
+    for part in rest {
+        message.push('\n');
+        message.push_str(&part);
+    }
+    cut(message)
+}
+
+fn cut(mut text: String) -> String {
+    if text.len() > MAX_ERROR_TEXT {
+        let mut end = MAX_ERROR_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(" [...]");
+    }
+    text
 }

@@ -162,6 +162,26 @@ impl RunBudget {
         usize::try_from(self.limits.hostcall_bytes).unwrap_or(usize::MAX)
     }
 
+    /// The limit `e` reports, if it is wasmtime's hostcall fuel running out: the
+    /// component passed more than [`Limits::hostcall_bytes`] to one host call.
+    pub(crate) fn hostcall_limit_hit(&self, e: &wasmtime::Error) -> Option<LimitHit> {
+        e.chain()
+            .any(|cause| {
+                cause
+                    .to_string()
+                    .contains("fuel allocated for hostcalls has been exhausted")
+            })
+            .then(|| {
+                LimitHit::new(
+                    LimitKind::HostcallBytes,
+                    format!(
+                        "the component tried to pass more than {} bytes to one host call",
+                        self.limits.hostcall_bytes
+                    ),
+                )
+            })
+    }
+
     /// The run outlived its wall-clock limit.
     pub(crate) fn wall_clock_hit(&self) -> LimitHit {
         LimitHit::new(
