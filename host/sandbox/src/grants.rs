@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::error::GrantError;
 use crate::limits::Limits;
+use crate::text::quoted;
 
 /// `--dir HOST[:GUEST][:ro]`: a host directory the component sees at `GUEST`
 /// (default: the HOST text as given), read-write unless `:ro`.
@@ -177,8 +178,8 @@ pub fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "name {:?} must be 1-64 characters from A-Z a-z 0-9 _ - . and not start with `.`",
-            name.escape_debug().to_string()
+            "name {} must be 1-64 characters from A-Z a-z 0-9 _ - . and not start with `.`",
+            quoted(name, 80)
         ))
     }
 }
@@ -345,6 +346,12 @@ mod tests {
                 .is_err()
         );
         assert!("x=/no/such/file.wasm".parse::<AgentGrant>().is_err());
+
+        let err = "a\nb=/tmp/ws"
+            .parse::<RouteGrant>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(r#"name "a\nb" must be"#), "{err}");
 
         let mut grants = Grants::default();
         grants.add_route(r.clone()).unwrap();

@@ -41,6 +41,7 @@ mod limits;
 mod log;
 mod run;
 mod runtime;
+mod text;
 mod watch;
 
 pub use error::{GrantError, LimitHit, LimitKind, SandboxError};

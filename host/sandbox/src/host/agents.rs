@@ -10,19 +10,12 @@ use crate::bindings::nrvna::agent::agents;
 use crate::bindings::nrvna::agent::types::JobError;
 use crate::host::{HostCallError, HostState};
 use crate::runtime::{Agent, run_sandbox};
+use crate::text::quoted;
 
 impl agents::Host for HostState {
     async fn call(&mut self, name: String, args: Vec<String>) -> Result<String, HostCallError> {
-        let shown = name
-            .escape_debug()
-            .to_string()
-            .chars()
-            .take(100)
-            .collect::<String>();
-        let depth = self
-            .run
-            .budget
-            .check_call_depth(self.depth, &format!("{shown:?}"))?;
+        let shown = quoted(&name, 100);
+        let depth = self.run.budget.check_call_depth(self.depth, &shown)?;
         let (agent, agent_name) = self.callee(name, &shown).await?;
         self.run.budget.count_agent_call();
         // A task of its own: the child's store runs on its own fiber, and aborting the
@@ -37,8 +30,8 @@ impl agents::Host for HostState {
         let failed = match child.await {
             Ok(Ok(Ok(text))) => return Ok(text),
             Ok(Ok(Err(error))) => error,
-            Ok(Err(stopped)) => format!("agent {shown:?}: {stopped}"),
-            Err(e) => format!("agent {shown:?}: task ended: {e}"),
+            Ok(Err(stopped)) => format!("agent {shown}: {stopped}"),
+            Err(e) => format!("agent {shown}: task ended: {e}"),
         };
         Err(JobError::Failed(failed).into())
     }
@@ -55,16 +48,14 @@ impl HostState {
         }
         let Some(path) = self.run.grants.agents.get(&name).cloned() else {
             return Err(JobError::Denied(format!(
-                "agent {shown:?} is not granted to this component (grant it with --agent \
+                "agent {shown} is not granted to this component (grant it with --agent \
                  NAME=PATH; `self` is always allowed)"
             )));
         };
         let runtime = self.run.runtime.clone();
         match tokio::task::spawn_blocking(move || runtime.load(&path)).await {
             Ok(Ok(agent)) => Ok((agent, Arc::from(name))),
-            Ok(Err(e)) => Err(JobError::Failed(format!(
-                "cannot load agent {shown:?}: {e}"
-            ))),
+            Ok(Err(e)) => Err(JobError::Failed(format!("cannot load agent {shown}: {e}"))),
             Err(e) => Err(JobError::Failed(format!("agent load task: {e}"))),
         }
     }

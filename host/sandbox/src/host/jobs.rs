@@ -20,6 +20,7 @@ use crate::bindings::nrvna::agent::types::{JobError, JobOutput, JobState, Submit
 use crate::host::{HostCallError, HostState};
 use crate::kv::{self, Kv};
 use crate::run::RunShared;
+use crate::text::{prefix, quoted};
 use crate::watch::{deadline_in, wait_for};
 use images::{MAX_IMAGES, StagedImages};
 
@@ -29,6 +30,8 @@ pub const MAX_WAIT_IDS: usize = 10_000;
 const MAX_SCHEMA_BYTES: usize = 1 << 20;
 /// Longest part of an `error.txt` handed back.
 const MAX_ERROR_TEXT: usize = 64 << 10;
+/// Longest message about an invalid job id.
+const MAX_SHOWN_ID_ERROR: usize = 400;
 /// The grammar file a structured-output job carries (what the daemon reads).
 const GRAMMAR_FILE: &str = "grammar.gbnf";
 
@@ -155,8 +158,8 @@ impl RunShared {
             && kv::file_name(key).is_err()
         {
             return Err(JobError::Invalid(format!(
-                "submit key {:?}: keys are 1-{} characters from A-Z a-z 0-9 _ - . / without `..`",
-                shown(key, 140),
+                "submit key {}: keys are 1-{} characters from A-Z a-z 0-9 _ - . / without `..`",
+                quoted(key, kv::MAX_KEY_LEN + 1),
                 kv::MAX_KEY_LEN
             )));
         }
@@ -168,8 +171,8 @@ impl RunShared {
                 Some(i) => i + 1,
                 None => {
                     return Err(JobError::Denied(format!(
-                        "route {:?} is not granted to this component (granted: {})",
-                        shown(name, 100),
+                        "route {} is not granted to this component (granted: {})",
+                        quoted(name, 100),
                         if self.route_names.is_empty() {
                             "none".to_owned()
                         } else {
@@ -493,7 +496,10 @@ impl RunShared {
 }
 /// Parses a component-supplied id; the only way an id reaches a path.
 pub(crate) fn parse_id(raw: &str) -> Result<JobId, JobError> {
-    JobId::parse(raw).map_err(|e| JobError::Invalid(cut(e.to_string(), 400)))
+    // The queue's error quotes the whole id: hand it no more than the message can show
+    // (anything that long is no id either way).
+    let (head, _) = prefix(raw, MAX_SHOWN_ID_ERROR);
+    JobId::parse(head).map_err(|e| JobError::Invalid(cut(e.to_string(), MAX_SHOWN_ID_ERROR)))
 }
 
 fn not_found(id: &JobId) -> JobError {
@@ -516,13 +522,6 @@ fn submit_failure(e: QueueError) -> JobError {
         | QueueError::NotFound(_) => queue_failure(e),
         other => JobError::Invalid(other.to_string()),
     }
-}
-
-/// Guest text for a message, escaped: only its first `max` characters are looked at, so a
-/// huge string costs no more than a short one.
-fn shown(text: &str, max: usize) -> String {
-    let head: String = text.chars().take(max + 1).collect();
-    cut(head.escape_debug().to_string(), max)
 }
 
 fn cut(mut text: String, max: usize) -> String {
@@ -617,6 +616,17 @@ mod tests {
                 "{bad:?}: {r:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_huge_invalid_id_costs_a_short_message() {
+        let huge = format!("1_\n{}", "9".repeat(16 << 20));
+        let Err(JobError::Invalid(message)) = parse_id(&huge) else {
+            panic!("accepted");
+        };
+        assert!(message.starts_with("invalid job id"), "{message}");
+        assert!(message.len() <= MAX_SHOWN_ID_ERROR + 3, "{}", message.len());
+        assert!(parse_id("12_34").is_ok());
     }
 
     fn run_on(ws: &Path, grants: Grants) -> Arc<RunShared> {

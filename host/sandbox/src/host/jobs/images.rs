@@ -8,8 +8,7 @@ use nrvna_queue::{JobId, Workspace};
 use crate::bindings::nrvna::agent::types::JobError;
 use crate::kv::AGENTS_DIR;
 use crate::run::RunShared;
-
-use super::shown;
+use crate::text::escaped;
 
 /// Most images one job may carry (the queue's limit).
 pub(super) const MAX_IMAGES: usize = 16;
@@ -74,7 +73,7 @@ impl Drop for StagedImages {
 /// contains it, with cap-std (so `..` and symlinks cannot leave the grant).
 fn read_granted(run: &RunShared, guest_path: &str, max: u64) -> Result<Vec<u8>, JobError> {
     use std::io::Read;
-    let shown = shown(guest_path, 200);
+    let shown = escaped(guest_path, 200);
     let denied = || {
         JobError::Denied(format!(
             "image {shown} is not inside a directory granted with --dir"
