@@ -63,6 +63,15 @@ impl Default for Limits {
     }
 }
 
+/// wasmtime's error when a host call's arguments exceed the store's hostcall fuel.
+/// wasmtime 48 raises it as a private type (`HostcallFuelExhausted`, in
+/// `runtime/component/func/options.rs`) with no `Trap` code, while lifting the
+/// arguments, before any host function runs: its text is all there is to recognise.
+/// The e2e test `a_1_gib_prompt_is_refused_before_the_host_copies_it` fails if a
+/// wasmtime upgrade changes it.
+const HOSTCALL_FUEL_EXHAUSTED: &str = "too much data is being copied between the host and the \
+                                       guest: fuel allocated for hostcalls has been exhausted";
+
 /// Most elements one wasm table may grow to.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Instances, tables and linear memories one component may create.
@@ -163,23 +172,18 @@ impl RunBudget {
     }
 
     /// The limit `e` reports, if it is wasmtime's hostcall fuel running out: the
-    /// component passed more than [`Limits::hostcall_bytes`] to one host call.
+    /// component passed more than [`Limits::hostcall_bytes`] to one host call, and
+    /// wasmtime refused it before copying anything.
     pub(crate) fn hostcall_limit_hit(&self, e: &wasmtime::Error) -> Option<LimitHit> {
-        e.chain()
-            .any(|cause| {
-                cause
-                    .to_string()
-                    .contains("fuel allocated for hostcalls has been exhausted")
-            })
-            .then(|| {
-                LimitHit::new(
-                    LimitKind::HostcallBytes,
-                    format!(
-                        "the component tried to pass more than {} bytes to one host call",
-                        self.limits.hostcall_bytes
-                    ),
-                )
-            })
+        (e.root_cause().to_string() == HOSTCALL_FUEL_EXHAUSTED).then(|| {
+            LimitHit::new(
+                LimitKind::HostcallBytes,
+                format!(
+                    "the component tried to pass more than {} bytes to one host call",
+                    self.limits.hostcall_bytes
+                ),
+            )
+        })
     }
 
     /// The run outlived its wall-clock limit.
