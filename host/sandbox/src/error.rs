@@ -5,6 +5,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::text::cut;
+
 /// A limit that stops a run (as opposed to the recoverable `quota` errors a component
 /// gets from a host call).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -153,7 +155,7 @@ fn chain(e: &wasmtime::Error) -> String {
         }
         text.push_str(&cause.to_string());
     }
-    cut(text)
+    cut(text, MAX_ERROR_TEXT, " [...]")
 }
 
 /// A crash: the root cause ("wasm trap: ...") first, the wasm backtrace after it.
@@ -169,17 +171,5 @@ fn crash_report(e: &wasmtime::Error) -> String {
         message.push('\n');
         message.push_str(&part);
     }
-    cut(message)
-}
-
-fn cut(mut text: String) -> String {
-    if text.len() > MAX_ERROR_TEXT {
-        let mut end = MAX_ERROR_TEXT;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push_str(" [...]");
-    }
-    text
+    cut(message, MAX_ERROR_TEXT, " [...]")
 }

@@ -20,6 +20,20 @@ pub(crate) fn escaped(text: &str, max_chars: usize) -> String {
     shown
 }
 
+/// `text` cut to at most `max_bytes` (on a character boundary), with `marker` where it
+/// was cut.
+pub(crate) fn cut(mut text: String, max_bytes: usize, marker: &str) -> String {
+    if text.len() > max_bytes {
+        let mut end = max_bytes;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(marker);
+    }
+    text
+}
+
 /// The first `max_chars` characters of `text`, and whether there were more.
 pub(crate) fn prefix(text: &str, max_chars: usize) -> (&str, bool) {
     match text.char_indices().nth(max_chars) {
@@ -41,5 +55,7 @@ mod tests {
         assert_eq!(prefix("abc", 3), ("abc", false));
         assert_eq!(prefix("", 0), ("", false));
         assert_eq!(prefix("a", 0), ("", true));
+        assert_eq!(cut("aé".into(), 2, "..."), "a...");
+        assert_eq!(cut("ab".into(), 2, "..."), "ab");
     }
 }

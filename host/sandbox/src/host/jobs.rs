@@ -20,7 +20,7 @@ use crate::bindings::nrvna::agent::types::{JobError, JobOutput, JobState, Submit
 use crate::host::{HostCallError, HostState};
 use crate::kv::{self, Kv};
 use crate::run::RunShared;
-use crate::text::{prefix, quoted};
+use crate::text::{cut, prefix, quoted};
 use crate::watch::{deadline_in, wait_for};
 use images::{MAX_IMAGES, StagedImages};
 
@@ -118,7 +118,11 @@ impl RunShared {
                 return Err(JobError::Cancelled);
             }
             let text = match ws.read_file(State::Failed, id, ERROR_FILE) {
-                Ok(bytes) => cut(String::from_utf8_lossy(&bytes).into_owned(), MAX_ERROR_TEXT),
+                Ok(bytes) => cut(
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                    MAX_ERROR_TEXT,
+                    "...",
+                ),
                 Err(e) => format!("the job failed and its {ERROR_FILE} is unreadable: {e}"),
             };
             return Err(JobError::Failed(text));
@@ -499,7 +503,7 @@ pub(crate) fn parse_id(raw: &str) -> Result<JobId, JobError> {
     // The queue's error quotes the whole id: hand it no more than the message can show
     // (anything that long is no id either way).
     let (head, _) = prefix(raw, MAX_SHOWN_ID_ERROR);
-    JobId::parse(head).map_err(|e| JobError::Invalid(cut(e.to_string(), MAX_SHOWN_ID_ERROR)))
+    JobId::parse(head).map_err(|e| JobError::Invalid(cut(e.to_string(), MAX_SHOWN_ID_ERROR, "...")))
 }
 
 fn not_found(id: &JobId) -> JobError {
@@ -522,18 +526,6 @@ fn submit_failure(e: QueueError) -> JobError {
         | QueueError::NotFound(_) => queue_failure(e),
         other => JobError::Invalid(other.to_string()),
     }
-}
-
-fn cut(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut at = max;
-        while !text.is_char_boundary(at) {
-            at -= 1;
-        }
-        text.truncate(at);
-        text.push_str("...");
-    }
-    text
 }
 
 #[cfg(test)]
