@@ -14,3 +14,4 @@ mod faults;
 mod patterns;
 mod sandbox;
 mod setup;
+mod startup;

@@ -88,7 +88,7 @@ pub fn main() -> ExitCode {
     match run(args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("flw: error: {e:#}");
+            eprintln!("flw: error: {}", crate::cli::error_chain(&e));
             ExitCode::from(exit::BAD_INPUT)
         }
     }

@@ -210,7 +210,11 @@ impl InProcessDaemon {
             self.signals.request_stop();
             match thread.join() {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => eprintln!("{}: the in-process daemon failed: {e:#}", self.program),
+                Ok(Err(e)) => eprintln!(
+                    "{}: the in-process daemon failed: {}",
+                    self.program,
+                    crate::cli::error_chain(&e)
+                ),
                 Err(_) => eprintln!("{}: the in-process daemon panicked", self.program),
             }
         }
