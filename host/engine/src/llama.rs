@@ -286,21 +286,40 @@ fn random_seed() -> u32 {
     h.finish() as u32
 }
 
+/// Where a slot's job stands. Each step moves it along
+/// `Prefilling → Sampling → (Decoding → Sampling)… → Finished`; a sequence that no slot
+/// holds is idle and goes to the next waiting request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// The prompt is going into the KV cache, a bounded chunk per step.
+    Prefilling,
+    /// Its latest token is in the batch being decoded; the logits at this batch index are
+    /// sampled once the decode is done.
+    Sampling { logits_at: i32 },
+    /// `token` was sampled and goes into the next batch (it waits a step if that is full).
+    Decoding { token: LlamaToken },
+    /// Generation is over; the slot is answered and freed at the end of the step.
+    Finished(Ending),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Generated(Finish),
+    /// The sequence's context is full before the job's token limit.
+    ContextFull,
+}
+
 /// One running job in a sequence slot.
 struct Slot {
     seq: i32,
     reply: Reply,
     cancel: CancelFlag,
     prompt: Vec<LlamaToken>,
-    /// Prompt tokens already decoded into the KV cache.
-    prefilled: usize,
-    /// Position of the next token to decode.
+    phase: Phase,
+    /// Cells of the sequence in the KV cache: the position of the next token. While
+    /// prefilling, the prompt tokens already in.
     pos: i32,
     sampler: LlamaSampler,
-    /// Sampled, not yet decoded.
-    next: Option<LlamaToken>,
-    /// Index in the current batch whose logits this slot samples from.
-    logits_at: Option<i32>,
     out: Vec<u8>,
     generated: u32,
     max_tokens: u32,
@@ -309,6 +328,23 @@ struct Slot {
 impl Slot {
     fn partial(&self) -> String {
         strip_think_blocks(&String::from_utf8_lossy(&self.out))
+    }
+
+    /// What this slot's job gets for `ending`.
+    fn result(&self, ending: Ending, ctx_per_slot: u32) -> Result<Response, EngineError> {
+        match ending {
+            Ending::Generated(finish) => Ok(Response::Text {
+                text: self.partial(),
+                prompt_tokens: self.prompt.len() as u32,
+                generated_tokens: self.generated,
+                finish,
+            }),
+            Ending::ContextFull => Err(EngineError::ContextFull {
+                generated: self.generated,
+                limit: ctx_per_slot as usize,
+                partial: self.partial(),
+            }),
+        }
     }
 }
 
@@ -414,11 +450,9 @@ impl<'m> Scheduler<'m> {
             reply,
             cancel: req.cancel.clone(),
             prompt,
-            prefilled: 0,
+            phase: Phase::Prefilling,
             pos: 0,
             sampler,
-            next: None,
-            logits_at: None,
             out: Vec::new(),
             generated: 0,
             max_tokens: req.max_tokens.unwrap_or(defaults.max_tokens).max(1),
@@ -484,21 +518,24 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    /// One decode of the shared batch, then sampling for every slot that has logits.
+    /// One decode of the shared batch, then sampling for every slot in it.
     fn step(&mut self, batch: &mut LlamaBatch) {
         batch.clear();
         let mut budget = self.config.batch as usize;
-        let decoding = self.slots.iter().any(|s| s.next.is_some());
+        let mut decoding = false;
         for slot in self.slots.iter_mut() {
-            if let Some(token) = slot.next.take() {
-                if batch.add(token, slot.pos, &[slot.seq], true).is_err() {
-                    slot.next = Some(token); // batch full; next step
-                    continue;
-                }
-                slot.logits_at = Some(batch.n_tokens() - 1);
-                slot.pos += 1;
-                budget -= 1;
+            let Phase::Decoding { token } = slot.phase else {
+                continue;
+            };
+            decoding = true;
+            if batch.add(token, slot.pos, &[slot.seq], true).is_err() {
+                continue; // batch full: it stays Decoding until the next step
             }
+            slot.phase = Phase::Sampling {
+                logits_at: batch.n_tokens() - 1,
+            };
+            slot.pos += 1;
+            budget = budget.saturating_sub(1);
         }
         // Prefill gets what is left, bounded while others decode so they are not stalled.
         let mut prefill = if decoding {
@@ -510,27 +547,24 @@ impl<'m> Scheduler<'m> {
             if prefill == 0 {
                 break;
             }
-            let remaining = slot.prompt.len() - slot.prefilled;
-            if remaining == 0 || slot.logits_at.is_some() {
+            if slot.phase != Phase::Prefilling {
                 continue;
             }
-            let take = remaining.min(prefill);
-            for i in 0..take {
-                let idx = slot.prefilled + i;
-                let last = idx + 1 == slot.prompt.len();
-                if batch
-                    .add(slot.prompt[idx], slot.pos, &[slot.seq], last)
-                    .is_err()
-                {
+            let done = slot.pos as usize;
+            let take = (slot.prompt.len() - done).min(prefill);
+            for &token in &slot.prompt[done..done + take] {
+                let last = slot.pos as usize + 1 == slot.prompt.len();
+                if batch.add(token, slot.pos, &[slot.seq], last).is_err() {
                     break;
                 }
                 slot.pos += 1;
+                prefill -= 1;
                 if last {
-                    slot.logits_at = Some(batch.n_tokens() - 1);
+                    slot.phase = Phase::Sampling {
+                        logits_at: batch.n_tokens() - 1,
+                    };
                 }
             }
-            slot.prefilled += take;
-            prefill -= take;
         }
         if batch.n_tokens() == 0 {
             return;
@@ -543,42 +577,37 @@ impl<'m> Scheduler<'m> {
         }
         let vocab = self.model.vocab();
         let limit = self.info.ctx_per_slot as i32;
-        let mut finished = Vec::new();
-        for (i, slot) in self.slots.iter_mut().enumerate() {
-            let Some(at) = slot.logits_at.take() else {
+        for slot in self.slots.iter_mut() {
+            let Phase::Sampling { logits_at } = slot.phase else {
                 continue;
             };
-            let token = slot.sampler.sample(&self.ctx, at);
-            if vocab.is_eog(token) {
-                finished.push((i, Ok(Finish::EndOfGeneration)));
-                continue;
-            }
-            slot.out.extend(vocab.token_to_piece(token, false, None));
-            slot.generated += 1;
-            if slot.generated >= slot.max_tokens {
-                finished.push((i, Ok(Finish::TokenLimit)));
-            } else if slot.pos >= limit {
-                finished.push((i, Err(())));
+            let token = slot.sampler.sample(&self.ctx, logits_at);
+            slot.phase = if vocab.is_eog(token) {
+                Phase::Finished(Ending::Generated(Finish::EndOfGeneration))
             } else {
-                slot.next = Some(token);
-            }
-        }
-        // Remove from the back so indices stay valid.
-        for (i, how) in finished.into_iter().rev() {
-            let slot = self.slots.swap_remove(i);
-            let result = match how {
-                Ok(finish) => Ok(Response::Text {
-                    text: slot.partial(),
-                    prompt_tokens: slot.prompt.len() as u32,
-                    generated_tokens: slot.generated,
-                    finish,
-                }),
-                Err(()) => Err(EngineError::ContextFull {
-                    generated: slot.generated,
-                    limit: limit as usize,
-                    partial: slot.partial(),
-                }),
+                slot.out.extend(vocab.token_to_piece(token, false, None));
+                slot.generated += 1;
+                if slot.generated >= slot.max_tokens {
+                    Phase::Finished(Ending::Generated(Finish::TokenLimit))
+                } else if slot.pos >= limit {
+                    Phase::Finished(Ending::ContextFull)
+                } else {
+                    Phase::Decoding { token }
+                }
             };
+        }
+        self.release_finished();
+    }
+
+    fn release_finished(&mut self) {
+        let mut i = 0;
+        while i < self.slots.len() {
+            let Phase::Finished(ending) = self.slots[i].phase else {
+                i += 1;
+                continue;
+            };
+            let slot = self.slots.swap_remove(i);
+            let result = slot.result(ending, self.info.ctx_per_slot);
             self.release(slot, result);
         }
     }
