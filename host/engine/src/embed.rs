@@ -3,75 +3,38 @@
 //! the generation batch nor stall it; [`embed_text`] is shared with the chat model's
 //! fallback path.
 
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
+use llama_cpp_2::context::params::LlamaPoolingType;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::model::params::LlamaModelParams;
 
-use crate::llama::{backend, decode_threads};
-use crate::{
-    CancelFlag, EmbedderInfo, EngineConfig, EngineError, Request, Response, check_model_file,
-};
-
-type Reply = SyncSender<Result<Response, EngineError>>;
-
-enum Msg {
-    Run(String, CancelFlag, Reply),
-    Shutdown,
-}
+use crate::load::{LoadedModel, ModelRole, decode_threads};
+use crate::model_thread::{ModelThread, Msg};
+use crate::{EmbedderInfo, EngineConfig, EngineError, Request, Response};
 
 /// A loaded embedding model answering requests one at a time on its own thread.
 pub(crate) struct Embedder {
-    tx: Sender<Msg>,
+    thread: ModelThread,
     info: EmbedderInfo,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Embedder {
     /// Loads `path` and creates its context; returns once it can serve.
-    pub(crate) fn start(path: &Path, config: &EngineConfig) -> Result<Embedder, EngineError> {
-        check_model_file(path)?;
-        let path = path.to_owned();
+    pub(crate) fn start(path: PathBuf, config: &EngineConfig) -> Result<Embedder, EngineError> {
         let gpu_layers = config.gpu_layers;
         let threads = decode_threads(config);
         let batch = config.batch;
-        let (tx, rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let thread = std::thread::Builder::new()
-            .name("nrvna-embed".into())
-            .spawn(move || embedder_main(path, gpu_layers, threads, batch, rx, ready_tx))
-            .map_err(|e| EngineError::Config(format!("cannot start embedding thread: {e}")))?;
-        match ready_rx.recv() {
-            Ok(Ok(info)) => Ok(Embedder {
-                tx,
-                info,
-                thread: Some(thread),
-            }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(EngineError::Config(
-                    "embedding thread died while loading".into(),
-                ))
-            }
-        }
+        let (thread, info) = ModelThread::start("embedding", move |rx, ready| {
+            embedder_main(&path, gpu_layers, threads, batch, rx, ready)
+        })?;
+        Ok(Embedder { thread, info })
     }
 
     pub(crate) fn run(&self, request: Request) -> Result<Response, EngineError> {
-        let (reply, rx) = mpsc::sync_channel(1);
-        self.tx
-            .send(Msg::Run(request.prompt, request.cancel, reply))
-            .map_err(|_| EngineError::Stopped)?;
-        rx.recv().map_err(|_| EngineError::Stopped)?
+        self.thread.run(request)
     }
 
     pub(crate) fn info(&self) -> &EmbedderInfo {
@@ -79,62 +42,34 @@ impl Embedder {
     }
 }
 
-impl Drop for Embedder {
-    fn drop(&mut self) {
-        let _ = self.tx.send(Msg::Shutdown);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 fn embedder_main(
-    path: PathBuf,
+    path: &Path,
     gpu_layers: u32,
     threads: i32,
     batch: u32,
     rx: Receiver<Msg>,
     ready: SyncSender<Result<EmbedderInfo, EngineError>>,
 ) {
-    let load_error = |reason: String| EngineError::LoadEmbedding {
-        path: path.display().to_string(),
-        reason,
-    };
-    let loaded = backend().and_then(|backend| {
-        let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
-        LlamaModel::load_from_file(backend, &path, &params)
-            .map(|model| (backend, model))
-            .map_err(|e| load_error(e.to_string()))
-    });
-    let (backend, model) = match loaded {
-        Ok(v) => v,
+    let loaded = match LoadedModel::load(path, gpu_layers, ModelRole::Embedding) {
+        Ok(loaded) => loaded,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let (pooling_type, pooling) = match pooling_of(&model) {
+    let model = loaded.model();
+    let (pooling_type, pooling) = match pooling_of(model) {
         Ok(p) => p,
         Err(reason) => {
-            let _ = ready.send(Err(load_error(reason)));
+            let _ = ready.send(Err(loaded.error(reason)));
             return;
         }
     };
     let max_tokens = embed_context(model.n_ctx_train(), batch);
-    // Encoder models see the whole text at once: one batch, one micro-batch.
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(max_tokens))
-        .with_n_batch(max_tokens)
-        .with_n_ubatch(max_tokens)
-        .with_n_seq_max(1)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads)
-        .with_embeddings(true)
-        .with_pooling_type(pooling_type);
-    let mut ctx = match model.new_context(backend, params) {
+    let mut ctx = match loaded.embedding_context(max_tokens, threads, pooling_type) {
         Ok(ctx) => ctx,
         Err(e) => {
-            let _ = ready.send(Err(load_error(format!(
+            let _ = ready.send(Err(loaded.error(format!(
                 "cannot create an embedding context of {max_tokens} tokens: {e}"
             ))));
             return;
@@ -142,30 +77,30 @@ fn embedder_main(
     };
     let info = EmbedderInfo {
         path: path.display().to_string(),
-        name: model_name(&model, &path),
+        name: loaded.name(),
         dim: model.n_embd_out().max(0) as u32,
         max_tokens,
         pooling,
         size_bytes: model.size(),
     };
     let _ = ready.send(Ok(info.clone()));
-    while let Ok(Msg::Run(prompt, cancel, reply)) = rx.recv() {
-        let result = if cancel.is_cancelled() {
+    while let Ok(Msg::Run(request, reply)) = rx.recv() {
+        let result = if request.cancel.is_cancelled() {
             Err(EngineError::Cancelled {
                 partial: String::new(),
             })
         } else {
-            embed_text(&mut ctx, &model, &prompt, max_tokens as usize, |tokens| {
-                EngineError::EmbeddingTooLong {
+            embed_text(
+                &mut ctx,
+                model,
+                &request.prompt,
+                max_tokens as usize,
+                |tokens| EngineError::EmbeddingTooLong {
                     tokens,
                     limit: max_tokens as usize,
                     model: info.name.clone(),
-                }
-            })
-            .map(|(vector, prompt_tokens)| Response::Embedding {
-                vector,
-                prompt_tokens,
-            })
+                },
+            )
         };
         let _ = reply.send(result);
     }
@@ -202,20 +137,6 @@ fn pooling_from_metadata(raw: Option<&str>) -> Result<(LlamaPoolingType, &'stati
     }
 }
 
-/// `general.name`, else the file name without `.gguf`.
-pub(crate) fn model_name(model: &LlamaModel, path: &Path) -> String {
-    model
-        .meta_val_str("general.name")
-        .ok()
-        .map(|n| n.trim().to_owned())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| {
-            path.file_name()
-                .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_owned())
-                .unwrap_or_else(|| "unknown".into())
-        })
-}
-
 /// Tokenises `text` with the model's special tokens, decodes it in one batch on `ctx` (a
 /// context with embeddings and pooling on), and returns the pooled vector, L2-normalised,
 /// with the token count. A text of no tokens or more than `limit` fails with
@@ -226,7 +147,7 @@ pub(crate) fn embed_text(
     text: &str,
     limit: usize,
     too_long: impl FnOnce(usize) -> EngineError,
-) -> Result<(Vec<f32>, u32), EngineError> {
+) -> Result<Response, EngineError> {
     let tokens = model.vocab().tokenize(text.as_bytes(), true, false);
     if tokens.is_empty() || tokens.len() > limit {
         return Err(too_long(tokens.len()));
@@ -241,7 +162,10 @@ pub(crate) fn embed_text(
     let raw = ctx
         .embeddings_seq_ith(0)
         .map_err(|e| EngineError::Decode(e.to_string()))?;
-    Ok((normalise(raw), tokens.len() as u32))
+    Ok(Response::Embedding {
+        vector: normalise(raw),
+        prompt_tokens: tokens.len() as u32,
+    })
 }
 
 /// `v / |v|` (a zero vector stays as it is).

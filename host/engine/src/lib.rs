@@ -10,7 +10,9 @@ pub mod bench;
 mod config;
 mod embed;
 mod llama;
+mod load;
 mod model_file;
+mod model_thread;
 mod text;
 
 use std::sync::Arc;
