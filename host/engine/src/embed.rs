@@ -1,7 +1,7 @@
-//! Sentence embeddings. A dedicated embedding model (`EngineConfig::embed_model`) is
-//! loaded once on its own thread with its own context, so embedding jobs neither wait for
-//! the generation batch nor stall it; [`embed_text`] is shared with the chat model's
-//! fallback path.
+//! Sentence embeddings, by one of two embedders: a dedicated embedding model
+//! (`EngineConfig::embed_model`, [`Embedder`]) loaded once on its own thread with its own
+//! context, so embedding jobs neither wait for the generation batch nor stall it; else the
+//! chat model itself, mean-pooled ([`ChatModelEmbedder`], run by the engine thread).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -106,9 +106,59 @@ fn embedder_main(
     }
 }
 
+/// Embeddings by the chat model itself, mean-pooled, for when no dedicated embedding model
+/// is configured. Its context is created on first use: most daemons never embed.
+pub(crate) struct ChatModelEmbedder<'m> {
+    chat_model: &'m LoadedModel,
+    /// Most tokens one text may have (and the context's size).
+    limit: u32,
+    threads: i32,
+    ctx: Option<LlamaContext<'m>>,
+}
+
+impl<'m> ChatModelEmbedder<'m> {
+    /// `ctx_per_slot` and `batch` are the generation context's; a text must fit both.
+    pub(crate) fn new(
+        chat_model: &'m LoadedModel,
+        ctx_per_slot: u32,
+        batch: u32,
+        threads: i32,
+    ) -> ChatModelEmbedder<'m> {
+        ChatModelEmbedder {
+            chat_model,
+            limit: ctx_per_slot.min(embed_context(0, batch)),
+            threads,
+            ctx: None,
+        }
+    }
+
+    pub(crate) fn run(&mut self, request: &Request) -> Result<Response, EngineError> {
+        let ctx = match &mut self.ctx {
+            Some(ctx) => ctx,
+            None => {
+                let ctx = self
+                    .chat_model
+                    .embedding_context(self.limit, self.threads, LlamaPoolingType::Mean)
+                    .map_err(|e| {
+                        EngineError::Unsupported(format!("cannot create embedding context: {e}"))
+                    })?;
+                self.ctx.insert(ctx)
+            }
+        };
+        let limit = self.limit as usize;
+        embed_text(
+            ctx,
+            self.chat_model.model(),
+            &request.prompt,
+            limit,
+            |tokens| EngineError::PromptTooLong { tokens, limit },
+        )
+    }
+}
+
 /// Tokens one embedding may have: the model's training context, bounded by the decode
 /// batch (NRVNA_BATCH, at least 512) since the whole text is decoded in one step.
-pub(crate) fn embed_context(n_ctx_train: u32, batch: u32) -> u32 {
+fn embed_context(n_ctx_train: u32, batch: u32) -> u32 {
     let cap = batch.max(512);
     if n_ctx_train == 0 {
         cap
@@ -141,7 +191,7 @@ fn pooling_from_metadata(raw: Option<&str>) -> Result<(LlamaPoolingType, &'stati
 /// context with embeddings and pooling on), and returns the pooled vector, L2-normalised,
 /// with the token count. A text of no tokens or more than `limit` fails with
 /// `too_long(tokens)`.
-pub(crate) fn embed_text(
+fn embed_text(
     ctx: &mut LlamaContext,
     model: &LlamaModel,
     text: &str,

@@ -7,13 +7,12 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaPoolingType;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use crate::embed::{Embedder, embed_context, embed_text};
+use crate::embed::{ChatModelEmbedder, Embedder};
 use crate::load::{LoadedModel, ModelRole, decode_threads};
 use crate::model_thread::{ModelThread, Msg, Reply};
 use crate::text::strip_think_blocks;
@@ -118,13 +117,16 @@ fn engine_main(
     };
     let _ = ready.send(Ok(info.clone()));
     let mut scheduler = Scheduler {
-        loaded: &loaded,
         model: loaded.model(),
         ctx,
-        embed_ctx: None,
+        fallback_embedder: ChatModelEmbedder::new(
+            &loaded,
+            info.ctx_per_slot,
+            config.batch,
+            threads,
+        ),
         config,
         info,
-        threads,
         slots: Vec::new(),
         waiting: VecDeque::new(),
     };
@@ -288,13 +290,11 @@ pub(crate) fn chat_prompt(
 }
 
 struct Scheduler<'m> {
-    loaded: &'m LoadedModel,
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
-    embed_ctx: Option<LlamaContext<'m>>,
+    fallback_embedder: ChatModelEmbedder<'m>,
     config: EngineConfig,
     info: ModelInfo,
-    threads: i32,
     slots: Vec<Slot>,
     waiting: VecDeque<(Box<Request>, Reply)>,
 }
@@ -349,8 +349,7 @@ impl<'m> Scheduler<'m> {
                 continue;
             }
             if req.kind == RequestKind::Embed {
-                let result = self.embed(&req);
-                let _ = reply.send(result);
+                let _ = reply.send(self.fallback_embedder.run(&req));
                 continue;
             }
             let Some(seq) =
@@ -543,31 +542,6 @@ impl<'m> Scheduler<'m> {
             .ctx
             .clear_kv_cache_seq(Some(slot.seq as u32), None, None);
         let _ = slot.reply.send(result);
-    }
-
-    /// An embedding by the chat model itself, mean-pooled (no dedicated embedding model),
-    /// on a second context created on first use.
-    fn embed(&mut self, req: &Request) -> Result<Response, EngineError> {
-        let n_ctx = self
-            .info
-            .ctx_per_slot
-            .min(embed_context(0, self.config.batch));
-        if self.embed_ctx.is_none() {
-            let ctx = self
-                .loaded
-                .embedding_context(n_ctx, self.threads, LlamaPoolingType::Mean)
-                .map_err(|e| {
-                    EngineError::Unsupported(format!("cannot create embedding context: {e}"))
-                })?;
-            self.embed_ctx = Some(ctx);
-        }
-        let Some(ctx) = self.embed_ctx.as_mut() else {
-            return Err(EngineError::Stopped);
-        };
-        let limit = n_ctx as usize;
-        embed_text(ctx, self.model, &req.prompt, limit, |tokens| {
-            EngineError::PromptTooLong { tokens, limit }
-        })
     }
 }
 
