@@ -13,6 +13,8 @@ mod llama;
 mod load;
 mod model_file;
 mod model_thread;
+#[cfg(any(test, feature = "scripted"))]
+pub mod scripted;
 mod text;
 
 use std::sync::Arc;
