@@ -8,6 +8,8 @@
 mod agent;
 mod job;
 mod pending;
+#[cfg(test)]
+mod tests;
 
 pub use agent::{AGENT_ARGS_KEY, AGENT_FILE, AGENT_NAME_KEY, AgentHost};
 pub use job::{GRAMMAR_FILE, JobEnd, run_job, settle};
