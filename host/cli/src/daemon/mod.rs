@@ -14,6 +14,8 @@ pub mod config;
 mod job;
 mod pending;
 mod start;
+#[cfg(test)]
+mod tests;
 
 pub use agent::AgentHost;
 pub use config::{AgentSettings, DaemonConfig};
