@@ -347,9 +347,22 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-/// A guest component built by `tests/build.rs` (fixtures and pattern components alike).
-pub fn guest(name: &str) -> PathBuf {
-    let path = Path::new(env!("NRVNA_GUESTS_DIR")).join(format!("{name}.wasm"));
+/// A WebAssembly component that `tests/build.rs` builds: a fixture in `tests/guests/`
+/// or a pattern in `guests/patterns/`. Each has a constant generated from its crate
+/// (`FX_ECHO`, `MAP_REDUCE`, ...) in `$OUT_DIR/components.rs`, which a test crate
+/// includes, so a misspelt component does not compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Component {
+    /// The crate's package name, the name the component gives itself (`map-reduce`).
+    pub package: &'static str,
+    /// The crate name, the stem of `<name>.wasm`: the agent name the host gives it
+    /// (its `.agents/<name>/` storage, its `[<name>]` log lines).
+    pub name: &'static str,
+}
+
+/// The built `.wasm` file of `component`.
+pub fn guest(component: Component) -> PathBuf {
+    let path = Path::new(env!("NRVNA_GUESTS_DIR")).join(format!("{}.wasm", component.name));
     assert!(path.is_file(), "guest {} was not built", path.display());
     path
 }

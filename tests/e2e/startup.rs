@@ -6,6 +6,8 @@ use std::process::Command;
 
 use nrvna_tests::{TEST_ENV, TestWs, bin, code, guest, model, run, stderr};
 
+use crate::components::FX_ECHO;
+
 /// A job a crashed daemon left in `processing/` after `attempts` starts.
 fn leave_running(ws: &TestWs, attempts: u32) -> String {
     let id = ws.submit(&["left behind by a crash"]);
@@ -21,7 +23,7 @@ fn leave_running(ws: &TestWs, attempts: u32) -> String {
 fn exec_with_model(ws: &TestWs, env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(bin("nrvna"));
     cmd.arg("exec")
-        .arg(guest("fx_echo"))
+        .arg(guest(FX_ECHO))
         .arg("--ws")
         .arg(&ws.path)
         .arg("--model")

@@ -69,21 +69,6 @@ pub fn error_chain(err: &anyhow::Error) -> String {
     text
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cause_already_in_the_message_is_said_once() {
-        let io = std::io::Error::from_raw_os_error(13);
-        let shown = io.to_string();
-        let err = anyhow::Error::new(io).context(format!("cannot open x: {shown}"));
-        assert_eq!(error_chain(&err), format!("cannot open x: {shown}"));
-        let err = anyhow::anyhow!("inner").context("outer");
-        assert_eq!(error_chain(&err), "outer: inner");
-    }
-}
-
 /// Where models are cached: `NRVNA_MODELS_DIR`, else `~/.cache/nrvna/models`.
 pub fn models_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("NRVNA_MODELS_DIR") {
@@ -129,3 +114,18 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
 
 /// The default model of `scripts/setup`, for tools that want one.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let io = std::io::Error::from_raw_os_error(13);
+        let shown = io.to_string();
+        let err = anyhow::Error::new(io).context(format!("cannot open x: {shown}"));
+        assert_eq!(error_chain(&err), format!("cannot open x: {shown}"));
+        let err = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_chain(&err), "outer: inner");
+    }
+}

@@ -61,8 +61,9 @@ enum Command {
 
 const BENCH_HELP: &str = "\
 Sections: engine (the raw llama.cpp ceiling and the daemon end to end for each N, with
-their ratio), pickup (an idle daemon), queue (no model), sandbox (the agent runtime).
-Takes about 20 minutes on the default model on 2 cores (each N runs the raw loop and the
+their ratio), pickup (an idle daemon), queue (no model). The agent runtime's bench runs
+its test fixtures, so it lives with the tests: cargo run --release -p nrvna-tests
+--example bench-sandbox. Takes about 20 minutes on the default model on 2 cores (each N runs the raw loop and the
 daemon twice, in turn; --repeat 1 halves it); docs/benchmarks.md keeps the results.
 
 Examples:
