@@ -179,6 +179,29 @@ pub struct Daemon {
     pub log: PathBuf,
 }
 
+/// `nrvna exec COMPONENT --ws WS --model MODEL -w 1 -- ARGS` with [`TEST_ENV`] and `env`:
+/// a component run on a daemon of its own command.
+pub fn exec_with_model(
+    ws: &TestWs,
+    component: Component,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    let mut cmd = Command::new(bin("nrvna"));
+    cmd.arg("exec")
+        .arg(guest(component))
+        .arg("--ws")
+        .arg(&ws.path)
+        .arg("--model")
+        .arg(model())
+        .args(["-w", "1", "--"])
+        .args(args);
+    for (k, v) in TEST_ENV.iter().chain(env) {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
 /// Settings that keep test jobs short.
 /// One decoding thread per daemon: tests run side by side on small machines, and
 /// llama.cpp's thread barriers degrade badly when threads outnumber cores.

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use nrvna_tests::{
-    Component, Daemon, TEST_ENV, TestWs, bin, code, guest, model, run, stderr, stdout, wait_for,
+    Component, Daemon, TestWs, bin, code, guest, model, run, stderr, stdout, wait_for,
 };
 
 use crate::components::{FX_ECHO, FX_FANOUT, FX_HOSTCALLS, FX_HOSTILE, FX_KV, FX_NEST};
@@ -84,18 +84,7 @@ fn submit_and_follow_round_trip_through_the_daemon() {
 #[test]
 fn exec_with_a_model_runs_its_own_daemon() {
     let ws = TestWs::new();
-    let mut cmd = Command::new(bin("nrvna"));
-    cmd.arg("exec")
-        .arg(guest(FX_ECHO))
-        .arg("--ws")
-        .arg(&ws.path)
-        .arg("--model")
-        .arg(model())
-        .args(["-w", "1", "--", "Name a fruit.", "6"]);
-    for (k, v) in TEST_ENV {
-        cmd.env(k, v);
-    }
-    let out = run(&mut cmd);
+    let out = nrvna_tests::exec_with_model(&ws, FX_ECHO, &["Name a fruit.", "6"], &[]);
     assert_eq!(code(&out), 0, "{}", show(&out));
     let id = stdout(&out)
         .split('|')

@@ -2,9 +2,9 @@
 //! path with one configuration: the same `NRVNA_*` variables, parsed as strictly.
 
 use std::fs;
-use std::process::Command;
+use std::process::{Command, Output};
 
-use nrvna_tests::{TEST_ENV, TestWs, bin, code, guest, model, run, stderr};
+use nrvna_tests::{TestWs, bin, code, model, run, stderr};
 
 use crate::components::FX_ECHO;
 
@@ -20,19 +20,8 @@ fn leave_running(ws: &TestWs, attempts: u32) -> String {
     id
 }
 
-fn exec_with_model(ws: &TestWs, env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(bin("nrvna"));
-    cmd.arg("exec")
-        .arg(guest(FX_ECHO))
-        .arg("--ws")
-        .arg(&ws.path)
-        .arg("--model")
-        .arg(model())
-        .args(["-w", "1", "--", "Name a fruit.", "4"]);
-    for (k, v) in TEST_ENV.iter().chain(env) {
-        cmd.env(k, v);
-    }
-    run(&mut cmd)
+fn exec_with_model(ws: &TestWs, env: &[(&str, &str)]) -> Output {
+    nrvna_tests::exec_with_model(ws, FX_ECHO, &["Name a fruit.", "4"], env)
 }
 
 #[test]
