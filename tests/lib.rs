@@ -179,6 +179,29 @@ pub struct Daemon {
     pub log: PathBuf,
 }
 
+/// `nrvna exec COMPONENT --ws WS --model MODEL -w 1 -- ARGS` with [`TEST_ENV`] and `env`:
+/// a component run on a daemon of its own command.
+pub fn exec_with_model(
+    ws: &TestWs,
+    component: Component,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    let mut cmd = Command::new(bin("nrvna"));
+    cmd.arg("exec")
+        .arg(guest(component))
+        .arg("--ws")
+        .arg(&ws.path)
+        .arg("--model")
+        .arg(model())
+        .args(["-w", "1", "--"])
+        .args(args);
+    for (k, v) in TEST_ENV.iter().chain(env) {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
 /// Settings that keep test jobs short.
 /// One decoding thread per daemon: tests run side by side on small machines, and
 /// llama.cpp's thread barriers degrade badly when threads outnumber cores.
@@ -347,9 +370,22 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-/// A guest component built by `tests/build.rs` (fixtures and pattern components alike).
-pub fn guest(name: &str) -> PathBuf {
-    let path = Path::new(env!("NRVNA_GUESTS_DIR")).join(format!("{name}.wasm"));
+/// A WebAssembly component that `tests/build.rs` builds: a fixture in `tests/guests/`
+/// or a pattern in `guests/patterns/`. Each has a constant generated from its crate
+/// (`FX_ECHO`, `MAP_REDUCE`, ...) in `$OUT_DIR/components.rs`, which a test crate
+/// includes, so a misspelt component does not compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Component {
+    /// The crate's package name, the name the component gives itself (`map-reduce`).
+    pub package: &'static str,
+    /// The crate name, the stem of `<name>.wasm`: the agent name the host gives it
+    /// (its `.agents/<name>/` storage, its `[<name>]` log lines).
+    pub name: &'static str,
+}
+
+/// The built `.wasm` file of `component`.
+pub fn guest(component: Component) -> PathBuf {
+    let path = Path::new(env!("NRVNA_GUESTS_DIR")).join(format!("{}.wasm", component.name));
     assert!(path.is_file(), "guest {} was not built", path.display());
     path
 }

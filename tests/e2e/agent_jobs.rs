@@ -5,6 +5,8 @@ use std::process::Command;
 
 use nrvna_tests::{TestWs, bin, code, guest, run, stderr, stdout};
 
+use crate::components::FX_ECHO;
+
 fn nrvna(args: &[&str]) -> std::process::Output {
     run(Command::new(bin("nrvna")).args(args))
 }
@@ -13,7 +15,7 @@ fn nrvna(args: &[&str]) -> std::process::Output {
 fn an_agent_job_runs_in_the_daemon_and_its_jobs_are_its_children() {
     let ws = TestWs::new();
     let d = ws.daemon(2);
-    let echo = guest("fx_echo");
+    let echo = guest(FX_ECHO);
     let id = ws.submit(&["--agent", echo.to_str().unwrap(), "--", "Say hello.", "6"]);
     let (rc, out, err) = ws.follow(&id);
     assert_eq!(rc, 0, "{err}\n{}", d.log_text());
@@ -35,7 +37,7 @@ fn an_agent_job_runs_in_the_daemon_and_its_jobs_are_its_children() {
 fn an_agent_job_that_returns_an_error_fails_with_it() {
     let ws = TestWs::new();
     let _d = ws.daemon(1);
-    let echo = guest("fx_echo");
+    let echo = guest(FX_ECHO);
     // No arguments: the component returns its usage as an error.
     let id = ws.submit(&["--agent", echo.to_str().unwrap()]);
     let (rc, _, err) = ws.follow(&id);

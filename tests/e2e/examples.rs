@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 
 use nrvna_tests::{TEST_ENV, TestWs, bin, code, guest, model, stderr, stdout};
 
+use crate::components::REFINE;
 use crate::patterns::run_limited;
 
 fn examples() -> PathBuf {
@@ -25,7 +26,7 @@ fn script(kind: &str, name: &str, ws: &Path, args: &[&str]) -> Output {
     let path = examples().join(kind).join(format!("{name}.sh"));
     assert!(path.is_file(), "{} is missing", path.display());
     let bins = bin("nrvna").parent().expect("bin dir").to_owned();
-    let components = guest("refine").parent().expect("guest dir").to_owned();
+    let components = guest(REFINE).parent().expect("guest dir").to_owned();
     let search = std::env::var_os("PATH").unwrap_or_default();
     let mut paths = vec![bins];
     paths.extend(std::env::split_paths(&search));

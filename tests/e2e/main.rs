@@ -5,6 +5,13 @@
 // In tests an unwrap that fails is the test failing, with its location.
 #![allow(clippy::unwrap_used)]
 
+/// The components `tests/build.rs` builds, one constant each (`FX_ECHO`, `REFINE`, ...).
+/// Not `allow(dead_code)` on purpose: a component no test runs is a warning here, and an
+/// error under `clippy -D warnings`.
+mod components {
+    include!(concat!(env!("OUT_DIR"), "/components.rs"));
+}
+
 mod agent_jobs;
 mod cli;
 mod daemon;
@@ -13,3 +20,5 @@ mod examples;
 mod faults;
 mod patterns;
 mod sandbox;
+mod setup;
+mod startup;

@@ -12,18 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nrvna_tests::{Daemon, TestWs, bin, code, guest, model, stderr, stdout, wait_for};
+use nrvna_tests::{Component, Daemon, TestWs, bin, code, guest, model, stderr, stdout, wait_for};
+
+use crate::components::{BATCH, COMPARE, DECOMPOSE, LOOP, MAP_REDUCE, REFINE, RETRY, ROUTE};
 use serde_json::Value;
 
-const PATTERNS: [(&str, &str); 8] = [
-    ("refine", "refine"),
-    ("loop", "loop"),
-    ("route", "route"),
-    ("map-reduce", "map_reduce"),
-    ("batch", "batch"),
-    ("compare", "compare"),
-    ("retry", "retry"),
-    ("decompose", "decompose"),
+const PATTERNS: [Component; 8] = [
+    REFINE, LOOP, ROUTE, MAP_REDUCE, BATCH, COMPARE, RETRY, DECOMPOSE,
 ];
 
 /// Longest a component run may take here before the test fails (instead of hanging).
@@ -42,7 +37,7 @@ fn too_long() -> String {
 }
 
 /// `nrvna exec COMPONENT --ws WS EXEC_ARGS... -- ARGS...`
-fn exec_cmd(ws: &TestWs, component: &str, exec_args: &[&str], args: &[&str]) -> Command {
+fn exec_cmd(ws: &TestWs, component: Component, exec_args: &[&str], args: &[&str]) -> Command {
     let mut cmd = Command::new(bin("nrvna"));
     cmd.arg("exec")
         .arg(guest(component))
@@ -54,7 +49,7 @@ fn exec_cmd(ws: &TestWs, component: &str, exec_args: &[&str], args: &[&str]) -> 
     cmd
 }
 
-fn exec(ws: &TestWs, component: &str, exec_args: &[&str], args: &[&str]) -> Output {
+fn exec(ws: &TestWs, component: Component, exec_args: &[&str], args: &[&str]) -> Output {
     run_limited(exec_cmd(ws, component, exec_args, args))
 }
 
@@ -138,8 +133,9 @@ fn count_in(jobs: &[(String, String)], state: &str) -> usize {
 fn every_pattern_answers_help_and_refuses_bad_args_with_its_usage() {
     let ws = TestWs::new();
     let docs = std::fs::read_to_string(repo().join("docs/patterns.md")).expect("docs/patterns.md");
-    for (name, file) in PATTERNS {
-        let out = exec(&ws, file, &[], &["--help"]);
+    for pattern in PATTERNS {
+        let name = pattern.package;
+        let out = exec(&ws, pattern, &[], &["--help"]);
         assert_eq!(code(&out), 0, "{name} --help: {}", stderr(&out));
         let usage = stdout(&out);
         assert!(
@@ -152,7 +148,7 @@ fn every_pattern_answers_help_and_refuses_bad_args_with_its_usage() {
             "docs/patterns.md does not carry the current usage of {name}:\n{usage}"
         );
 
-        let out = exec(&ws, file, &[], &["--no-such-flag", "x"]);
+        let out = exec(&ws, pattern, &[], &["--no-such-flag", "x"]);
         assert_eq!(
             code(&out),
             1,
@@ -281,7 +277,7 @@ fn refine_chains_draft_critique_and_improve() {
     let _d = ws.daemon(2);
     let out = exec(
         &ws,
-        "refine",
+        REFINE,
         &[],
         &[
             "--rounds",
@@ -329,7 +325,7 @@ fn refine_chains_draft_critique_and_improve() {
 fn refine_as_an_agent_job_makes_its_jobs_children() {
     let ws = TestWs::new();
     let _d = ws.daemon(2);
-    let refine = guest("refine");
+    let refine = guest(REFINE);
     let refine = refine.to_str().expect("utf-8 path");
     let id = ws.submit(&[
         "--agent",
@@ -378,7 +374,7 @@ fn refine_as_an_agent_job_makes_its_jobs_children() {
 fn refine_fails_naming_the_step_whose_job_failed() {
     let ws = TestWs::new();
     let _d = ws.daemon(1);
-    let out = exec(&ws, "refine", &[], &[&too_long()]);
+    let out = exec(&ws, REFINE, &[], &[&too_long()]);
     assert_eq!(code(&out), 1, "{}", stdout(&out));
     let err = stderr(&out);
     assert!(
@@ -410,7 +406,7 @@ fn loop_killed_mid_run_resumes_from_kv_without_redoing_rounds() {
         "24",
         "Write a short story about a lighthouse",
     ];
-    let mut first = exec_cmd(&ws, "loop", &[], &args)
+    let mut first = exec_cmd(&ws, LOOP, &[], &args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -447,7 +443,7 @@ fn loop_killed_mid_run_resumes_from_kv_without_redoing_rounds() {
         "no submit keys recorded"
     );
 
-    let out = exec(&ws, "loop", &[], &args);
+    let out = exec(&ws, LOOP, &[], &args);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
     let headers: Vec<&str> = text
@@ -489,7 +485,7 @@ fn loop_keeps_its_state_when_a_round_fails() {
     let _d = ws.daemon(1);
     let out = exec(
         &ws,
-        "loop",
+        LOOP,
         &["--name", "story"],
         &["--rounds", "2", &too_long()],
     );
@@ -521,7 +517,7 @@ fn loop_keeps_its_state_when_a_round_fails() {
     // key, and fails the same way.
     let out = exec(
         &ws,
-        "loop",
+        LOOP,
         &["--name", "story"],
         &["--rounds", "2", &too_long()],
     );
@@ -558,7 +554,7 @@ fn route_sends_by_rule_default_and_model_within_its_grants() {
     // A rule: main.py goes to the code workspace.
     let v = ok_json(&exec(
         &ws,
-        "route",
+        ROUTE,
         &exec_args,
         &[
             "--rule",
@@ -582,7 +578,7 @@ fn route_sends_by_rule_default_and_model_within_its_grants() {
     // No rule matches: the default, the own workspace, with the template.
     let v = ok_json(&exec(
         &ws,
-        "route",
+        ROUTE,
         &exec_args,
         &[
             "--rule",
@@ -609,7 +605,7 @@ fn route_sends_by_rule_default_and_model_within_its_grants() {
     // The model classifies (constrained to the granted names), or the default wins.
     let v = ok_json(&exec(
         &ws,
-        "route",
+        ROUTE,
         &exec_args,
         &[
             "--classify",
@@ -630,7 +626,7 @@ fn route_sends_by_rule_default_and_model_within_its_grants() {
 
     // A rule naming a route that is not granted is refused before anything is submitted.
     let before = jobs(&ws).len() + jobs(&code_ws).len();
-    let out = exec(&ws, "route", &exec_args, &["--rule", "*=vision", "cat.jpg"]);
+    let out = exec(&ws, ROUTE, &exec_args, &["--rule", "*=vision", "cat.jpg"]);
     assert_eq!(code(&out), 1);
     assert!(
         stderr(&out).contains("\"vision\"") && stderr(&out).contains("granted: code"),
@@ -642,7 +638,7 @@ fn route_sends_by_rule_default_and_model_within_its_grants() {
     // The routed job failing fails the run, naming the route.
     let out = exec(
         &ws,
-        "route",
+        ROUTE,
         &exec_args,
         &["--rule", "word*=code", &too_long()],
     );
@@ -663,7 +659,7 @@ fn map_reduce_synthesises_the_subtasks_that_succeed_and_reports_the_rest() {
     let long = too_long();
     let out = exec(
         &ws,
-        "map_reduce",
+        MAP_REDUCE,
         &[],
         &[
             "--max-tokens",
@@ -710,7 +706,7 @@ fn map_reduce_synthesises_the_subtasks_that_succeed_and_reports_the_rest() {
     assert!(!prompt.contains(&long[..40]), "{prompt}");
 
     // Every subtask failing fails the run, with each error.
-    let out = exec(&ws, "map_reduce", &[], &[&long]);
+    let out = exec(&ws, MAP_REDUCE, &[], &[&long]);
     assert_eq!(code(&out), 1);
     assert!(
         stderr(&out).contains("all 1 subtasks failed"),
@@ -725,7 +721,7 @@ fn map_reduce_splits_a_goal_with_the_model() {
     let _d = ws.daemon(2);
     let v = ok_json(&exec(
         &ws,
-        "map_reduce",
+        MAP_REDUCE,
         &[],
         &[
             "--goal",
@@ -763,7 +759,7 @@ fn batch_keeps_input_order_and_reports_partial_failures() {
     let grant = format!("{}:/data:ro", data.display());
     let out = exec(
         &ws,
-        "batch",
+        BATCH,
         &["--dir", &grant],
         &[
             "--file",
@@ -803,7 +799,7 @@ fn batch_keeps_input_order_and_reports_partial_failures() {
     // Text output: one header per input, in order; the failure marked in place.
     let out = exec(
         &ws,
-        "batch",
+        BATCH,
         &[],
         &["--max-tokens", "8", "Say one.", &long, "Say three."],
     );
@@ -816,7 +812,7 @@ fn batch_keeps_input_order_and_reports_partial_failures() {
     assert_eq!(headers[2], "=== 3: Say three. ===");
 
     // Reading outside the grants is refused with a hint.
-    let out = exec(&ws, "batch", &[], &["--file", "/data/inputs.txt"]);
+    let out = exec(&ws, BATCH, &[], &["--file", "/data/inputs.txt"]);
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("--dir"), "{}", stderr(&out));
 }
@@ -829,7 +825,7 @@ fn compare_samples_its_workspace_and_lets_a_judge_pick() {
     let _d = ws.daemon(2);
     let v = ok_json(&exec(
         &ws,
-        "compare",
+        COMPARE,
         &[],
         &["--max-tokens", "16", "--json", "Name a large animal."],
     ));
@@ -858,7 +854,7 @@ fn compare_samples_its_workspace_and_lets_a_judge_pick() {
     // A target that is not granted is refused up front.
     let out = exec(
         &ws,
-        "compare",
+        COMPARE,
         &[],
         &["--to", "self", "--to", "elsewhere", "hi"],
     );
@@ -881,7 +877,7 @@ fn compare_leaves_out_a_failed_target() {
     let prompt = format!("{} Name a bird.", "Please answer briefly. ".repeat(40));
     let v = ok_json(&exec(
         &ws,
-        "compare",
+        COMPARE,
         &["--route", &grant],
         &[
             "--to",
@@ -922,7 +918,7 @@ fn compare_asks_each_granted_route() {
     let grant = format!("other={}", other.path.display());
     let v = ok_json(&exec(
         &ws,
-        "compare",
+        COMPARE,
         &["--route", &grant],
         &[
             "--to",
@@ -958,7 +954,7 @@ fn retry_accepts_schema_valid_json() {
     let schema = r#"{"type":"object","properties":{"ok":{"type":"boolean"}},"required":["ok"]}"#;
     let out = exec(
         &ws,
-        "retry",
+        RETRY,
         &[],
         &[
             "--schema",
@@ -986,7 +982,7 @@ fn retry_gives_up_after_its_attempts_and_says_why() {
     let started = Instant::now();
     let out = exec(
         &ws,
-        "retry",
+        RETRY,
         &[],
         &[
             "--contains",
@@ -1015,7 +1011,7 @@ fn retry_gives_up_after_its_attempts_and_says_why() {
     // A failed job is retried too; bad input is not.
     let out = exec(
         &ws,
-        "retry",
+        RETRY,
         &[],
         &["--attempts", "2", "--backoff-ms", "0", &too_long()],
     );
@@ -1023,7 +1019,7 @@ fn retry_gives_up_after_its_attempts_and_says_why() {
     assert!(stderr(&out).contains("gave up after 2 attempt(s); last error: failed:"));
     let out = exec(
         &ws,
-        "retry",
+        RETRY,
         &[],
         &["--attempts", "3", "--tag", "bad tag!", "hi"],
     );
@@ -1040,7 +1036,7 @@ fn decompose_solves_subgoals_by_calling_itself() {
     let _d = ws.daemon(2);
     let v = ok_json(&exec(
         &ws,
-        "decompose",
+        DECOMPOSE,
         &[],
         &[
             "--max-depth",
@@ -1079,7 +1075,7 @@ fn decompose_solves_subgoals_by_calling_itself() {
 fn decompose_as_an_agent_job_parents_the_jobs_of_nested_calls() {
     let ws = TestWs::new();
     let _d = ws.daemon(2);
-    let decompose = guest("decompose");
+    let decompose = guest(DECOMPOSE);
     let decompose = decompose.to_str().expect("utf-8 path");
     let id = ws.submit(&[
         "--agent",
@@ -1120,7 +1116,7 @@ fn decompose_at_the_host_depth_limit_fails_clearly() {
     // The host allows one level of agents.call; decompose wants three.
     let out = exec(
         &ws,
-        "decompose",
+        DECOMPOSE,
         &["--max-depth", "1"],
         &[
             "--max-depth",
@@ -1151,7 +1147,7 @@ fn decompose_refuses_a_fan_out_that_would_explode() {
     let ws = TestWs::new();
     let out = exec(
         &ws,
-        "decompose",
+        DECOMPOSE,
         &[],
         &["--max-depth", "6", "--max-subgoals", "3", "goal"],
     );

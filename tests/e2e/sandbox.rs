@@ -3,15 +3,18 @@
 //! hostile ones; each hostile test checks the stop, its message, and that the daemon
 //! still serves other jobs afterwards.
 
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use nrvna_tests::{
-    Daemon, TEST_ENV, TestWs, bin, code, guest, model, run, stderr, stdout, wait_for,
+    Component, Daemon, TestWs, bin, code, guest, model, run, stderr, stdout, wait_for,
 };
 
+use crate::components::{FX_ECHO, FX_FANOUT, FX_HOSTCALLS, FX_HOSTILE, FX_KV, FX_NEST};
+
 /// `nrvna exec COMPONENT --ws WS FLAGS -- ARGS`.
-fn exec(ws: &TestWs, component: &str, flags: &[&str], args: &[&str]) -> Output {
+fn exec(ws: &TestWs, component: Component, flags: &[&str], args: &[&str]) -> Output {
     run(Command::new(bin("nrvna"))
         .arg("exec")
         .arg(guest(component))
@@ -20,6 +23,11 @@ fn exec(ws: &TestWs, component: &str, flags: &[&str], args: &[&str]) -> Output {
         .args(flags)
         .arg("--")
         .args(args))
+}
+
+/// Where the host keeps a component's own storage (its kv) in the workspace.
+fn agent_dir(ws: &TestWs, component: Component) -> PathBuf {
+    ws.path.join(".agents").join(component.name)
 }
 
 fn show(out: &Output) -> String {
@@ -45,7 +53,7 @@ fn assert_daemon_serves(ws: &TestWs) {
 fn submit_and_follow_round_trip_through_the_daemon() {
     let ws = TestWs::new();
     let _d = ws.daemon(2);
-    let out = exec(&ws, "fx_echo", &[], &["Name a colour.", "8"]);
+    let out = exec(&ws, FX_ECHO, &[], &["Name a colour.", "8"]);
     assert_eq!(code(&out), 0, "{}", show(&out));
     let text = stdout(&out);
     let mut parts = text.trim_end_matches('\n').splitn(4, '|');
@@ -67,7 +75,7 @@ fn submit_and_follow_round_trip_through_the_daemon() {
     assert!(meta.get("parent").is_none(), "{meta}");
     // The component's log reaches stderr, labelled with its name.
     assert!(
-        stderr(&out).contains(&format!("[fx_echo] info: submitted {id}")),
+        stderr(&out).contains(&format!("[{}] info: submitted {id}", FX_ECHO.name)),
         "{}",
         show(&out)
     );
@@ -76,18 +84,7 @@ fn submit_and_follow_round_trip_through_the_daemon() {
 #[test]
 fn exec_with_a_model_runs_its_own_daemon() {
     let ws = TestWs::new();
-    let mut cmd = Command::new(bin("nrvna"));
-    cmd.arg("exec")
-        .arg(guest("fx_echo"))
-        .arg("--ws")
-        .arg(&ws.path)
-        .arg("--model")
-        .arg(model())
-        .args(["-w", "1", "--", "Name a fruit.", "6"]);
-    for (k, v) in TEST_ENV {
-        cmd.env(k, v);
-    }
-    let out = run(&mut cmd);
+    let out = nrvna_tests::exec_with_model(&ws, FX_ECHO, &["Name a fruit.", "6"], &[]);
     assert_eq!(code(&out), 0, "{}", show(&out));
     let id = stdout(&out)
         .split('|')
@@ -110,7 +107,7 @@ fn parallel_submit_then_wait_any_and_wait_all() {
         "Name a city.",
         "Name a tool.",
     ];
-    let out = exec(&ws, "fx_fanout", &[], &prompts);
+    let out = exec(&ws, FX_FANOUT, &[], &prompts);
     assert_eq!(code(&out), 0, "{}", show(&out));
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
@@ -130,18 +127,18 @@ fn parallel_submit_then_wait_any_and_wait_all() {
 fn kv_persists_across_runs_per_agent() {
     let ws = TestWs::new();
     for expected in ["1", "2", "3"] {
-        let out = exec(&ws, "fx_kv", &[], &["count"]);
+        let out = exec(&ws, FX_KV, &[], &["count"]);
         assert_eq!(code(&out), 0, "{}", show(&out));
         assert_eq!(stdout(&out).trim(), expected);
     }
-    let stored = ws.path.join(".agents/fx_kv/kv/k_runs~count");
+    let stored = agent_dir(&ws, FX_KV).join("kv/k_runs~count");
     assert_eq!(std::fs::read_to_string(&stored).expect("stored value"), "3");
     // Another name is another namespace.
-    let out = exec(&ws, "fx_kv", &["--name", "other"], &["count"]);
+    let out = exec(&ws, FX_KV, &["--name", "other"], &["count"]);
     assert_eq!(stdout(&out).trim(), "1", "{}", show(&out));
-    let out = exec(&ws, "fx_kv", &[], &["list", "runs/"]);
+    let out = exec(&ws, FX_KV, &[], &["list", "runs/"]);
     assert_eq!(stdout(&out).trim(), "runs/count");
-    let out = exec(&ws, "fx_kv", &[], &["delete", "runs/count"]);
+    let out = exec(&ws, FX_KV, &[], &["delete", "runs/count"]);
     assert_eq!(stdout(&out).trim(), "Ok(None)", "{}", show(&out));
     assert!(!stored.exists());
 }
@@ -149,7 +146,7 @@ fn kv_persists_across_runs_per_agent() {
 #[test]
 fn kv_refuses_hostile_keys_and_oversize_values() {
     let ws = TestWs::new();
-    let out = exec(&ws, "fx_kv", &[], &["bad-keys"]);
+    let out = exec(&ws, FX_KV, &[], &["bad-keys"]);
     assert_eq!(code(&out), 0, "{}", show(&out));
     let text = stdout(&out);
     for line in text.lines() {
@@ -161,22 +158,33 @@ fn kv_refuses_hostile_keys_and_oversize_values() {
         }
     }
     assert!(text.contains("the limit is 1048576 bytes"), "{text}");
-    assert!(ws.path.join(".agents/fx_kv/kv/k_~abs").is_file());
+    assert!(agent_dir(&ws, FX_KV).join("kv/k_~abs").is_file());
     assert!(!ws.path.join(".agents/escape").exists());
-    assert!(!ws.path.join(".agents/fx_kv/escape").exists());
+    assert!(!agent_dir(&ws, FX_KV).join("escape").exists());
+}
+
+#[test]
+fn the_host_calls_the_bench_times_all_succeed() {
+    // bench-sandbox divides the time of N calls by N: a failing call would skew it.
+    let ws = TestWs::new();
+    for kind in ["log", "routes", "status", "kv-get"] {
+        let out = exec(&ws, FX_HOSTCALLS, &[], &[kind, "3"]);
+        assert_eq!(code(&out), 0, "{kind}: {}", show(&out));
+        assert_eq!(stdout(&out).trim(), "3", "{kind}: {}", show(&out));
+    }
 }
 
 #[test]
 fn agents_call_nests_and_granted_agents_get_their_own_storage() {
     let ws = TestWs::new();
-    let out = exec(&ws, "fx_nest", &[], &["3"]);
+    let out = exec(&ws, FX_NEST, &[], &["3"]);
     assert_eq!(code(&out), 0, "{}", show(&out));
     assert_eq!(stdout(&out).trim(), "nest(3)>nest(2)>nest(1)>nest(0)");
 
-    let helper = format!("helper={}", guest("fx_kv").display());
+    let helper = format!("helper={}", guest(FX_KV).display());
     let out = exec(
         &ws,
-        "fx_nest",
+        FX_NEST,
         &["--agent", &helper],
         &["call", "helper", "count"],
     );
@@ -185,7 +193,7 @@ fn agents_call_nests_and_granted_agents_get_their_own_storage() {
     assert!(ws.path.join(".agents/helper/kv/k_runs~count").is_file());
 
     // Not granted: denied, and the component can say so.
-    let out = exec(&ws, "fx_nest", &[], &["call", "helper", "count"]);
+    let out = exec(&ws, FX_NEST, &[], &["call", "helper", "count"]);
     assert_eq!(code(&out), 1, "{}", show(&out));
     assert!(stderr(&out).contains("Denied") && stderr(&out).contains("not granted"));
 }
@@ -193,7 +201,7 @@ fn agents_call_nests_and_granted_agents_get_their_own_storage() {
 #[test]
 fn grants_env_and_directories_explicitly() {
     let ws = TestWs::new();
-    let out = exec(&ws, "fx_hostile", &["--env", "GREETING=hi"], &["env"]);
+    let out = exec(&ws, FX_HOSTILE, &["--env", "GREETING=hi"], &["env"]);
     // Only what was granted: none of the host's variables (PATH, HOME, ...).
     assert_eq!(stdout(&out).trim(), "GREETING=hi", "{}", show(&out));
 
@@ -201,12 +209,7 @@ fn grants_env_and_directories_explicitly() {
     std::fs::create_dir_all(&data).expect("data dir");
     std::fs::write(data.join("in.txt"), "granted text").expect("data file");
     let rw = format!("{}:/data", data.display());
-    let out = exec(
-        &ws,
-        "fx_hostile",
-        &["--dir", &rw],
-        &["read", "/data/in.txt"],
-    );
+    let out = exec(&ws, FX_HOSTILE, &["--dir", &rw], &["read", "/data/in.txt"]);
     assert!(
         stdout(&out).contains("OK 12 bytes: granted text"),
         "{}",
@@ -214,7 +217,7 @@ fn grants_env_and_directories_explicitly() {
     );
     let out = exec(
         &ws,
-        "fx_hostile",
+        FX_HOSTILE,
         &["--dir", &rw],
         &["write", "/data/out.txt", "x"],
     );
@@ -229,7 +232,7 @@ fn grants_env_and_directories_explicitly() {
     let ro = format!("{}:/data:ro", data.display());
     let out = exec(
         &ws,
-        "fx_hostile",
+        FX_HOSTILE,
         &["--dir", &ro],
         &["write", "/data/new.txt", "x"],
     );
@@ -244,7 +247,7 @@ fn the_compile_cache_is_used_on_the_second_start() {
     let cache = ws.scratch().join("cache");
     let flag = cache.display().to_string();
     for _ in 0..2 {
-        let out = exec(&ws, "fx_kv", &["--cache-dir", &flag], &["count"]);
+        let out = exec(&ws, FX_KV, &["--cache-dir", &flag], &["count"]);
         assert_eq!(code(&out), 0, "{}", show(&out));
     }
     let artifacts: Vec<_> = std::fs::read_dir(&cache)
@@ -257,7 +260,7 @@ fn the_compile_cache_is_used_on_the_second_start() {
     // A corrupt artifact is recompiled, not trusted.
     let path = cache.join(&artifacts[0]);
     std::fs::write(&path, b"garbage").expect("corrupt");
-    let out = exec(&ws, "fx_kv", &["--cache-dir", &flag], &["count"]);
+    let out = exec(&ws, FX_KV, &["--cache-dir", &flag], &["count"]);
     assert_eq!(stdout(&out).trim(), "3", "{}", show(&out));
     assert!(std::fs::metadata(&path).expect("rewritten").len() > 1000);
 }
@@ -270,7 +273,7 @@ fn a_component_blocked_in_follow_blocks_only_itself() {
     let idle = TestWs::new();
     let route = format!("idle={}", idle.path.display());
     let _d = Daemon::start(&ws.path, &model(), 2, &["--route", &route], &[]);
-    let hostile = guest("fx_hostile");
+    let hostile = guest(FX_HOSTILE);
     let stuck = ws.submit(&[
         "--agent",
         hostile.to_str().unwrap_or_default(),
@@ -285,7 +288,7 @@ fn a_component_blocked_in_follow_blocks_only_itself() {
             == 1),
         "the stuck agent never submitted its job"
     );
-    let kv = guest("fx_kv");
+    let kv = guest(FX_KV);
     let counter = ws.submit(&["--agent", kv.to_str().unwrap_or_default(), "--", "count"]);
     let (rc, out, err) = ws.follow(&counter);
     assert_eq!((rc, out.trim()), (0, "1"), "{err}");
@@ -319,7 +322,7 @@ fn an_infinite_loop_is_stopped_by_the_cpu_limit() {
     let ws = TestWs::new();
     let _d = ws.daemon(1);
     let started = Instant::now();
-    let out = exec(&ws, "fx_hostile", &["--cpu", "1s"], &["spin"]);
+    let out = exec(&ws, FX_HOSTILE, &["--cpu", "1s"], &["spin"]);
     assert_eq!(code(&out), 3, "{}", show(&out));
     assert!(
         stderr(&out).contains("cpu time limit reached") && stderr(&out).contains("--cpu"),
@@ -334,7 +337,7 @@ fn an_infinite_loop_is_stopped_by_the_cpu_limit() {
 fn a_memory_bomb_is_stopped_by_the_memory_limit() {
     let ws = TestWs::new();
     let _d = ws.daemon(1);
-    let out = exec(&ws, "fx_hostile", &["--memory", "64M"], &["membomb"]);
+    let out = exec(&ws, FX_HOSTILE, &["--memory", "64M"], &["membomb"]);
     assert_eq!(code(&out), 3, "{}", show(&out));
     let err = stderr(&out);
     assert!(
@@ -351,7 +354,7 @@ fn a_memory_bomb_is_stopped_by_the_memory_limit() {
 fn files_outside_the_grants_cannot_be_read() {
     let ws = TestWs::new();
     let _d = ws.daemon(1);
-    let out = exec(&ws, "fx_hostile", &[], &["read-passwd"]);
+    let out = exec(&ws, FX_HOSTILE, &[], &["read-passwd"]);
     assert_eq!(code(&out), 0, "{}", show(&out));
     assert!(stdout(&out).contains("refused") && !stdout(&out).contains("root:"));
 
@@ -364,7 +367,7 @@ fn files_outside_the_grants_cannot_be_read() {
     std::os::unix::fs::symlink(&root, data.join("linkdir")).expect("symlink");
     let grant = format!("{}:/data", data.display());
     for mode in ["escape-dotdot", "escape-symlink"] {
-        let out = exec(&ws, "fx_hostile", &["--dir", &grant], &[mode, "/data"]);
+        let out = exec(&ws, FX_HOSTILE, &["--dir", &grant], &[mode, "/data"]);
         assert_eq!(code(&out), 0, "{}", show(&out));
         let text = stdout(&out);
         assert!(
@@ -384,7 +387,7 @@ fn files_outside_the_grants_cannot_be_read() {
 fn hostile_job_ids_are_invalid_never_paths() {
     let ws = TestWs::new();
     let _d = ws.daemon(1);
-    let out = exec(&ws, "fx_hostile", &[], &["bad-ids"]);
+    let out = exec(&ws, FX_HOSTILE, &[], &["bad-ids"]);
     assert_eq!(code(&out), 0, "{}", show(&out));
     let text = stdout(&out);
     assert_eq!(text.lines().count(), 9 * 3 + 1 + 9, "{text}");
@@ -400,7 +403,7 @@ fn hostile_job_ids_are_invalid_never_paths() {
 fn a_flood_of_100000_jobs_hits_the_quota() {
     let ws = TestWs::new();
     let _d = ws.daemon(1);
-    let out = exec(&ws, "fx_hostile", &[], &["flood", "100000"]);
+    let out = exec(&ws, FX_HOSTILE, &[], &["flood", "100000"]);
     assert_eq!(code(&out), 0, "{}", show(&out));
     let text = stdout(&out);
     let counts: Vec<u64> = text
@@ -432,7 +435,7 @@ fn a_flood_of_100000_jobs_hits_the_quota() {
     );
     assert_daemon_serves(&ws);
 
-    let out = exec(&ws, "fx_hostile", &["--max-jobs", "10"], &["flood", "1000"]);
+    let out = exec(&ws, FX_HOSTILE, &["--max-jobs", "10"], &["flood", "1000"]);
     assert!(
         stdout(&out).starts_with("submitted 10 quota 990 other 0"),
         "{}",
@@ -445,7 +448,7 @@ fn a_flood_of_100000_jobs_hits_the_quota() {
 fn a_route_not_granted_is_denied() {
     let ws = TestWs::new();
     let _d = ws.daemon(1);
-    let out = exec(&ws, "fx_hostile", &[], &["route", "other"]);
+    let out = exec(&ws, FX_HOSTILE, &[], &["route", "other"]);
     assert_eq!(code(&out), 0, "{}", show(&out));
     assert!(stdout(&out).contains("routes []"));
     assert!(
@@ -457,7 +460,7 @@ fn a_route_not_granted_is_denied() {
     let grant = format!("other={}", other.path.display());
     let out = exec(
         &ws,
-        "fx_hostile",
+        FX_HOSTILE,
         &["--route", &grant, "--keep-jobs"],
         &["route", "other"],
     );
@@ -483,7 +486,7 @@ fn a_1_gib_prompt_is_refused_before_the_host_copies_it() {
     let gib = (1u64 << 30).to_string();
     let out = exec(
         &ws,
-        "fx_hostile",
+        FX_HOSTILE,
         &["--memory", "1200M"],
         &["huge-prompt", &gib],
     );
@@ -495,7 +498,7 @@ fn a_1_gib_prompt_is_refused_before_the_host_copies_it() {
         show(&out)
     );
     // Under the host-call limit but over the prompt limit: an error it can handle.
-    let out = exec(&ws, "fx_hostile", &[], &["huge-prompt", "5000000"]);
+    let out = exec(&ws, FX_HOSTILE, &[], &["huge-prompt", "5000000"]);
     assert_eq!(code(&out), 0, "{}", show(&out));
     assert!(
         stdout(&out).contains("Invalid") && stdout(&out).contains("--max-prompt-bytes"),
@@ -510,7 +513,7 @@ fn a_1_gib_prompt_is_refused_before_the_host_copies_it() {
 fn recursion_past_the_depth_limit_is_a_quota_error() {
     let ws = TestWs::new();
     let _d = ws.daemon(1);
-    let out = exec(&ws, "fx_nest", &[], &["forever"]);
+    let out = exec(&ws, FX_NEST, &[], &["forever"]);
     assert_eq!(code(&out), 1, "{}", show(&out));
     let err = stderr(&out);
     assert!(
@@ -518,7 +521,7 @@ fn recursion_past_the_depth_limit_is_a_quota_error() {
         "{}",
         show(&out)
     );
-    let out = exec(&ws, "fx_nest", &["--max-depth", "2"], &["forever"]);
+    let out = exec(&ws, FX_NEST, &["--max-depth", "2"], &["forever"]);
     assert!(
         stderr(&out).contains("would nest 3 deep; the limit is 2"),
         "{}",
@@ -532,7 +535,7 @@ fn a_run_stuck_in_follow_is_stopped_by_the_wall_clock() {
     // No daemon: the job it follows never ends.
     let ws = TestWs::new();
     let started = Instant::now();
-    let out = exec(&ws, "fx_hostile", &["--timeout", "2s"], &["stuck-follow"]);
+    let out = exec(&ws, FX_HOSTILE, &["--timeout", "2s"], &["stuck-follow"]);
     assert_eq!(code(&out), 3, "{}", show(&out));
     assert!(
         stderr(&out)
@@ -551,12 +554,13 @@ fn a_run_stuck_in_follow_is_stopped_by_the_wall_clock() {
 #[test]
 fn a_panic_is_reported_as_a_crash() {
     let ws = TestWs::new();
-    let out = exec(&ws, "fx_hostile", &[], &["panic"]);
+    let out = exec(&ws, FX_HOSTILE, &[], &["panic"]);
     assert_eq!(code(&out), 4, "{}", show(&out));
     let err = stderr(&out);
     assert!(err.contains("the component crashed: wasm trap"), "{err}");
     assert!(
-        err.contains("[fx_hostile stderr] warn: ") && err.contains("panicked on purpose"),
+        err.contains(&format!("[{} stderr] warn: ", FX_HOSTILE.name))
+            && err.contains("panicked on purpose"),
         "{err}"
     );
 }
@@ -568,9 +572,9 @@ fn hostile_agent_jobs_fail_alone_inside_the_daemon() {
     let ws = TestWs::new();
     let flags = ["--cpu", "2s", "--memory", "1200M", "--timeout", "120s"];
     let d = Daemon::start(&ws.path, &model(), 2, &flags, &[]);
-    let hostile = guest("fx_hostile");
+    let hostile = guest(FX_HOSTILE);
     let hostile = hostile.to_str().unwrap_or_default();
-    let nest = guest("fx_nest");
+    let nest = guest(FX_NEST);
     let gib = (1u64 << 30).to_string();
     let cases: [(&[&str], &str); 5] = [
         (
@@ -606,7 +610,7 @@ fn hostile_agent_jobs_fail_alone_inside_the_daemon() {
         );
     }
     assert_daemon_serves(&ws);
-    let kv = guest("fx_kv");
+    let kv = guest(FX_KV);
     let counter = ws.submit(&["--agent", kv.to_str().unwrap_or_default(), "--", "count"]);
     assert_eq!(ws.follow(&counter).1.trim(), "1");
 }
@@ -628,10 +632,10 @@ fn exec_help_teaches_and_bad_input_fails_clearly() {
         assert!(help.contains(needle), "{needle} missing from:\n{help}");
     }
     let ws = TestWs::new();
-    let out = run(Command::new(bin("nrvna")).arg("exec").arg(guest("fx_kv")));
+    let out = run(Command::new(bin("nrvna")).arg("exec").arg(guest(FX_KV)));
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("give --ws WS"), "{}", show(&out));
-    let out = exec(&ws, "fx_kv", &["--dir", "/definitely/missing"], &[]);
+    let out = exec(&ws, FX_KV, &["--dir", "/definitely/missing"], &[]);
     assert_eq!(code(&out), 2, "{}", show(&out));
     assert!(
         stderr(&out).contains("cannot open the host directory"),

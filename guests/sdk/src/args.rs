@@ -2,6 +2,9 @@
 //! `--` (everything after it is a word), and words. Errors are `String`s that end with
 //! the component's usage text, ready to return from `run`.
 //!
+//! A component usually lets [`Parser::read`] walk the arguments (see [`crate::command`]);
+//! walking them by hand looks like this:
+//!
 //! ```ignore
 //! let mut p = Parser::new("refine", USAGE, args);
 //! while let Some(arg) = p.next()? {

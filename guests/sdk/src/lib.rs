@@ -25,8 +25,10 @@
 //! `target/wasm32-wasip2/release/<crate>.wasm`. Run it with `nrvna exec`.
 //!
 //! Modules: [`jobs`] (submit, follow, fan-out), [`retry`], [`kv`], [`log`], [`agents`],
-//! [`args`] (a small argument parser with usage errors), [`text`] (lenient parsing of
-//! model output), [`json`] (finding and checking JSON in model output).
+//! [`args`] (a small argument parser with usage errors), [`command`] (a component run
+//! like a command: `--help`, flags, words, then the work; [`export_command!`]),
+//! [`text`] (lenient parsing of model output), [`json`] (finding and checking JSON in
+//! model output).
 
 // The generated bindings and the export macro name this crate by its own name, so that
 // they resolve the same inside this crate and in the components that use it.
@@ -51,6 +53,7 @@ pub use wit_bindgen::rt as __rt;
 
 pub mod agents;
 pub mod args;
+pub mod command;
 mod error;
 pub mod jobs;
 pub mod json;
@@ -90,8 +93,10 @@ macro_rules! export_agent {
 /// Everything a component usually needs, for `use nrvna_guest::prelude::*;`.
 pub mod prelude {
     pub use crate::args::{Arg, Parser};
+    pub use crate::command::Flags;
     pub use crate::{
-        Agent, Context, Error, Job, JobId, Options, Output, Retry, ask, call, export_agent, follow,
-        follow_all, follow_output, kv, log, route_of, routes, run_all, submit, submit_all,
+        Agent, Context, Error, Job, JobId, Options, Output, Retry, ask, call, export_agent,
+        export_command, follow, follow_all, follow_output, kv, log, route_of, routes, run_all,
+        submit, submit_all,
     };
 }

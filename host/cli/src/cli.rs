@@ -6,6 +6,14 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::Parser;
 
+/// `-v`/`--version` (and `-V`), as the predecessor had, for every program.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct VersionFlag {
+    /// Print the version (-V works too)
+    #[arg(short = 'v', short_alias = 'V', long, action = clap::ArgAction::Version)]
+    version: Option<bool>,
+}
+
 /// Logs go to stderr; stdout stays machine-readable. `NRVNA_LOG` sets the filter.
 pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NRVNA_LOG")
@@ -40,8 +48,25 @@ where
 
 /// Prints `error: ...` with its causes and returns `code`.
 pub fn report(program: &str, err: &anyhow::Error, code: u8) -> ExitCode {
-    eprintln!("{program}: error: {err:#}");
+    eprintln!("{program}: error: {}", error_chain(err));
     ExitCode::from(code)
+}
+
+/// An error and its causes on one line, each said once: a cause whose text a message
+/// before it already holds (many library errors repeat their source) is left out.
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Where models are cached: `NRVNA_MODELS_DIR`, else `~/.cache/nrvna/models`.
@@ -89,3 +114,18 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
 
 /// The default model of `scripts/setup`, for tools that want one.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let io = std::io::Error::from_raw_os_error(13);
+        let shown = io.to_string();
+        let err = anyhow::Error::new(io).context(format!("cannot open x: {shown}"));
+        assert_eq!(error_chain(&err), format!("cannot open x: {shown}"));
+        let err = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_chain(&err), "outer: inner");
+    }
+}

@@ -23,32 +23,23 @@ pub struct GrantArgs {
     /// Grant a component for agents.call (NAME=PATH); repeatable
     #[arg(long = "agent", value_name = "NAME=PATH")]
     pub agents: Vec<AgentGrant>,
-    /// Linear memory of the run [default: 256M]
-    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    #[arg(help = format!("Linear memory of the run [default: {}]", show_size(Limits::default().memory_bytes)), long, value_name = "SIZE", value_parser = parse_bytes)]
     pub memory: Option<u64>,
-    /// Time executing guest code [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(help = format!("Time executing guest code [default: {}]", show_time(Limits::default().cpu)), long, value_name = "DURATION", value_parser = parse_duration)]
     pub cpu: Option<Duration>,
-    /// Wall-clock time of the run [default: 600s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(help = format!("Wall-clock time of the run [default: {}]", show_time(Limits::default().wall)), long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
-    /// Jobs the run may submit [default: 1000]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(help = format!("Jobs the run may submit [default: {}]", Limits::default().max_jobs), long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_jobs: Option<u64>,
-    /// Jobs queued or running at once [default: 64]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(help = format!("Jobs queued or running at once [default: {}]", Limits::default().max_in_flight), long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_in_flight: Option<u64>,
-    /// Bytes of one prompt with its system message [default: 1M]
-    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    #[arg(help = format!("Bytes of one prompt with its system message [default: {}]", show_size(Limits::default().max_prompt_bytes)), long, value_name = "SIZE", value_parser = parse_bytes)]
     pub max_prompt_bytes: Option<u64>,
-    /// agents.call nesting [default: 16]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1000))]
+    #[arg(help = format!("agents.call nesting [default: {}]", Limits::default().max_depth), long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub max_depth: Option<u32>,
-    /// Bytes the component may pass to one host call [default: 16M]
-    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    #[arg(help = format!("Bytes the component may pass to one host call [default: {}]", show_size(Limits::default().hostcall_bytes)), long, value_name = "SIZE", value_parser = parse_bytes)]
     pub max_hostcall_bytes: Option<u64>,
-    /// Log bytes before lines are dropped [default: 1M]
-    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    #[arg(help = format!("Log bytes before lines are dropped [default: {}]", show_size(Limits::default().log_bytes)), long, value_name = "SIZE", value_parser = parse_bytes)]
     pub max_log_bytes: Option<u64>,
 }
 
@@ -80,6 +71,74 @@ impl GrantArgs {
         }
         Ok(grants)
     }
+}
+
+/// A byte count as the flags take it: `256M`, `1M`, `512K`, `1000`.
+pub fn show_size(bytes: u64) -> String {
+    for (unit, shift) in [("G", 30), ("M", 20), ("K", 10)] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// A duration as the flags take it: `60s`, `250ms`.
+pub fn show_time(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// The limits table of `nrvna exec --help`, with the sandbox's defaults.
+pub fn limits_help() -> String {
+    let d = Limits::default();
+    let rows = [
+        ("--memory SIZE", "linear memory", show_size(d.memory_bytes)),
+        (
+            "--cpu DURATION",
+            "time executing guest code",
+            show_time(d.cpu),
+        ),
+        (
+            "--timeout DURATION",
+            "wall-clock time, waits included",
+            show_time(d.wall),
+        ),
+        ("--max-jobs N", "jobs submitted", d.max_jobs.to_string()),
+        (
+            "--max-in-flight N",
+            "jobs queued or running at once",
+            d.max_in_flight.to_string(),
+        ),
+        (
+            "--max-prompt-bytes SIZE",
+            "one prompt with its system message",
+            show_size(d.max_prompt_bytes),
+        ),
+        (
+            "--max-depth N",
+            "agents.call nesting",
+            d.max_depth.to_string(),
+        ),
+        (
+            "--max-hostcall-bytes SIZE",
+            "bytes passed to one host call",
+            show_size(d.hostcall_bytes),
+        ),
+        (
+            "--max-log-bytes SIZE",
+            "log before lines are dropped",
+            show_size(d.log_bytes),
+        ),
+    ];
+    let mut out = String::from("Limits (for the whole run, nested agents.call included):\n");
+    for (flag, what, default) in rows {
+        out.push_str(&format!("  {flag:<25}{what:<39}{default}\n"));
+    }
+    out
 }
 
 /// Where compiled components are cached: `$XDG_CACHE_HOME/nrvna/wasm` or

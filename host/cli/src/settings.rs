@@ -47,24 +47,6 @@ where
     Ok(env_in(name, min, max)?.unwrap_or(default))
 }
 
-/// Every variable the daemon reads, for `--help` and the docs.
-pub const DAEMON_ENV_HELP: &str = "\
-Environment (parsed strictly; a bad value stops start-up):
-  NRVNA_PREDICT       max tokens generated per job            768      (1-65536)
-  NRVNA_TEMP          sampling temperature (0 = greedy)        0.8      (0-5)
-  NRVNA_CTX           context per job, in tokens               8192     (64-1048576)
-  NRVNA_BATCH         max tokens decoded per step              2048     (1-65536)
-  NRVNA_GPU_LAYERS    layers offloaded to the GPU (cuda build) 0        (0-10000)
-  NRVNA_SEED          default sampling seed                    random   (0-4294967295)
-  NRVNA_TOP_K         top-k sampling (0 = off)                 40       (0-100000)
-  NRVNA_TOP_P         top-p sampling                           0.95     (0.01-1)
-  NRVNA_THREADS       CPU threads for decoding                 all      (1-1024)
-  NRVNA_WORKERS       jobs decoded together (-w wins)          4        (1-64)
-  NRVNA_MAX_ATTEMPTS  starts before a crashing job fails       3        (1-100)
-  NRVNA_MODELS_DIR    where a bare model name is looked up     ~/.cache/nrvna/models
-  NRVNA_EMBED_MODEL   embedding model (--embed-model wins)     the chat model, mean-pooled
-  NRVNA_LOG           log filter (error, warn, info, debug)    info";
-
 #[cfg(test)]
 mod tests {
     use super::*;

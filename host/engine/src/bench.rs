@@ -2,16 +2,14 @@
 //! (chat-templated prompt prefill, then sampling and decoding every sequence in one
 //! batch per step), in a tight loop with no queue, files or threads around it.
 
-use std::num::NonZeroU32;
 use std::time::Instant;
 
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 
-use crate::{EngineConfig, EngineError, check_model_file};
+use crate::llama::chat_prompt;
+use crate::load::{LoadedModel, ModelRole, decode_threads};
+use crate::{EngineConfig, EngineError};
 
 /// What one raw run measured.
 #[derive(Debug, Clone, Copy)]
@@ -38,36 +36,15 @@ pub fn raw_decode(
     prompt: &str,
     tokens: u32,
 ) -> Result<RawRun, EngineError> {
-    check_model_file(&config.model)?;
-    let backend = crate::llama::backend()?;
-    let params = LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers);
-    let model = LlamaModel::load_from_file(backend, &config.model, &params).map_err(|e| {
-        EngineError::Load {
-            path: config.model.display().to_string(),
-            reason: e.to_string(),
-        }
-    })?;
-    let threads = crate::llama::decode_threads(config);
-    let ctx_params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(config.ctx_per_slot * sequences as u32))
-        .with_n_batch(config.batch)
-        .with_n_seq_max(sequences as u32)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads)
-        .with_kv_unified(false);
-    let mut ctx = model
-        .new_context(backend, ctx_params)
-        .map_err(|e| EngineError::Config(format!("cannot create the context: {e}")))?;
-    let text = match model.chat_template(None) {
-        Ok(t) => {
-            let msg = LlamaChatMessage::new("user".into(), prompt.into())
-                .map_err(|e| EngineError::Unsupported(e.to_string()))?;
-            model
-                .apply_chat_template(&t, &[msg], true)
-                .map_err(|e| EngineError::Unsupported(e.to_string()))?
-        }
-        Err(_) => prompt.to_owned(),
-    };
+    let loaded = LoadedModel::load(&config.model, config.gpu_layers, ModelRole::Chat)?;
+    let model = loaded.model();
+    let mut ctx = loaded.generation_context(
+        sequences as u32,
+        config.ctx_per_slot,
+        config.batch,
+        decode_threads(config),
+    )?;
+    let text = chat_prompt(model, None, prompt)?;
     let prompt_tokens = model.vocab().tokenize(text.as_bytes(), true, true);
     let d = &config.sampling;
     let mut samplers: Vec<LlamaSampler> = (0..sequences)

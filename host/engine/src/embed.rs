@@ -1,77 +1,40 @@
-//! Sentence embeddings. A dedicated embedding model (`EngineConfig::embed_model`) is
-//! loaded once on its own thread with its own context, so embedding jobs neither wait for
-//! the generation batch nor stall it; [`embed_text`] is shared with the chat model's
-//! fallback path.
+//! Sentence embeddings, by one of two embedders: a dedicated embedding model
+//! (`EngineConfig::embed_model`, [`Embedder`]) loaded once on its own thread with its own
+//! context, so embedding jobs neither wait for the generation batch nor stall it; else the
+//! chat model itself, mean-pooled ([`ChatModelEmbedder`], run by the engine thread).
 
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
+use llama_cpp_2::context::params::LlamaPoolingType;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::model::params::LlamaModelParams;
 
-use crate::llama::{backend, decode_threads};
-use crate::{
-    CancelFlag, EmbedderInfo, EngineConfig, EngineError, Request, Response, check_model_file,
-};
-
-type Reply = SyncSender<Result<Response, EngineError>>;
-
-enum Msg {
-    Run(String, CancelFlag, Reply),
-    Shutdown,
-}
+use crate::load::{LoadedModel, ModelRole, decode_threads};
+use crate::model_thread::{ModelThread, Msg};
+use crate::{EmbedderInfo, EngineConfig, EngineError, Request, Response};
 
 /// A loaded embedding model answering requests one at a time on its own thread.
 pub(crate) struct Embedder {
-    tx: Sender<Msg>,
+    thread: ModelThread,
     info: EmbedderInfo,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Embedder {
     /// Loads `path` and creates its context; returns once it can serve.
-    pub(crate) fn start(path: &Path, config: &EngineConfig) -> Result<Embedder, EngineError> {
-        check_model_file(path)?;
-        let path = path.to_owned();
+    pub(crate) fn start(path: PathBuf, config: &EngineConfig) -> Result<Embedder, EngineError> {
         let gpu_layers = config.gpu_layers;
         let threads = decode_threads(config);
         let batch = config.batch;
-        let (tx, rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let thread = std::thread::Builder::new()
-            .name("nrvna-embed".into())
-            .spawn(move || embedder_main(path, gpu_layers, threads, batch, rx, ready_tx))
-            .map_err(|e| EngineError::Config(format!("cannot start embedding thread: {e}")))?;
-        match ready_rx.recv() {
-            Ok(Ok(info)) => Ok(Embedder {
-                tx,
-                info,
-                thread: Some(thread),
-            }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(EngineError::Config(
-                    "embedding thread died while loading".into(),
-                ))
-            }
-        }
+        let (thread, info) = ModelThread::start("embedding", move |rx, ready| {
+            embedder_main(&path, gpu_layers, threads, batch, rx, ready)
+        })?;
+        Ok(Embedder { thread, info })
     }
 
     pub(crate) fn run(&self, request: Request) -> Result<Response, EngineError> {
-        let (reply, rx) = mpsc::sync_channel(1);
-        self.tx
-            .send(Msg::Run(request.prompt, request.cancel, reply))
-            .map_err(|_| EngineError::Stopped)?;
-        rx.recv().map_err(|_| EngineError::Stopped)?
+        self.thread.run(request)
     }
 
     pub(crate) fn info(&self) -> &EmbedderInfo {
@@ -79,62 +42,34 @@ impl Embedder {
     }
 }
 
-impl Drop for Embedder {
-    fn drop(&mut self) {
-        let _ = self.tx.send(Msg::Shutdown);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 fn embedder_main(
-    path: PathBuf,
+    path: &Path,
     gpu_layers: u32,
     threads: i32,
     batch: u32,
     rx: Receiver<Msg>,
     ready: SyncSender<Result<EmbedderInfo, EngineError>>,
 ) {
-    let load_error = |reason: String| EngineError::LoadEmbedding {
-        path: path.display().to_string(),
-        reason,
-    };
-    let loaded = backend().and_then(|backend| {
-        let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
-        LlamaModel::load_from_file(backend, &path, &params)
-            .map(|model| (backend, model))
-            .map_err(|e| load_error(e.to_string()))
-    });
-    let (backend, model) = match loaded {
-        Ok(v) => v,
+    let loaded = match LoadedModel::load(path, gpu_layers, ModelRole::Embedding) {
+        Ok(loaded) => loaded,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let (pooling_type, pooling) = match pooling_of(&model) {
+    let model = loaded.model();
+    let (pooling_type, pooling) = match pooling_of(model) {
         Ok(p) => p,
         Err(reason) => {
-            let _ = ready.send(Err(load_error(reason)));
+            let _ = ready.send(Err(loaded.error(reason)));
             return;
         }
     };
     let max_tokens = embed_context(model.n_ctx_train(), batch);
-    // Encoder models see the whole text at once: one batch, one micro-batch.
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(max_tokens))
-        .with_n_batch(max_tokens)
-        .with_n_ubatch(max_tokens)
-        .with_n_seq_max(1)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads)
-        .with_embeddings(true)
-        .with_pooling_type(pooling_type);
-    let mut ctx = match model.new_context(backend, params) {
+    let mut ctx = match loaded.embedding_context(max_tokens, threads, pooling_type) {
         Ok(ctx) => ctx,
         Err(e) => {
-            let _ = ready.send(Err(load_error(format!(
+            let _ = ready.send(Err(loaded.error(format!(
                 "cannot create an embedding context of {max_tokens} tokens: {e}"
             ))));
             return;
@@ -142,38 +77,88 @@ fn embedder_main(
     };
     let info = EmbedderInfo {
         path: path.display().to_string(),
-        name: model_name(&model, &path),
+        name: loaded.name(),
         dim: model.n_embd_out().max(0) as u32,
         max_tokens,
         pooling,
         size_bytes: model.size(),
     };
     let _ = ready.send(Ok(info.clone()));
-    while let Ok(Msg::Run(prompt, cancel, reply)) = rx.recv() {
-        let result = if cancel.is_cancelled() {
+    while let Ok(Msg::Run(request, reply)) = rx.recv() {
+        let result = if request.cancel.is_cancelled() {
             Err(EngineError::Cancelled {
                 partial: String::new(),
             })
         } else {
-            embed_text(&mut ctx, &model, &prompt, max_tokens as usize, |tokens| {
-                EngineError::EmbeddingTooLong {
+            embed_text(
+                &mut ctx,
+                model,
+                &request.prompt,
+                max_tokens as usize,
+                |tokens| EngineError::EmbeddingTooLong {
                     tokens,
                     limit: max_tokens as usize,
                     model: info.name.clone(),
-                }
-            })
-            .map(|(vector, prompt_tokens)| Response::Embedding {
-                vector,
-                prompt_tokens,
-            })
+                },
+            )
         };
         let _ = reply.send(result);
     }
 }
 
+/// Embeddings by the chat model itself, mean-pooled, for when no dedicated embedding model
+/// is configured. Its context is created on first use: most daemons never embed.
+pub(crate) struct ChatModelEmbedder<'m> {
+    chat_model: &'m LoadedModel,
+    /// Most tokens one text may have (and the context's size).
+    limit: u32,
+    threads: i32,
+    ctx: Option<LlamaContext<'m>>,
+}
+
+impl<'m> ChatModelEmbedder<'m> {
+    /// `ctx_per_slot` and `batch` are the generation context's; a text must fit both.
+    pub(crate) fn new(
+        chat_model: &'m LoadedModel,
+        ctx_per_slot: u32,
+        batch: u32,
+        threads: i32,
+    ) -> ChatModelEmbedder<'m> {
+        ChatModelEmbedder {
+            chat_model,
+            limit: ctx_per_slot.min(embed_context(0, batch)),
+            threads,
+            ctx: None,
+        }
+    }
+
+    pub(crate) fn run(&mut self, request: &Request) -> Result<Response, EngineError> {
+        let ctx = match &mut self.ctx {
+            Some(ctx) => ctx,
+            None => {
+                let ctx = self
+                    .chat_model
+                    .embedding_context(self.limit, self.threads, LlamaPoolingType::Mean)
+                    .map_err(|e| {
+                        EngineError::Unsupported(format!("cannot create embedding context: {e}"))
+                    })?;
+                self.ctx.insert(ctx)
+            }
+        };
+        let limit = self.limit as usize;
+        embed_text(
+            ctx,
+            self.chat_model.model(),
+            &request.prompt,
+            limit,
+            |tokens| EngineError::PromptTooLong { tokens, limit },
+        )
+    }
+}
+
 /// Tokens one embedding may have: the model's training context, bounded by the decode
 /// batch (NRVNA_BATCH, at least 512) since the whole text is decoded in one step.
-pub(crate) fn embed_context(n_ctx_train: u32, batch: u32) -> u32 {
+fn embed_context(n_ctx_train: u32, batch: u32) -> u32 {
     let cap = batch.max(512);
     if n_ctx_train == 0 {
         cap
@@ -202,31 +187,17 @@ fn pooling_from_metadata(raw: Option<&str>) -> Result<(LlamaPoolingType, &'stati
     }
 }
 
-/// `general.name`, else the file name without `.gguf`.
-pub(crate) fn model_name(model: &LlamaModel, path: &Path) -> String {
-    model
-        .meta_val_str("general.name")
-        .ok()
-        .map(|n| n.trim().to_owned())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| {
-            path.file_name()
-                .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_owned())
-                .unwrap_or_else(|| "unknown".into())
-        })
-}
-
 /// Tokenises `text` with the model's special tokens, decodes it in one batch on `ctx` (a
 /// context with embeddings and pooling on), and returns the pooled vector, L2-normalised,
 /// with the token count. A text of no tokens or more than `limit` fails with
 /// `too_long(tokens)`.
-pub(crate) fn embed_text(
+fn embed_text(
     ctx: &mut LlamaContext,
     model: &LlamaModel,
     text: &str,
     limit: usize,
     too_long: impl FnOnce(usize) -> EngineError,
-) -> Result<(Vec<f32>, u32), EngineError> {
+) -> Result<Response, EngineError> {
     let tokens = model.vocab().tokenize(text.as_bytes(), true, false);
     if tokens.is_empty() || tokens.len() > limit {
         return Err(too_long(tokens.len()));
@@ -241,7 +212,10 @@ pub(crate) fn embed_text(
     let raw = ctx
         .embeddings_seq_ith(0)
         .map_err(|e| EngineError::Decode(e.to_string()))?;
-    Ok((normalise(raw), tokens.len() as u32))
+    Ok(Response::Embedding {
+        vector: normalise(raw),
+        prompt_tokens: tokens.len() as u32,
+    })
 }
 
 /// `v / |v|` (a zero vector stays as it is).

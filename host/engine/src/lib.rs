@@ -10,7 +10,11 @@ pub mod bench;
 mod config;
 mod embed;
 mod llama;
+mod load;
 mod model_file;
+mod model_thread;
+#[cfg(any(test, feature = "scripted"))]
+pub mod scripted;
 mod text;
 
 use std::sync::Arc;

@@ -4,40 +4,28 @@
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
-use std::num::NonZeroU32;
-use std::sync::OnceLock;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
-use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use crate::embed::{Embedder, embed_context, embed_text, model_name};
+use crate::embed::{ChatModelEmbedder, Embedder};
+use crate::load::{LoadedModel, ModelRole, decode_threads};
+use crate::model_thread::{ModelThread, Msg, Reply};
 use crate::text::strip_think_blocks;
 use crate::{
     Backend, CancelFlag, EngineConfig, EngineError, Finish, ModelInfo, Request, RequestKind,
     Response, check_model_file,
 };
 
-type Reply = SyncSender<Result<Response, EngineError>>;
-
-enum Msg {
-    Run(Box<Request>, Reply),
-    Shutdown,
-}
-
 /// A running llama.cpp engine. Cheap to share (`Arc`); dropping it stops the thread and
 /// fails whatever is still pending with [`EngineError::Stopped`].
 pub struct LlamaEngine {
-    tx: Sender<Msg>,
     info: ModelInfo,
-    thread: Option<JoinHandle<()>>,
+    thread: ModelThread,
     /// Serves embedding requests when a dedicated embedding model is configured.
     embedder: Option<Embedder>,
 }
@@ -52,64 +40,30 @@ impl LlamaEngine {
         }
         validate(&config)?;
         let embedder = match &config.embed_model {
-            Some(path) => Some(Embedder::start(path, &config)?),
+            Some(path) => Some(Embedder::start(path.clone(), &config)?),
             None => None,
         };
-        let (tx, rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let thread = std::thread::Builder::new()
-            .name("nrvna-engine".into())
-            .spawn(move || engine_main(config, rx, ready_tx))
-            .map_err(|e| EngineError::Config(format!("cannot start engine thread: {e}")))?;
-        match ready_rx.recv() {
-            Ok(Ok(mut info)) => {
-                info.embedder = embedder.as_ref().map(|e| e.info().clone());
-                Ok(LlamaEngine {
-                    tx,
-                    info,
-                    thread: Some(thread),
-                    embedder,
-                })
-            }
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(EngineError::Config(
-                    "engine thread died while loading".into(),
-                ))
-            }
-        }
+        let (thread, mut info) =
+            ModelThread::start("engine", move |rx, ready| engine_main(config, rx, ready))?;
+        info.embedder = embedder.as_ref().map(|e| e.info().clone());
+        Ok(LlamaEngine {
+            info,
+            thread,
+            embedder,
+        })
     }
 }
 
 impl Backend for LlamaEngine {
     fn run(&self, request: Request) -> Result<Response, EngineError> {
-        if request.kind == RequestKind::Embed
-            && let Some(embedder) = &self.embedder
-        {
-            return embedder.run(request);
+        match &self.embedder {
+            Some(embedder) if request.kind == RequestKind::Embed => embedder.run(request),
+            _ => self.thread.run(request),
         }
-        let (reply, rx) = mpsc::sync_channel(1);
-        self.tx
-            .send(Msg::Run(Box::new(request), reply))
-            .map_err(|_| EngineError::Stopped)?;
-        rx.recv().map_err(|_| EngineError::Stopped)?
     }
 
     fn info(&self) -> &ModelInfo {
         &self.info
-    }
-}
-
-impl Drop for LlamaEngine {
-    fn drop(&mut self) {
-        let _ = self.tx.send(Msg::Shutdown);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -130,39 +84,18 @@ fn validate(c: &EngineConfig) -> Result<(), EngineError> {
     Ok(())
 }
 
-pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
-    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
-    BACKEND
-        .get_or_init(|| {
-            let mut backend = LlamaBackend::init().map_err(|e| e.to_string())?;
-            if std::env::var_os("NRVNA_LLAMA_LOG").is_none() {
-                backend.void_logs();
-            }
-            Ok(backend)
-        })
-        .as_ref()
-        .map_err(|e| EngineError::Config(format!("cannot initialise llama.cpp: {e}")))
-}
-
 fn engine_main(
     config: EngineConfig,
     rx: Receiver<Msg>,
     ready: SyncSender<Result<ModelInfo, EngineError>>,
 ) {
-    let setup = (|| {
-        let backend = backend()?;
-        let params = LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers);
-        let model = LlamaModel::load_from_file(backend, &config.model, &params).map_err(|e| {
-            EngineError::Load {
-                path: config.model.display().to_string(),
-                reason: e.to_string(),
-            }
-        })?;
-        let info = model_info(&model, &config);
-        check_memory(&info)?;
-        Ok::<_, EngineError>((backend, model, info))
-    })();
-    let (backend, model, info) = match setup {
+    let loaded =
+        LoadedModel::load(&config.model, config.gpu_layers, ModelRole::Chat).and_then(|loaded| {
+            let info = model_info(&loaded, &config);
+            check_memory(&info)?;
+            Ok((loaded, info))
+        });
+    let (loaded, info) = match loaded {
         Ok(v) => v,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -170,54 +103,38 @@ fn engine_main(
         }
     };
     let threads = decode_threads(&config);
-    let total_ctx = info.ctx_per_slot * info.slots as u32;
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(total_ctx))
-        .with_n_batch(config.batch)
-        .with_n_seq_max(info.slots as u32)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads)
-        // Separate KV per sequence: faster for parallel decoding on CPU, and no job can
-        // crowd another out of the cache.
-        .with_kv_unified(false);
-    let ctx = match model.new_context(backend, params) {
+    let ctx = match loaded.generation_context(
+        info.slots as u32,
+        info.ctx_per_slot,
+        config.batch,
+        threads,
+    ) {
         Ok(ctx) => ctx,
         Err(e) => {
-            let _ = ready.send(Err(EngineError::Load {
-                path: info.path.clone(),
-                reason: format!(
-                    "cannot create a context of {total_ctx} tokens ({} slots × {}): {e}",
-                    info.slots, info.ctx_per_slot
-                ),
-            }));
+            let _ = ready.send(Err(e));
             return;
         }
     };
     let _ = ready.send(Ok(info.clone()));
     let mut scheduler = Scheduler {
-        backend,
-        model: &model,
+        model: loaded.model(),
         ctx,
-        embed_ctx: None,
+        fallback_embedder: ChatModelEmbedder::new(
+            &loaded,
+            info.ctx_per_slot,
+            config.batch,
+            threads,
+        ),
         config,
         info,
-        threads,
         slots: Vec::new(),
         waiting: VecDeque::new(),
     };
     scheduler.run(rx);
 }
 
-/// `NRVNA_THREADS`, else every available core.
-pub(crate) fn decode_threads(config: &EngineConfig) -> i32 {
-    config.threads.map(|t| t as i32).unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as i32)
-            .unwrap_or(2)
-    })
-}
-
-fn model_info(model: &LlamaModel, config: &EngineConfig) -> ModelInfo {
+fn model_info(loaded: &LoadedModel, config: &EngineConfig) -> ModelInfo {
+    let model = loaded.model();
     let n_ctx_train = model.n_ctx_train();
     let ctx_per_slot = if n_ctx_train > 0 {
         config.ctx_per_slot.min(n_ctx_train)
@@ -231,7 +148,7 @@ fn model_info(model: &LlamaModel, config: &EngineConfig) -> ModelInfo {
         2 * 2 * model.n_layer() as u64 * kv_dim * ctx_per_slot as u64 * config.slots as u64;
     ModelInfo {
         path: config.model.display().to_string(),
-        description: model_name(model, &config.model),
+        description: loaded.name(),
         n_ctx_train,
         n_embd: model.n_embd() as u32,
         size_bytes: model.size(),
@@ -286,21 +203,40 @@ fn random_seed() -> u32 {
     h.finish() as u32
 }
 
+/// Where a slot's job stands. Each step moves it along
+/// `Prefilling → Sampling → (Decoding → Sampling)… → Finished`; a sequence that no slot
+/// holds is idle and goes to the next waiting request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// The prompt is going into the KV cache, a bounded chunk per step.
+    Prefilling,
+    /// Its latest token is in the batch being decoded; the logits at this batch index are
+    /// sampled once the decode is done.
+    Sampling { logits_at: i32 },
+    /// `token` was sampled and goes into the next batch (it waits a step if that is full).
+    Decoding { token: LlamaToken },
+    /// Generation is over; the slot is answered and freed at the end of the step.
+    Finished(Ending),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Generated(Finish),
+    /// The sequence's context is full before the job's token limit.
+    ContextFull,
+}
+
 /// One running job in a sequence slot.
 struct Slot {
     seq: i32,
     reply: Reply,
     cancel: CancelFlag,
     prompt: Vec<LlamaToken>,
-    /// Prompt tokens already decoded into the KV cache.
-    prefilled: usize,
-    /// Position of the next token to decode.
+    phase: Phase,
+    /// Cells of the sequence in the KV cache: the position of the next token. While
+    /// prefilling, the prompt tokens already in.
     pos: i32,
     sampler: LlamaSampler,
-    /// Sampled, not yet decoded.
-    next: Option<LlamaToken>,
-    /// Index in the current batch whose logits this slot samples from.
-    logits_at: Option<i32>,
     out: Vec<u8>,
     generated: u32,
     max_tokens: u32,
@@ -310,16 +246,55 @@ impl Slot {
     fn partial(&self) -> String {
         strip_think_blocks(&String::from_utf8_lossy(&self.out))
     }
+
+    /// What this slot's job gets for `ending`.
+    fn result(&self, ending: Ending, ctx_per_slot: u32) -> Result<Response, EngineError> {
+        match ending {
+            Ending::Generated(finish) => Ok(Response::Text {
+                text: self.partial(),
+                prompt_tokens: self.prompt.len() as u32,
+                generated_tokens: self.generated,
+                finish,
+            }),
+            Ending::ContextFull => Err(EngineError::ContextFull {
+                generated: self.generated,
+                limit: ctx_per_slot as usize,
+                partial: self.partial(),
+            }),
+        }
+    }
+}
+
+/// The model's chat template over an optional system message and one user message; the
+/// raw prompt for models without a template.
+pub(crate) fn chat_prompt(
+    model: &LlamaModel,
+    system: Option<&str>,
+    user: &str,
+) -> Result<String, EngineError> {
+    let Ok(template) = model.chat_template(None) else {
+        return Ok(user.to_owned());
+    };
+    let message = |role: &str, content: &str| {
+        LlamaChatMessage::new(role.into(), content.into())
+            .map_err(|e| EngineError::Unsupported(format!("prompt contains a NUL byte: {e}")))
+    };
+    let mut chat = Vec::new();
+    if let Some(system) = system {
+        chat.push(message("system", system)?);
+    }
+    chat.push(message("user", user)?);
+    model
+        .apply_chat_template(&template, &chat, true)
+        .map_err(|e| EngineError::Unsupported(format!("cannot apply chat template: {e}")))
 }
 
 struct Scheduler<'m> {
-    backend: &'static LlamaBackend,
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
-    embed_ctx: Option<LlamaContext<'m>>,
+    fallback_embedder: ChatModelEmbedder<'m>,
     config: EngineConfig,
     info: ModelInfo,
-    threads: i32,
     slots: Vec<Slot>,
     waiting: VecDeque<(Box<Request>, Reply)>,
 }
@@ -374,8 +349,7 @@ impl<'m> Scheduler<'m> {
                 continue;
             }
             if req.kind == RequestKind::Embed {
-                let result = self.embed(&req);
-                let _ = reply.send(result);
+                let _ = reply.send(self.fallback_embedder.run(&req));
                 continue;
             }
             let Some(seq) =
@@ -394,7 +368,7 @@ impl<'m> Scheduler<'m> {
     }
 
     fn prepare(&self, seq: i32, req: &Request, reply: Reply) -> Result<Slot, EngineError> {
-        let prompt_text = self.render_prompt(req)?;
+        let prompt_text = chat_prompt(self.model, req.system.as_deref(), &req.prompt)?;
         let prompt = self
             .model
             .vocab()
@@ -414,35 +388,13 @@ impl<'m> Scheduler<'m> {
             reply,
             cancel: req.cancel.clone(),
             prompt,
-            prefilled: 0,
+            phase: Phase::Prefilling,
             pos: 0,
             sampler,
-            next: None,
-            logits_at: None,
             out: Vec::new(),
             generated: 0,
             max_tokens: req.max_tokens.unwrap_or(defaults.max_tokens).max(1),
         })
-    }
-
-    /// The model's chat template over an optional system message and one user message;
-    /// the raw prompt for models without a template.
-    fn render_prompt(&self, req: &Request) -> Result<String, EngineError> {
-        let Ok(template) = self.model.chat_template(None) else {
-            return Ok(req.prompt.clone());
-        };
-        let message = |role: &str, content: &str| {
-            LlamaChatMessage::new(role.into(), content.into())
-                .map_err(|e| EngineError::Unsupported(format!("prompt contains a NUL byte: {e}")))
-        };
-        let mut chat = Vec::new();
-        if let Some(system) = &req.system {
-            chat.push(message("system", system)?);
-        }
-        chat.push(message("user", &req.prompt)?);
-        self.model
-            .apply_chat_template(&template, &chat, true)
-            .map_err(|e| EngineError::Unsupported(format!("cannot apply chat template: {e}")))
     }
 
     fn sampler(&self, req: &Request) -> Result<LlamaSampler, EngineError> {
@@ -484,21 +436,24 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    /// One decode of the shared batch, then sampling for every slot that has logits.
+    /// One decode of the shared batch, then sampling for every slot in it.
     fn step(&mut self, batch: &mut LlamaBatch) {
         batch.clear();
         let mut budget = self.config.batch as usize;
-        let decoding = self.slots.iter().any(|s| s.next.is_some());
+        let mut decoding = false;
         for slot in self.slots.iter_mut() {
-            if let Some(token) = slot.next.take() {
-                if batch.add(token, slot.pos, &[slot.seq], true).is_err() {
-                    slot.next = Some(token); // batch full; next step
-                    continue;
-                }
-                slot.logits_at = Some(batch.n_tokens() - 1);
-                slot.pos += 1;
-                budget -= 1;
+            let Phase::Decoding { token } = slot.phase else {
+                continue;
+            };
+            decoding = true;
+            if batch.add(token, slot.pos, &[slot.seq], true).is_err() {
+                continue; // batch full: it stays Decoding until the next step
             }
+            slot.phase = Phase::Sampling {
+                logits_at: batch.n_tokens() - 1,
+            };
+            slot.pos += 1;
+            budget = budget.saturating_sub(1);
         }
         // Prefill gets what is left, bounded while others decode so they are not stalled.
         let mut prefill = if decoding {
@@ -510,27 +465,24 @@ impl<'m> Scheduler<'m> {
             if prefill == 0 {
                 break;
             }
-            let remaining = slot.prompt.len() - slot.prefilled;
-            if remaining == 0 || slot.logits_at.is_some() {
+            if slot.phase != Phase::Prefilling {
                 continue;
             }
-            let take = remaining.min(prefill);
-            for i in 0..take {
-                let idx = slot.prefilled + i;
-                let last = idx + 1 == slot.prompt.len();
-                if batch
-                    .add(slot.prompt[idx], slot.pos, &[slot.seq], last)
-                    .is_err()
-                {
+            let done = slot.pos as usize;
+            let take = (slot.prompt.len() - done).min(prefill);
+            for &token in &slot.prompt[done..done + take] {
+                let last = slot.pos as usize + 1 == slot.prompt.len();
+                if batch.add(token, slot.pos, &[slot.seq], last).is_err() {
                     break;
                 }
                 slot.pos += 1;
+                prefill -= 1;
                 if last {
-                    slot.logits_at = Some(batch.n_tokens() - 1);
+                    slot.phase = Phase::Sampling {
+                        logits_at: batch.n_tokens() - 1,
+                    };
                 }
             }
-            slot.prefilled += take;
-            prefill -= take;
         }
         if batch.n_tokens() == 0 {
             return;
@@ -543,42 +495,37 @@ impl<'m> Scheduler<'m> {
         }
         let vocab = self.model.vocab();
         let limit = self.info.ctx_per_slot as i32;
-        let mut finished = Vec::new();
-        for (i, slot) in self.slots.iter_mut().enumerate() {
-            let Some(at) = slot.logits_at.take() else {
+        for slot in self.slots.iter_mut() {
+            let Phase::Sampling { logits_at } = slot.phase else {
                 continue;
             };
-            let token = slot.sampler.sample(&self.ctx, at);
-            if vocab.is_eog(token) {
-                finished.push((i, Ok(Finish::EndOfGeneration)));
-                continue;
-            }
-            slot.out.extend(vocab.token_to_piece(token, false, None));
-            slot.generated += 1;
-            if slot.generated >= slot.max_tokens {
-                finished.push((i, Ok(Finish::TokenLimit)));
-            } else if slot.pos >= limit {
-                finished.push((i, Err(())));
+            let token = slot.sampler.sample(&self.ctx, logits_at);
+            slot.phase = if vocab.is_eog(token) {
+                Phase::Finished(Ending::Generated(Finish::EndOfGeneration))
             } else {
-                slot.next = Some(token);
-            }
-        }
-        // Remove from the back so indices stay valid.
-        for (i, how) in finished.into_iter().rev() {
-            let slot = self.slots.swap_remove(i);
-            let result = match how {
-                Ok(finish) => Ok(Response::Text {
-                    text: slot.partial(),
-                    prompt_tokens: slot.prompt.len() as u32,
-                    generated_tokens: slot.generated,
-                    finish,
-                }),
-                Err(()) => Err(EngineError::ContextFull {
-                    generated: slot.generated,
-                    limit: limit as usize,
-                    partial: slot.partial(),
-                }),
+                slot.out.extend(vocab.token_to_piece(token, false, None));
+                slot.generated += 1;
+                if slot.generated >= slot.max_tokens {
+                    Phase::Finished(Ending::Generated(Finish::TokenLimit))
+                } else if slot.pos >= limit {
+                    Phase::Finished(Ending::ContextFull)
+                } else {
+                    Phase::Decoding { token }
+                }
             };
+        }
+        self.release_finished();
+    }
+
+    fn release_finished(&mut self) {
+        let mut i = 0;
+        while i < self.slots.len() {
+            let Phase::Finished(ending) = self.slots[i].phase else {
+                i += 1;
+                continue;
+            };
+            let slot = self.slots.swap_remove(i);
+            let result = slot.result(ending, self.info.ctx_per_slot);
             self.release(slot, result);
         }
     }
@@ -595,41 +542,6 @@ impl<'m> Scheduler<'m> {
             .ctx
             .clear_kv_cache_seq(Some(slot.seq as u32), None, None);
         let _ = slot.reply.send(result);
-    }
-
-    /// An embedding by the chat model itself, mean-pooled (no dedicated embedding model),
-    /// on a second context created on first use.
-    fn embed(&mut self, req: &Request) -> Result<Response, EngineError> {
-        let n_ctx = self
-            .info
-            .ctx_per_slot
-            .min(embed_context(0, self.config.batch));
-        if self.embed_ctx.is_none() {
-            let params = LlamaContextParams::default()
-                .with_n_ctx(NonZeroU32::new(n_ctx))
-                .with_n_batch(n_ctx)
-                .with_n_ubatch(n_ctx)
-                .with_n_seq_max(1)
-                .with_n_threads(self.threads)
-                .with_n_threads_batch(self.threads)
-                .with_embeddings(true)
-                .with_pooling_type(LlamaPoolingType::Mean);
-            let ctx = self.model.new_context(self.backend, params).map_err(|e| {
-                EngineError::Unsupported(format!("cannot create embedding context: {e}"))
-            })?;
-            self.embed_ctx = Some(ctx);
-        }
-        let Some(ctx) = self.embed_ctx.as_mut() else {
-            return Err(EngineError::Stopped);
-        };
-        let limit = n_ctx as usize;
-        let (vector, prompt_tokens) = embed_text(ctx, self.model, &req.prompt, limit, |tokens| {
-            EngineError::PromptTooLong { tokens, limit }
-        })?;
-        Ok(Response::Embedding {
-            vector,
-            prompt_tokens,
-        })
     }
 }
 

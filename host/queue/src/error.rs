@@ -3,7 +3,8 @@ use std::path::PathBuf;
 /// Everything that can go wrong in the queue; each variant names the input at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("invalid job id {0:?}: ids are 1-128 digits separated by single underscores")]
+    /// The id as [`shown`]: cut and escaped once.
+    #[error("invalid job id \"{0}\": ids are 1-128 digits separated by single underscores")]
     InvalidId(String),
     #[error("no job {0} in this workspace")]
     NotFound(String),
@@ -19,7 +20,8 @@ pub enum QueueError {
     EmptyPrompt,
     #[error("prompt is {size} bytes; the limit is {limit} bytes")]
     PromptTooLarge { size: u64, limit: u64 },
-    #[error("invalid tag {0:?}: tags are 1-64 characters from A-Z a-z 0-9 _ -")]
+    /// The tag as [`shown`]: cut and escaped once.
+    #[error("invalid tag \"{0}\": tags are 1-64 characters from A-Z a-z 0-9 _ -")]
     InvalidTag(String),
     #[error("too many tags ({count}); the limit is {limit}")]
     TooManyTags { count: usize, limit: usize },
@@ -28,7 +30,7 @@ pub enum QueueError {
     #[error("{what} must be {expected}, got {got}")]
     InvalidOption {
         what: &'static str,
-        expected: &'static str,
+        expected: String,
         got: String,
     },
     #[error("meta.json of job {id} is malformed: {reason}")]
@@ -50,6 +52,23 @@ pub enum QueueError {
 
 pub type Result<T, E = QueueError> = std::result::Result<T, E>;
 
+/// Characters of untrusted text an error message shows.
+const SHOWN_CHARS: usize = 160;
+
+/// Untrusted text (an id, a tag, a name) for an error message: cut to a prefix first, so a
+/// huge input costs no more than its prefix, then escaped once (`\n`, `\u{1b}`, ...).
+pub fn shown(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(SHOWN_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().nth(SHOWN_CHARS).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
 /// Attaches the path to an io error, the one piece of context every io failure needs.
 pub(crate) trait IoContext<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T>;
@@ -61,5 +80,20 @@ impl<T> IoContext<T> for std::io::Result<T> {
             path: path.into(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_text_is_escaped_once_and_cut() {
+        let err = crate::JobId::parse("1\n2").unwrap_err().to_string();
+        assert!(err.contains(r#""1\n2""#), "{err}");
+        assert!(!err.contains(r"\\n"), "escaped twice: {err}");
+        let long = "x".repeat(10_000);
+        let cut = shown(&long);
+        assert_eq!(cut.len(), SHOWN_CHARS + 3);
     }
 }

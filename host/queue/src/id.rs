@@ -43,7 +43,7 @@ impl JobId {
         if is_valid(s) {
             Ok(JobId(s.to_owned()))
         } else {
-            Err(QueueError::InvalidId(s.escape_debug().to_string()))
+            Err(QueueError::InvalidId(crate::error::shown(s)))
         }
     }
 

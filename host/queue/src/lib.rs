@@ -6,6 +6,7 @@
 //! guards the id grammar, owns the daemon lock, and waits for state changes.
 
 mod error;
+pub mod files;
 mod fsio;
 pub mod id;
 pub mod lifecycle;
@@ -13,10 +14,12 @@ pub mod meta;
 pub mod watch;
 pub mod workspace;
 
-pub use error::{QueueError, Result};
+pub use error::{QueueError, Result, shown};
+pub use files::*;
 pub use fsio::fsync_enabled;
 pub use id::JobId;
-pub use meta::{Meta, Mode, OutputFormat, Sampling};
+pub use meta::{AgentJob, JobStatus, Meta, Mode, OutputFormat, Sampling};
 pub use workspace::{
-    CancelOutcome, Claim, ClaimedJob, Counts, Limits, Outcome, State, Submission, Workspace,
+    Artifact, ArtifactKind, CancelOutcome, Claim, ClaimedJob, Counts, JobOutcome, Limits, Outcome,
+    State, Submission, Workspace,
 };

@@ -43,6 +43,47 @@ pub struct Sampling {
     pub top_p: Option<f32>,
 }
 
+/// How a job ended, as `meta.json`'s `status` records it. Its state directory says the
+/// same for done and failed; `cancelled` is the one ending `failed/` holds besides failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Done => "done",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What makes a job an agent job besides its component file: the arguments and storage
+/// name it runs with. Stored as the top-level `agent_args` and `agent_name` keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentJob {
+    /// The component's arguments (what follows `--` in `wrk --agent X.wasm -- ARGS`);
+    /// an agent job always has the key, an empty list when it has no arguments.
+    #[serde(
+        rename = "agent_args",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub args: Option<Vec<String>>,
+    /// Storage namespace (`<ws>/.agents/NAME/`); the component's file stem when absent.
+    #[serde(
+        rename = "agent_name",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub name: Option<String>,
+}
+
 /// How the output is constrained, if at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -80,9 +121,9 @@ pub struct Meta {
     pub duration_s: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<String>,
-    /// `done`, `failed` or `cancelled` once the job has ended.
+    /// Set once the job has ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub status: Option<JobStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,6 +131,10 @@ pub struct Meta {
     /// Name of the model the job ran on (set by the daemon for text and embedding jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// An agent job's arguments and name (empty for other jobs).
+    // Declared before `extra`: a flattened struct takes its keys first, the map the rest.
+    #[serde(flatten)]
+    pub agent: AgentJob,
     /// Fields this version does not know (written by newer tools); preserved on rewrite.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -120,6 +165,24 @@ mod tests {
     }
 
     #[test]
+    fn agent_fields_are_typed_not_extra() {
+        let text = r#"{"submitted_at":"x","mode":"agent","agent_args":["--rounds","2"],
+            "agent_name":"refine","status":"cancelled"}"#;
+        let meta: Meta = serde_json::from_str(text).unwrap();
+        assert_eq!(meta.agent.args, Some(vec!["--rounds".into(), "2".into()]));
+        assert_eq!(meta.agent.name.as_deref(), Some("refine"));
+        assert_eq!(meta.status, Some(JobStatus::Cancelled));
+        assert!(meta.extra.is_empty(), "{:?}", meta.extra);
+        let back = serde_json::to_value(&meta).unwrap();
+        assert_eq!(back["agent_args"][1], "2");
+        assert_eq!(back["agent_name"], "refine");
+        assert_eq!(back["status"], "cancelled");
+        // A text job writes no agent keys.
+        let plain = serde_json::to_value(Meta::default()).unwrap();
+        assert!(plain.get("agent_args").is_none() && plain.get("agent_name").is_none());
+    }
+
+    #[test]
     fn predecessor_meta_parses() {
         let text = r#"{
   "submitted_at": "2026-04-16T19:59:23.123456Z",
@@ -130,7 +193,7 @@ mod tests {
   "status": "done"
 }"#;
         let meta: Meta = serde_json::from_str(text).unwrap();
-        assert_eq!(meta.status.as_deref(), Some("done"));
+        assert_eq!(meta.status, Some(JobStatus::Done));
         assert_eq!(meta.attempts, 0);
     }
 }

@@ -78,37 +78,24 @@ fn is_departure(kind: &EventKind) -> bool {
 
 /// Waits until `id` reaches a terminal state, or `timeout` passes. Returns the last state
 /// seen (`None`: no such job).
-///
-/// The watcher is armed before the first look, so a change between the look and the wait
-/// is never lost.
 pub fn wait_terminal(
     ws: &Workspace,
     id: &JobId,
     timeout: Option<Duration>,
 ) -> Result<Option<State>> {
-    let dirs: Vec<PathBuf> = State::ALL.iter().map(|s| ws.state_dir(*s)).collect();
-    let watcher = DirWatcher::new(&dirs)?;
-    let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
-        let state = ws.state_of(id)?;
-        match state {
-            Some(s) if s.is_terminal() => return Ok(state),
-            None => return Ok(None),
-            Some(_) => {}
-        }
-        let mut slice = SAFETY_RESCAN;
-        if let Some(deadline) = deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(state);
-            }
-            slice = slice.min(left);
-        }
-        watcher.wait(slice);
-    }
+    let mut last = None;
+    wait_until(ws, timeout, |ws| {
+        last = ws.state_of(id)?;
+        Ok(last.is_none_or(State::is_terminal))
+    })?;
+    Ok(last)
 }
 
 /// Waits until `done(ws)` holds, re-checking on every change in any state directory.
+/// Returns whether it held before `timeout` passed.
+///
+/// The watcher is armed before the first look, so a change between the look and the wait
+/// is never lost.
 pub fn wait_until(
     ws: &Workspace,
     timeout: Option<Duration>,

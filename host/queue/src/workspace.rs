@@ -18,19 +18,9 @@ use serde::Serialize;
 use crate::error::{IoContext, QueueError, Result};
 use crate::fsio::{rename_durable, sync_dir, write_atomic, write_durable, write_synced};
 use crate::id::JobId;
-use crate::meta::{Meta, Mode, OutputFormat, Sampling, now_timestamp};
+use crate::meta::{AgentJob, JobStatus, Meta, Mode, OutputFormat, Sampling, now_timestamp};
 
-pub const PROMPT_FILE: &str = "prompt.txt";
-pub const META_FILE: &str = "meta.json";
-pub const RESULT_FILE: &str = "result.txt";
-pub const ERROR_FILE: &str = "error.txt";
-pub const EMBEDDING_FILE: &str = "embedding.json";
-/// Raw model output kept beside the error when a job fails after generating.
-pub const RESPONSE_FILE: &str = "response.txt";
-pub const IMAGES_DIR: &str = "images";
-/// Cancel requests for running jobs: `nrvna cancel` drops `<ws>/.cancel/<id>`, the owning
-/// daemon stops the job and removes the file.
-pub const CANCEL_DIR: &str = ".cancel";
+pub use crate::files::*;
 
 /// A job's state, which is the directory it is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -102,8 +92,6 @@ impl Default for Limits {
     }
 }
 
-pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "gif", "webp"];
-
 /// A job to submit. Build it, then hand it to [`Workspace::submit`].
 #[derive(Debug, Clone, Default)]
 pub struct Submission {
@@ -117,8 +105,8 @@ pub struct Submission {
     pub output_format: Option<OutputFormat>,
     /// Extra payload files (`grammar.gbnf`, `schema.json`, `agent.wasm`, ...), by plain name.
     pub files: Vec<(String, Vec<u8>)>,
-    /// Extra meta fields for newer job kinds.
-    pub extra_meta: serde_json::Map<String, serde_json::Value>,
+    /// An agent job's arguments and name.
+    pub agent: AgentJob,
 }
 
 /// Job counts per state.
@@ -160,6 +148,55 @@ pub struct Outcome {
     pub generated_tokens: Option<u32>,
     /// Name of the model the job ran on.
     pub model: Option<String>,
+}
+
+/// What an ended job produced ([`Workspace::outcome`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    Done(Artifact),
+    /// `reason` is `error.txt`; `partial` is `response.txt`, the output of a generation
+    /// that failed (cut off, or not valid JSON), if there was one.
+    Failed {
+        reason: String,
+        partial: Option<String>,
+    },
+    Cancelled,
+}
+
+impl JobOutcome {
+    /// How `meta.json` words this ending.
+    pub fn status(&self) -> JobStatus {
+        match self {
+            JobOutcome::Done(_) => JobStatus::Done,
+            JobOutcome::Failed { .. } => JobStatus::Failed,
+            JobOutcome::Cancelled => JobStatus::Cancelled,
+        }
+    }
+}
+
+/// The output file of a done job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Artifact {
+    pub kind: ArtifactKind,
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactKind {
+    /// `result.txt`: a text or agent job's output.
+    Text,
+    /// `embedding.json`: `{"dim": N, "vector": [...]}`.
+    Embedding,
+}
+
+impl ArtifactKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArtifactKind::Text => "text",
+            ArtifactKind::Embedding => "embedding",
+        }
+    }
 }
 
 /// What [`Workspace::cancel`] did.
@@ -215,11 +252,6 @@ impl Workspace {
         })
     }
 
-    pub fn with_limits(mut self, limits: Limits) -> Workspace {
-        self.limits = limits;
-        self
-    }
-
     pub fn limits(&self) -> Limits {
         self.limits
     }
@@ -266,7 +298,7 @@ impl Workspace {
                 Err(e) => return Err(e).at(&staging),
             }
             let result = self
-                .stage(&staging, &id, &sub)
+                .stage(&staging, &sub)
                 .and_then(|()| before_publish(&id))
                 .and_then(|()| self.publish(&staging, &id));
             if result.is_err() {
@@ -303,7 +335,7 @@ impl Workspace {
         if sub.images.len() > limits.max_images {
             return Err(QueueError::InvalidOption {
                 what: "number of images",
-                expected: "at most 16",
+                expected: format!("at most {}", limits.max_images),
                 got: sub.images.len().to_string(),
             });
         }
@@ -314,14 +346,14 @@ impl Workspace {
             if !is_plain_file_name(name) || name == PROMPT_FILE || name == META_FILE {
                 return Err(QueueError::InvalidOption {
                     what: "attachment name",
-                    expected: "a plain file name",
-                    got: name.clone(),
+                    expected: "a plain file name".into(),
+                    got: crate::error::shown(name),
                 });
             }
             if bytes.len() as u64 > limits.max_file_bytes {
                 return Err(QueueError::InvalidOption {
                     what: "attachment size",
-                    expected: "at most 64 MiB",
+                    expected: format!("at most {} bytes", limits.max_file_bytes),
                     got: format!("{} bytes ({name})", bytes.len()),
                 });
             }
@@ -331,7 +363,7 @@ impl Workspace {
         {
             return Err(QueueError::InvalidOption {
                 what: "temperature",
-                expected: "between 0 and 5",
+                expected: "between 0 and 5".into(),
                 got: t.to_string(),
             });
         }
@@ -340,14 +372,14 @@ impl Workspace {
         {
             return Err(QueueError::InvalidOption {
                 what: "top-p",
-                expected: "in (0, 1]",
+                expected: "in (0, 1]".into(),
                 got: p.to_string(),
             });
         }
         if sub.sampling.max_tokens == Some(0) {
             return Err(QueueError::InvalidOption {
                 what: "max tokens",
-                expected: "at least 1",
+                expected: "at least 1".into(),
                 got: "0".into(),
             });
         }
@@ -384,7 +416,7 @@ impl Workspace {
         Ok(())
     }
 
-    fn stage(&self, staging: &Path, _id: &JobId, sub: &Submission) -> Result<()> {
+    fn stage(&self, staging: &Path, sub: &Submission) -> Result<()> {
         // Nobody sees input/writing/: files go straight to their names, fsynced, and the
         // directory is fsynced once before the publishing rename.
         write_synced(&staging.join(PROMPT_FILE), sub.prompt.as_bytes())?;
@@ -414,7 +446,7 @@ impl Workspace {
             system: sub.system.clone(),
             sampling: sub.sampling.clone(),
             output_format: sub.output_format,
-            extra: sub.extra_meta.clone(),
+            agent: sub.agent.clone(),
             ..Meta::default()
         };
         write_synced(&staging.join(META_FILE), &meta_bytes(&meta)?)?;
@@ -492,6 +524,58 @@ impl Workspace {
             &path,
             self.limits.max_file_bytes.max(self.limits.max_prompt_bytes),
         )
+    }
+
+    /// What a job in `state` has produced: `None` while it has not ended. The one place
+    /// that knows which file holds what: done → `result.txt` (text and agent jobs) or
+    /// `embedding.json`; failed → `error.txt` (with `response.txt`, if the generation got
+    /// that far), or cancelled when `meta.json` says so.
+    pub fn outcome(&self, state: State, id: &JobId) -> Result<Option<JobOutcome>> {
+        match state {
+            State::Done => {
+                for (file, kind) in [
+                    (RESULT_FILE, ArtifactKind::Text),
+                    (EMBEDDING_FILE, ArtifactKind::Embedding),
+                ] {
+                    match self.read_file(state, id, file) {
+                        Ok(bytes) => {
+                            return Ok(Some(JobOutcome::Done(Artifact {
+                                kind,
+                                path: self.job_dir(state, id).join(file),
+                                bytes,
+                            })));
+                        }
+                        Err(QueueError::Io { source, .. })
+                            if source.kind() == ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(std::io::Error::new(
+                    ErrorKind::NotFound,
+                    format!("a done job has neither {RESULT_FILE} nor {EMBEDDING_FILE}"),
+                ))
+                .at(self.job_dir(state, id))
+            }
+            State::Failed => {
+                let cancelled = self
+                    .read_meta(state, id)
+                    .is_ok_and(|m| m.status == Some(JobStatus::Cancelled));
+                if cancelled {
+                    return Ok(Some(JobOutcome::Cancelled));
+                }
+                let text = |file: &str| {
+                    self.read_file(state, id, file)
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                };
+                let reason = text(ERROR_FILE)
+                    .unwrap_or_else(|e| format!("(the job failed; no readable {ERROR_FILE}: {e})"));
+                Ok(Some(JobOutcome::Failed {
+                    reason,
+                    partial: text(RESPONSE_FILE).ok(),
+                }))
+            }
+            State::Writing | State::Queued | State::Running => Ok(None),
+        }
     }
 
     // ----- daemon side ------------------------------------------------------------------
@@ -672,7 +756,7 @@ impl Workspace {
     /// Marks a job in `processing/` as cancelled (it goes to `failed/`, status `cancelled`).
     pub fn cancel_claimed(&self, job: &ClaimedJob, outcome: Outcome) -> Result<()> {
         let mut meta = job.meta.clone();
-        meta.status = Some("cancelled".into());
+        meta.status = Some(JobStatus::Cancelled);
         self.finish(
             &job.id,
             meta,
@@ -693,7 +777,7 @@ impl Workspace {
             Err(e) => return Err(e).at(&ready),
         }
         let mut meta = read_meta(&running, id).unwrap_or_default();
-        meta.status = Some("cancelled".into());
+        meta.status = Some(JobStatus::Cancelled);
         // A claim that lost the race to this rename may have recorded a start first.
         if meta.started_at.take().is_some() {
             meta.attempts = meta.attempts.saturating_sub(1);
@@ -708,21 +792,17 @@ impl Workspace {
             match self.state_of(id)? {
                 None => return Ok(CancelOutcome::NotFound),
                 Some(s) if s.is_terminal() => return Ok(CancelOutcome::AlreadyEnded(s)),
-                Some(State::Queued) | Some(State::Writing) => {
+                Some(State::Queued | State::Writing) => {
                     if self.cancel_queued(id)? {
                         return Ok(CancelOutcome::Cancelled);
                     }
                     // Claimed meanwhile (or still being written): look again.
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                Some(State::Running) | Some(_) => {
-                    let dir = self.root.join(CANCEL_DIR);
-                    fs::create_dir_all(&dir).at(&dir)?;
-                    write_durable(&dir.join(id), b"")?;
-                    return Ok(CancelOutcome::Requested);
-                }
+                Some(_) => break,
             }
         }
+        // Running, or it kept slipping out of the queue: its daemon acts on the request.
         let dir = self.root.join(CANCEL_DIR);
         fs::create_dir_all(&dir).at(&dir)?;
         write_durable(&dir.join(id), b"")?;
@@ -760,14 +840,14 @@ impl Workspace {
         }
         let target = match result {
             Ok(()) => {
-                meta.status = Some("done".into());
+                meta.status = Some(JobStatus::Done);
                 State::Done
             }
             Err(reason) => {
                 write_synced(&dir.join(ERROR_FILE), reason.as_bytes())?;
                 artifacts.push(ERROR_FILE.into());
-                if meta.status.as_deref() != Some("cancelled") {
-                    meta.status = Some("failed".into());
+                if meta.status != Some(JobStatus::Cancelled) {
+                    meta.status = Some(JobStatus::Failed);
                 }
                 State::Failed
             }
@@ -874,7 +954,7 @@ pub fn validate_tag(tag: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(QueueError::InvalidTag(tag.escape_debug().to_string()))
+        Err(QueueError::InvalidTag(crate::error::shown(tag)))
     }
 }
 

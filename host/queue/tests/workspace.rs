@@ -6,7 +6,9 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use nrvna_queue::{CancelOutcome, Claim, JobId, Mode, Outcome, State, Submission, Workspace};
+use nrvna_queue::{
+    CancelOutcome, Claim, JobId, JobOutcome, JobStatus, Mode, Outcome, State, Submission, Workspace,
+};
 
 fn ws() -> (tempfile::TempDir, Workspace) {
     let dir = tempfile::tempdir().unwrap();
@@ -52,7 +54,7 @@ fn a_job_walks_through_every_state() {
     .unwrap();
     assert_eq!(ws.state_of(&id).unwrap(), Some(State::Done));
     let meta = ws.read_meta(State::Done, &id).unwrap();
-    assert_eq!(meta.status.as_deref(), Some("done"));
+    assert_eq!(meta.status.map(JobStatus::as_str), Some("done"));
     assert_eq!(meta.artifacts, vec!["result.txt"]);
     assert_eq!(meta.generated_tokens, Some(2));
     assert_eq!(meta.model.as_deref(), Some("m"));
@@ -61,6 +63,14 @@ fn a_job_walks_through_every_state() {
         ws.read_file(State::Done, &id, "result.txt").unwrap(),
         b"hi there"
     );
+    match ws.outcome(State::Done, &id).unwrap() {
+        Some(JobOutcome::Done(artifact)) => {
+            assert_eq!(artifact.bytes, b"hi there");
+            assert_eq!(artifact.kind, nrvna_queue::ArtifactKind::Text);
+            assert!(artifact.path.ends_with("result.txt"));
+        }
+        other => panic!("{other:?}"),
+    }
     // No temporary files are left behind.
     let names: Vec<_> = std::fs::read_dir(ws.job_dir(State::Done, &id))
         .unwrap()
@@ -92,8 +102,16 @@ fn failures_keep_the_reason_and_the_partial_output() {
         b"half"
     );
     let meta = ws.read_meta(State::Failed, &id).unwrap();
-    assert_eq!(meta.status.as_deref(), Some("failed"));
+    assert_eq!(meta.status.map(JobStatus::as_str), Some("failed"));
     assert_eq!(meta.artifacts, vec!["response.txt", "error.txt"]);
+    assert_eq!(
+        ws.outcome(State::Failed, &id).unwrap(),
+        Some(JobOutcome::Failed {
+            reason: "boom".into(),
+            partial: Some("half".into())
+        })
+    );
+    assert_eq!(ws.outcome(State::Running, &id).unwrap(), None);
 }
 
 #[test]
@@ -134,7 +152,11 @@ fn cancel_queued_running_and_finished_jobs() {
     let queued = ws.submit(text("a")).unwrap();
     assert_eq!(ws.cancel(&queued).unwrap(), CancelOutcome::Cancelled);
     let meta = ws.read_meta(State::Failed, &queued).unwrap();
-    assert_eq!(meta.status.as_deref(), Some("cancelled"));
+    assert_eq!(meta.status.map(JobStatus::as_str), Some("cancelled"));
+    assert_eq!(
+        ws.outcome(State::Failed, &queued).unwrap(),
+        Some(JobOutcome::Cancelled)
+    );
     assert_eq!(
         ws.cancel(&queued).unwrap(),
         CancelOutcome::AlreadyEnded(State::Failed)

@@ -5,6 +5,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::text::cut;
+
 /// A limit that stops a run (as opposed to the recoverable `quota` errors a component
 /// gets from a host call).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,8 +100,13 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{name}: not a usable nrvna:agent component: {message}")]
-    InvalidComponent { name: String, message: String },
+    /// Not a component this host can run (or its name is unusable); `source` says why.
+    #[error("{name}: not a usable nrvna:agent component: {}", chain(.source))]
+    InvalidComponent {
+        name: String,
+        #[source]
+        source: wasmtime::Error,
+    },
     #[error(transparent)]
     Grant(#[from] GrantError),
     #[error("workspace {path}: {source}")]
@@ -112,12 +119,18 @@ pub enum SandboxError {
     #[error("stopped: {0}")]
     Limit(LimitHit),
     /// The component crashed: a panic, `unreachable`, a stack overflow, a bad memory
-    /// access, or a host call it used wrongly.
-    #[error("the component crashed: {0}")]
-    Trap(String),
-    /// The host itself failed (engine set-up, linking, a task that could not start).
-    #[error("agent runtime: {0}")]
-    Runtime(String),
+    /// access, or a host call it used wrongly. The message shows wasmtime's trap first,
+    /// then the wasm backtrace.
+    #[error("the component crashed: {}", crash_report(.0))]
+    Trap(#[source] wasmtime::Error),
+    /// The host itself failed (engine set-up, linking, a thread that could not start).
+    #[error("agent runtime: {what}: {source}")]
+    Runtime {
+        /// The step that failed.
+        what: &'static str,
+        #[source]
+        source: wasmtime::Error,
+    },
 }
 
 impl SandboxError {
@@ -128,4 +141,35 @@ impl SandboxError {
             _ => None,
         }
     }
+}
+
+/// Longest error text shown (a wasm backtrace can be long).
+const MAX_ERROR_TEXT: usize = 4000;
+
+/// An error with its causes, cut to a readable length.
+fn chain(e: &wasmtime::Error) -> String {
+    let mut text = String::new();
+    for (i, cause) in e.chain().enumerate() {
+        if i > 0 {
+            text.push_str(": ");
+        }
+        text.push_str(&cause.to_string());
+    }
+    cut(text, MAX_ERROR_TEXT, " [...]")
+}
+
+/// A crash: the root cause ("wasm trap: ...") first, the wasm backtrace after it.
+fn crash_report(e: &wasmtime::Error) -> String {
+    let root = e.root_cause().to_string();
+    let rest: Vec<String> = e
+        .chain()
+        .map(|c| c.to_string())
+        .filter(|c| *c != root)
+        .collect();
+    let mut message = root;
+    for part in rest {
+        message.push('\n');
+        message.push_str(&part);
+    }
+    cut(message, MAX_ERROR_TEXT, " [...]")
 }

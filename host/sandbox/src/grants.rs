@@ -7,6 +7,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::GrantError;
+use crate::limits::Limits;
+use crate::text::quoted;
 
 /// `--dir HOST[:GUEST][:ro]`: a host directory the component sees at `GUEST`
 /// (default: the HOST text as given), read-write unless `:ro`.
@@ -176,50 +178,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "name {:?} must be 1-64 characters from A-Z a-z 0-9 _ - . and not start with `.`",
-            name.escape_debug().to_string()
+            "name {} must be 1-64 characters from A-Z a-z 0-9 _ - . and not start with `.`",
+            quoted(name, 80)
         ))
-    }
-}
-
-/// How much one run (with every agent it calls) may use. The defaults are safe for an
-/// untrusted component on a shared machine.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Limits {
-    /// Linear memory of all the run's sandboxes together.
-    pub memory_bytes: u64,
-    /// Wall-clock time of the whole run, waiting included.
-    pub wall: Duration,
-    /// Time spent executing guest code (measured in epoch ticks).
-    pub cpu: Duration,
-    /// Jobs the run may submit in all.
-    pub max_jobs: u64,
-    /// Jobs the run may have queued or running at once.
-    pub max_in_flight: u64,
-    /// Bytes of one prompt (system message included).
-    pub max_prompt_bytes: u64,
-    /// `agents.call` nesting.
-    pub max_depth: u32,
-    /// Bytes a component may pass to one host call; more traps before the host copies
-    /// anything (wasmtime's hostcall fuel).
-    pub hostcall_bytes: u64,
-    /// Bytes of log (the `log` interface plus stdout and stderr) before lines are dropped.
-    pub log_bytes: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            memory_bytes: 256 << 20,
-            wall: Duration::from_secs(600),
-            cpu: Duration::from_secs(60),
-            max_jobs: 1000,
-            max_in_flight: 64,
-            max_prompt_bytes: 1 << 20,
-            max_depth: 16,
-            hostcall_bytes: 16 << 20,
-            log_bytes: 1 << 20,
-        }
     }
 }
 
@@ -385,6 +346,12 @@ mod tests {
                 .is_err()
         );
         assert!("x=/no/such/file.wasm".parse::<AgentGrant>().is_err());
+
+        let err = "a\nb=/tmp/ws"
+            .parse::<RouteGrant>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(r#"name "a\nb" must be"#), "{err}");
 
         let mut grants = Grants::default();
         grants.add_route(r.clone()).unwrap();

@@ -13,6 +13,7 @@ use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
 
 use crate::bindings::nrvna::agent::types::JobError;
+use crate::text::quoted;
 
 pub const MAX_KEY_LEN: usize = 128;
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
@@ -191,8 +192,8 @@ pub(crate) fn file_name(key: &str) -> Result<String, JobError> {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'));
     if !ok {
         return Err(JobError::Invalid(format!(
-            "kv key {:?}: keys are 1-{MAX_KEY_LEN} characters from A-Z a-z 0-9 _ - . / without `..`",
-            key.escape_debug().to_string()
+            "kv key {}: keys are 1-{MAX_KEY_LEN} characters from A-Z a-z 0-9 _ - . / without `..`",
+            quoted(key, MAX_KEY_LEN + 1)
         )));
     }
     Ok(format!("k_{}", key.replace('/', "~")))
@@ -318,6 +319,17 @@ mod tests {
             assert!(invalid(kv.get(key)), "{key:?}");
         }
         assert!(invalid(kv.set("big", &vec![0; MAX_VALUE_BYTES + 1])));
+        // Guest text is escaped once, and only a prefix of it is shown.
+        let bad = kv.set("a\nb", b"x");
+        assert!(
+            matches!(&bad, Err(JobError::Invalid(m)) if m.starts_with(r#"kv key "a\nb": "#)),
+            "{bad:?}"
+        );
+        let huge = kv.get(&"\n".repeat(1 << 20));
+        assert!(
+            matches!(&huge, Err(JobError::Invalid(m)) if m.len() < 2 * (MAX_KEY_LEN + 100)),
+            "{huge:?}"
+        );
         kv.set("max", &vec![7; MAX_VALUE_BYTES]).unwrap();
         assert_eq!(
             kv.get("max").unwrap().map(|v| v.len()),

@@ -24,6 +24,11 @@ mod bindings {
         world: "agent",
         imports: { default: async | trappable },
         exports: { default: async },
+        // Host functions return `Result<T, HostCallError>`: a `job-error` for the
+        // component or a trap, both through `?`.
+        trappable_error_type: {
+            "nrvna:agent/types.job-error" => crate::host::HostCallError,
+        },
     });
 }
 
@@ -31,19 +36,21 @@ mod cache;
 mod error;
 mod grants;
 mod host;
-mod jobs;
 mod kv;
+mod limits;
 mod log;
+mod run;
 mod runtime;
+mod text;
 mod watch;
 
 pub use error::{GrantError, LimitHit, LimitKind, SandboxError};
 pub use grants::{
-    AgentGrant, DirGrant, EnvVar, Grants, Limits, RouteGrant, check_name, parse_bytes,
-    parse_duration,
+    AgentGrant, DirGrant, EnvVar, Grants, RouteGrant, check_name, parse_bytes, parse_duration,
 };
-pub use jobs::MAX_WAIT_IDS;
+pub use host::jobs::MAX_WAIT_IDS;
 pub use kv::{AGENTS_DIR, MAX_KEY_LEN, MAX_KEYS, MAX_VALUE_BYTES};
+pub use limits::Limits;
 pub use log::{LogFn, LogLevel, LogRecord, LogSink, LogSource};
 pub use runtime::{
     Agent, LoadSource, MAX_COMPONENT_BYTES, RunContext, RunOutcome, RunStats, Runtime,

@@ -16,12 +16,13 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::bindings::{self, AgentPre};
 use crate::cache::{CompileCache, sha256_hex};
-use crate::error::{GrantError, LimitHit, LimitKind, SandboxError};
+use crate::error::{GrantError, LimitHit, SandboxError};
 use crate::grants::{Grants, check_name};
-use crate::host::{HostState, TreeLimiter};
-use crate::jobs::RunShared;
+use crate::host::HostState;
 use crate::kv::Kv;
+use crate::limits::{MemoryLimiter, RunBudget};
 use crate::log::{LogPipe, LogSink, LogSource};
+use crate::run::RunShared;
 use crate::watch::Watchers;
 
 /// Largest component file accepted.
@@ -195,13 +196,12 @@ impl Runtime {
             .epoch_interruption(true)
             // A guest's deep recursion traps instead of exhausting the host's stack.
             .max_wasm_stack(1 << 20);
-        let engine =
-            Engine::new(&wasm).map_err(|e| SandboxError::Runtime(format!("engine: {e}")))?;
+        let engine = Engine::new(&wasm).map_err(runtime_failure("engine"))?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| SandboxError::Runtime(format!("linking WASI: {e}")))?;
+            .map_err(runtime_failure("linking WASI"))?;
         bindings::Agent::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| SandboxError::Runtime(format!("linking nrvna:agent: {e}")))?;
+            .map_err(runtime_failure("linking nrvna:agent"))?;
         let cache = match &config.cache_dir {
             Some(dir) => match CompileCache::open(dir, &engine) {
                 Ok(c) => Some(c),
@@ -228,7 +228,7 @@ impl Runtime {
                         engine.increment_epoch();
                     }
                 })
-                .map_err(|e| SandboxError::Runtime(format!("epoch thread: {e}")))?
+                .map_err(|e| runtime_failure("epoch thread")(wasmtime::Error::new(e)))?
         };
         Ok(Runtime {
             inner: Arc::new(Inner {
@@ -269,11 +269,11 @@ impl Runtime {
 
     /// Loads a component from bytes under `name` (1-64 of `A-Z a-z 0-9 _ - .`).
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<Agent, SandboxError> {
-        let invalid = |message: String| SandboxError::InvalidComponent {
+        let invalid = |source: wasmtime::Error| SandboxError::InvalidComponent {
             name: name.to_owned(),
-            message,
+            source,
         };
-        check_name(name).map_err(invalid)?;
+        check_name(name).map_err(|reason| invalid(wasmtime::Error::msg(reason)))?;
         let digest = sha256_hex(bytes);
         let agent = |pre, source| Agent {
             name: name.to_owned(),
@@ -291,9 +291,9 @@ impl Runtime {
             return Ok(agent(pre, LoadSource::Memory));
         }
         if wasmtime::Engine::detect_precompiled(bytes).is_some() {
-            return Err(invalid(
-                "this is a precompiled artifact; give the .wasm component".into(),
-            ));
+            return Err(invalid(wasmtime::Error::msg(
+                "this is a precompiled artifact; give the .wasm component",
+            )));
         }
         let engine = &self.inner.engine;
         let cached = self
@@ -304,7 +304,7 @@ impl Runtime {
         let (component, source) = match cached {
             Some(c) => (c, LoadSource::DiskCache),
             None => {
-                let c = Component::new(engine, bytes).map_err(|e| invalid(chain(&e)))?;
+                let c = Component::new(engine, bytes).map_err(invalid)?;
                 if let Some(cache) = &self.inner.cache {
                     cache.store(&digest, &c);
                 }
@@ -315,8 +315,8 @@ impl Runtime {
             .inner
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| invalid(chain(&e)))?;
-        let pre = AgentPre::new(pre).map_err(|e| invalid(chain(&e)))?;
+            .map_err(invalid)?;
+        let pre = AgentPre::new(pre).map_err(invalid)?;
         if let Ok(mut loaded) = self.inner.loaded.lock() {
             if loaded.len() >= MAX_LOADED {
                 loaded.clear();
@@ -362,25 +362,17 @@ impl Runtime {
             run_sandbox(run.clone(), agent.clone(), agent_name, args, 0),
         )
         .await
-        .unwrap_or_else(|_| {
-            Err(SandboxError::Limit(LimitHit::new(
-                LimitKind::WallClock,
-                format!("the run took longer than {}", show_duration(wall)),
-            )))
-        });
+        .unwrap_or_else(|_| Err(SandboxError::Limit(run.budget.wall_clock_hit())));
         let jobs_cancelled = run.finish();
         let output = result?;
         Ok(RunOutcome {
             output,
             stats: RunStats {
                 elapsed: started.elapsed(),
-                cpu: self
-                    .inner
-                    .tick
-                    .saturating_mul(u32::try_from(run.cpu_ticks()).unwrap_or(u32::MAX)),
-                jobs_submitted: run.jobs_submitted(),
-                agent_calls: run.agent_calls(),
-                peak_memory_bytes: run.peak_memory(),
+                cpu: run.budget.cpu_time(),
+                jobs_submitted: run.budget.jobs_submitted(),
+                agent_calls: run.budget.agent_calls(),
+                peak_memory_bytes: run.budget.peak_memory(),
                 jobs_cancelled,
             },
         })
@@ -432,7 +424,7 @@ pub(crate) fn run_sandbox(
         let state = HostState {
             wasi: wasi.build(),
             table,
-            limiter: TreeLimiter::new(run.clone()),
+            limiter: MemoryLimiter::new(run.budget.clone()),
             run: run.clone(),
             agent: agent.clone(),
             agent_name: agent_name.clone(),
@@ -441,84 +433,44 @@ pub(crate) fn run_sandbox(
         };
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_hostcall_fuel(
-            usize::try_from(run.grants.limits.hostcall_bytes).unwrap_or(usize::MAX),
-        );
+        store.set_hostcall_fuel(run.budget.hostcall_fuel());
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
             // Each callback is one tick of guest execution; a long host call (follow)
             // costs one tick, not its duration.
-            ctx.data().run.charge_cpu_tick()?;
+            ctx.data().run.budget.charge_cpu_tick()?;
             Ok(UpdateDeadline::Yield(1))
         });
         let instance = agent
             .pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| classify(&e, &run))?;
+            .map_err(|e| classify(e, &run.budget))?;
         let result = instance
             .call_run(&mut store, &args)
             .await
-            .map_err(|e| classify(&e, &run));
+            .map_err(|e| classify(e, &run.budget));
         stdout.flush_partial();
         stderr.flush_partial();
         result
     })
 }
 
+/// Wraps the error of a step of setting up the runtime.
+fn runtime_failure(what: &'static str) -> impl Fn(wasmtime::Error) -> SandboxError {
+    move |source| SandboxError::Runtime { what, source }
+}
+
 /// Turns a wasmtime error into the run's verdict: a limit (ours, or wasmtime's
 /// hostcall fuel) or a crash.
-fn classify(e: &wasmtime::Error, run: &RunShared) -> SandboxError {
+fn classify(e: wasmtime::Error, budget: &RunBudget) -> SandboxError {
     if let Some(hit) = e.downcast_ref::<LimitHit>() {
         return SandboxError::Limit(hit.clone());
     }
-    let text = chain(e);
-    if text.contains("fuel allocated for hostcalls has been exhausted") {
-        return SandboxError::Limit(LimitHit::new(
-            LimitKind::HostcallBytes,
-            format!(
-                "the component tried to pass more than {} bytes to one host call",
-                run.grants.limits.hostcall_bytes
-            ),
-        ));
+    if let Some(hit) = budget.hostcall_limit_hit(&e) {
+        return SandboxError::Limit(hit);
     }
-    // The root cause ("wasm trap: ...") first, the wasm backtrace after it.
-    let root = e.root_cause().to_string();
-    let rest: Vec<String> = e
-        .chain()
-        .map(|c| c.to_string())
-        .filter(|c| *c != root)
-        .collect();
-    let mut message = root;
-    for part in rest {
-        message.push('\n');
-        message.push_str(&part);
-    }
-    SandboxError::Trap(cut(message))
-}
-
-/// An error with its causes, cut to a readable length.
-pub(crate) fn chain(e: &wasmtime::Error) -> String {
-    let mut text = String::new();
-    for (i, cause) in e.chain().enumerate() {
-        if i > 0 {
-            text.push_str(": ");
-        }
-        text.push_str(&cause.to_string());
-    }
-    cut(text)
-}
-
-fn cut(mut text: String) -> String {
-    if text.len() > 4000 {
-        let mut cut = 4000;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str(" [...]");
-    }
-    text
+    SandboxError::Trap(e)
 }
 
 fn name_from_path(path: &Path) -> String {
@@ -544,14 +496,6 @@ fn name_from_path(path: &Path) -> String {
         name.push_str("agent");
     }
     name
-}
-
-pub(crate) fn show_duration(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{}s", (d.as_secs_f64() * 10.0).round() / 10.0)
-    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! last one. Each change bumps a runtime-wide generation counter; waiters re-check
 //! their jobs on every bump and on a slow timer, so a dropped notification only costs
 //! latency. Waiting is a tokio future: dropping it (a run cancelled or timed out)
-//! leaves no thread behind.
+//! leaves no thread behind. (So `nrvna_queue::watch::DirWatcher`, a blocking receiver
+//! per waiter, does not fit; [`is_news`] applies its rule for which events are news.)
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -77,16 +78,7 @@ impl Watchers {
         let tx = self.changed.clone();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                let news = match &event {
-                    Ok(e) => !matches!(
-                        e.kind,
-                        EventKind::Access(_)
-                            | EventKind::Modify(ModifyKind::Name(RenameMode::From))
-                    ),
-                    // Overflow or error: wake everyone to re-check.
-                    Err(_) => true,
-                };
-                if news {
+                if is_news(&event) {
                     tx.send_modify(|g| *g = g.wrapping_add(1));
                 }
             })?;
@@ -98,6 +90,23 @@ impl Watchers {
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+}
+
+/// Whether `event` may be a job arriving somewhere a waiter looks. The queue's rule
+/// (`nrvna_queue::watch`): entries leaving a directory (removed, renamed away) and mere
+/// reads are never news, as a job that moves on always arrives in another state
+/// directory, and that arrival wakes the waiters. An error (an overflow) is news:
+/// anything may have changed.
+fn is_news(event: &notify::Result<notify::Event>) -> bool {
+    match event {
+        Ok(event) => !matches!(
+            event.kind,
+            EventKind::Access(_)
+                | EventKind::Remove(_)
+                | EventKind::Modify(ModifyKind::Name(RenameMode::From))
+        ),
+        Err(_) => true,
     }
 }
 
@@ -145,7 +154,30 @@ pub(crate) fn deadline_in(ms: Option<u64>) -> Option<Instant> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use notify::event::{AccessKind, CreateKind, DataChange, RemoveKind};
     use nrvna_queue::Submission;
+
+    #[test]
+    fn departures_are_not_news_and_arrivals_are() {
+        let event = |kind| Ok(notify::Event::new(kind));
+        for departure in [
+            EventKind::Remove(RemoveKind::Folder),
+            EventKind::Remove(RemoveKind::Any),
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+            EventKind::Access(AccessKind::Any),
+        ] {
+            assert!(!is_news(&event(departure)), "{departure:?}");
+        }
+        for arrival in [
+            EventKind::Create(CreateKind::Folder),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+        ] {
+            assert!(is_news(&event(arrival)), "{arrival:?}");
+        }
+        assert!(is_news(&Err(notify::Error::generic("queue overflow"))));
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_change_wakes_a_waiter_and_a_deadline_ends_it() {

@@ -64,6 +64,22 @@ struct Config {
     opts: Options,
 }
 
+impl Flags for Config {
+    fn flag(&mut self, flag: &str, p: &mut Parser) -> Result<bool, String> {
+        match flag {
+            "--file" => self.file = Some(p.value()?),
+            "--template" => self.template = Some(p.value()?),
+            "--image" => self.image = true,
+            "--parallel" => self.parallel = p.number_in(1..=64)?,
+            "--limit" => self.limit = p.number_in(1..=10_000)?,
+            "--route" => self.opts.route = route_of(&p.value()?).map(Into::into),
+            "--json" => self.json = true,
+            _ => return self.opts.accept(flag, p),
+        }
+        Ok(true)
+    }
+}
+
 fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
     let mut p = Parser::new("batch", USAGE, args);
     let mut c = Config {
@@ -76,23 +92,10 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
         json: false,
         opts: Options::default(),
     };
-    while let Some(arg) = p.next()? {
-        match arg {
-            Arg::Flag(f) => match f.as_str() {
-                "-h" | "--help" => return Ok(None),
-                "--file" => c.file = Some(p.value()?),
-                "--template" => c.template = Some(p.value()?),
-                "--image" => c.image = true,
-                "--parallel" => c.parallel = p.number_in(1..=64)?,
-                "--limit" => c.limit = p.number_in(1..=10_000)?,
-                "--route" => c.opts.route = route_of(&p.value()?).map(Into::into),
-                "--json" => c.json = true,
-                f if c.opts.accept(f, &mut p)? => {}
-                f => return Err(p.unknown(f)),
-            },
-            Arg::Word(w) => c.inputs.push(w),
-        }
-    }
+    let Some(words) = p.read(&mut c)? else {
+        return Ok(None);
+    };
+    c.inputs = words;
     match (&c.file, c.inputs.is_empty()) {
         (Some(_), false) => Err(p.error("give INPUTs or --file, not both")),
         (None, true) => Err(p.error("no INPUT given")),
@@ -100,18 +103,7 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
     }
 }
 
-struct Batch;
-
-impl Agent for Batch {
-    fn run(args: Vec<String>) -> Result<String, String> {
-        match parse(args)? {
-            Some(c) => batch(c),
-            None => Ok(USAGE.to_owned()),
-        }
-    }
-}
-
-export_agent!(Batch);
+export_command!(parse, USAGE, batch);
 
 /// The non-empty lines of the file, trimmed.
 fn read_inputs(path: &str) -> Result<Vec<String>, String> {

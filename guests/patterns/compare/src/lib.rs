@@ -59,6 +59,20 @@ struct Config {
     opts: Options,
 }
 
+impl Flags for Config {
+    fn flag(&mut self, flag: &str, p: &mut Parser) -> Result<bool, String> {
+        match flag {
+            "--to" => self.targets.push(p.value()?),
+            "--judge" => self.judge = p.value()?,
+            "--no-judge" => self.no_judge = true,
+            "--max-chars" => self.max_chars = p.number_in(50..=100_000)?,
+            "--json" => self.json = true,
+            _ => return self.opts.accept(flag, p),
+        }
+        Ok(true)
+    }
+}
+
 fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
     let mut p = Parser::new("compare", USAGE, args);
     let mut c = Config {
@@ -70,44 +84,17 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
         json: false,
         opts: Options::default(),
     };
-    let mut words = Vec::new();
-    while let Some(arg) = p.next()? {
-        match arg {
-            Arg::Flag(f) => match f.as_str() {
-                "-h" | "--help" => return Ok(None),
-                "--to" => c.targets.push(p.value()?),
-                "--judge" => c.judge = p.value()?,
-                "--no-judge" => c.no_judge = true,
-                "--max-chars" => c.max_chars = p.number_in(50..=100_000)?,
-                "--json" => c.json = true,
-                f if c.opts.accept(f, &mut p)? => {}
-                f => return Err(p.unknown(f)),
-            },
-            Arg::Word(w) => words.push(w),
-        }
-    }
-    c.prompt = words.join(" ");
-    if c.prompt.trim().is_empty() {
-        return Err(p.error("no PROMPT given"));
-    }
+    let Some(words) = p.read(&mut c)? else {
+        return Ok(None);
+    };
+    c.prompt = p.joined(&words, "PROMPT")?;
     if c.targets.len() > MAX_TARGETS {
         return Err(p.error(format!("at most {MAX_TARGETS} --to targets")));
     }
     Ok(Some(c))
 }
 
-struct Compare;
-
-impl Agent for Compare {
-    fn run(args: Vec<String>) -> Result<String, String> {
-        match parse(args)? {
-            Some(c) => compare(c),
-            None => Ok(USAGE.to_owned()),
-        }
-    }
-}
-
-export_agent!(Compare);
+export_command!(parse, USAGE, compare);
 
 fn compare(mut c: Config) -> Result<String, String> {
     let granted = routes();

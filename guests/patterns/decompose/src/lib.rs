@@ -76,6 +76,21 @@ struct Config {
     opts: Options,
 }
 
+impl Flags for Config {
+    fn flag(&mut self, flag: &str, p: &mut Parser) -> Result<bool, String> {
+        match flag {
+            "--max-depth" => self.max_depth = p.number_in(0..=32)?,
+            "--max-subgoals" => self.max_subgoals = p.number_in(1..=5)?,
+            "--solver" => self.solver = p.value()?,
+            "--max-chars" => self.max_chars = p.number_in(50..=100_000)?,
+            "--json" => self.json = true,
+            "--depth" => self.depth = p.number_in(0..=32)?,
+            _ => return self.opts.accept(flag, p),
+        }
+        Ok(true)
+    }
+}
+
 fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
     let mut p = Parser::new("decompose", USAGE, args);
     let mut c = Config {
@@ -88,27 +103,10 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
         json: false,
         opts: Options::default(),
     };
-    let mut words = Vec::new();
-    while let Some(arg) = p.next()? {
-        match arg {
-            Arg::Flag(f) => match f.as_str() {
-                "-h" | "--help" => return Ok(None),
-                "--max-depth" => c.max_depth = p.number_in(0..=32)?,
-                "--max-subgoals" => c.max_subgoals = p.number_in(1..=5)?,
-                "--solver" => c.solver = p.value()?,
-                "--max-chars" => c.max_chars = p.number_in(50..=100_000)?,
-                "--json" => c.json = true,
-                "--depth" => c.depth = p.number_in(0..=32)?,
-                f if c.opts.accept(f, &mut p)? => {}
-                f => return Err(p.unknown(f)),
-            },
-            Arg::Word(w) => words.push(w),
-        }
-    }
-    c.goal = words.join(" ");
-    if c.goal.trim().is_empty() {
-        return Err(p.error("no GOAL given"));
-    }
+    let Some(words) = p.read(&mut c)? else {
+        return Ok(None);
+    };
+    c.goal = p.joined(&words, "GOAL")?;
     let leaves = (c.max_subgoals as u64).saturating_pow(c.max_depth);
     if leaves > MAX_LEAVES {
         return Err(p.error(format!(
@@ -120,18 +118,7 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
     Ok(Some(c))
 }
 
-struct Decompose;
-
-impl Agent for Decompose {
-    fn run(args: Vec<String>) -> Result<String, String> {
-        match parse(args)? {
-            Some(c) => decompose(&c),
-            None => Ok(USAGE.to_owned()),
-        }
-    }
-}
-
-export_agent!(Decompose);
+export_command!(parse, USAGE, |c| decompose(&c));
 
 fn job(c: &Config, prompt: String, step: &str) -> Job {
     Job::new(prompt)

@@ -68,6 +68,22 @@ struct Config {
     opts: Options,
 }
 
+impl Flags for Config {
+    fn flag(&mut self, flag: &str, p: &mut Parser) -> Result<bool, String> {
+        match flag {
+            "--rounds" => self.rounds = p.number_in(1..=50)?,
+            "--stop" => self.stop = p.value()?,
+            "--memory-chars" => self.memory_chars = p.number_in(0..=100_000)?,
+            "--run-id" => self.run_id = p.value()?,
+            "--fresh" => self.fresh = true,
+            "--route" => self.opts.route = route_of(&p.value()?).map(Into::into),
+            "--json" => self.json = true,
+            _ => return self.opts.accept(flag, p),
+        }
+        Ok(true)
+    }
+}
+
 fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
     let mut p = Parser::new("loop", USAGE, args);
     let mut c = Config {
@@ -80,28 +96,10 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
         json: false,
         opts: Options::default(),
     };
-    let mut words = Vec::new();
-    while let Some(arg) = p.next()? {
-        match arg {
-            Arg::Flag(f) => match f.as_str() {
-                "-h" | "--help" => return Ok(None),
-                "--rounds" => c.rounds = p.number_in(1..=50)?,
-                "--stop" => c.stop = p.value()?,
-                "--memory-chars" => c.memory_chars = p.number_in(0..=100_000)?,
-                "--run-id" => c.run_id = p.value()?,
-                "--fresh" => c.fresh = true,
-                "--route" => c.opts.route = route_of(&p.value()?).map(Into::into),
-                "--json" => c.json = true,
-                f if c.opts.accept(f, &mut p)? => {}
-                f => return Err(p.unknown(f)),
-            },
-            Arg::Word(w) => words.push(w),
-        }
-    }
-    c.goal = words.join(" ");
-    if c.goal.trim().is_empty() {
-        return Err(p.error("no GOAL given"));
-    }
+    let Some(words) = p.read(&mut c)? else {
+        return Ok(None);
+    };
+    c.goal = p.joined(&words, "GOAL")?;
     if c.stop.is_empty() {
         return Err(p.error("--stop needs a non-empty word"));
     }
@@ -118,18 +116,7 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
     Ok(Some(c))
 }
 
-struct Loop;
-
-impl Agent for Loop {
-    fn run(args: Vec<String>) -> Result<String, String> {
-        match parse(args)? {
-            Some(c) => run_loop(&c),
-            None => Ok(USAGE.to_owned()),
-        }
-    }
-}
-
-export_agent!(Loop);
+export_command!(parse, USAGE, |c| run_loop(&c));
 
 /// The loop's saved state; every method is a no-op once kv turned out to be unavailable.
 struct State {

@@ -66,6 +66,29 @@ struct Config {
     opts: Options,
 }
 
+impl Flags for Config {
+    fn flag(&mut self, flag: &str, p: &mut Parser) -> Result<bool, String> {
+        match flag {
+            "--goal" => self.goal = Some(p.value()?),
+            "--parts" => self.parts = p.number_in(2..=8)?,
+            "--reduce" => self.reduce = p.value()?,
+            "--parallel" => self.parallel = p.number_in(1..=MAX_SUBTASKS)?,
+            "--max-chars" => self.max_chars = p.number_in(50..=100_000)?,
+            "--route" => self.opts.route = route_of(&p.value()?).map(Into::into),
+            "--json" => self.json = true,
+            _ => return self.opts.accept(flag, p),
+        }
+        Ok(true)
+    }
+
+    fn check_word(&self, word: &str, p: &Parser) -> Result<(), String> {
+        if word.trim().is_empty() {
+            return Err(p.error("an empty SUBTASK"));
+        }
+        Ok(())
+    }
+}
+
 fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
     let mut p = Parser::new("map-reduce", USAGE, args);
     let mut c = Config {
@@ -78,26 +101,10 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
         json: false,
         opts: Options::default(),
     };
-    while let Some(arg) = p.next()? {
-        match arg {
-            Arg::Flag(f) => match f.as_str() {
-                "-h" | "--help" => return Ok(None),
-                "--goal" => c.goal = Some(p.value()?),
-                "--parts" => c.parts = p.number_in(2..=8)?,
-                "--reduce" => c.reduce = p.value()?,
-                "--parallel" => c.parallel = p.number_in(1..=MAX_SUBTASKS)?,
-                "--max-chars" => c.max_chars = p.number_in(50..=100_000)?,
-                "--route" => c.opts.route = route_of(&p.value()?).map(Into::into),
-                "--json" => c.json = true,
-                f if c.opts.accept(f, &mut p)? => {}
-                f => return Err(p.unknown(f)),
-            },
-            Arg::Word(w) if w.trim().is_empty() => {
-                return Err(p.error("an empty SUBTASK"));
-            }
-            Arg::Word(w) => c.subtasks.push(w),
-        }
-    }
+    let Some(words) = p.read(&mut c)? else {
+        return Ok(None);
+    };
+    c.subtasks = words;
     match (&c.goal, c.subtasks.len()) {
         (Some(_), n) if n > 0 => Err(p.error("give SUBTASKs or --goal, not both")),
         (Some(g), _) if g.trim().is_empty() => Err(p.error("--goal is empty")),
@@ -109,18 +116,7 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
     }
 }
 
-struct MapReduce;
-
-impl Agent for MapReduce {
-    fn run(args: Vec<String>) -> Result<String, String> {
-        match parse(args)? {
-            Some(c) => map_reduce(&c),
-            None => Ok(USAGE.to_owned()),
-        }
-    }
-}
-
-export_agent!(MapReduce);
+export_command!(parse, USAGE, |c| map_reduce(&c));
 
 fn job(c: &Config, prompt: String, step: &str) -> Job {
     Job::new(prompt)

@@ -50,6 +50,19 @@ struct Config {
     opts: Options,
 }
 
+impl Flags for Config {
+    fn flag(&mut self, flag: &str, p: &mut Parser) -> Result<bool, String> {
+        match flag {
+            "--rounds" => self.rounds = p.number_in(1..=5)?,
+            "--route" => self.opts.route = route_of(&p.value()?).map(Into::into),
+            "--max-chars" => self.max_chars = p.number_in(100..=100_000)?,
+            "--json" => self.json = true,
+            _ => return self.opts.accept(flag, p),
+        }
+        Ok(true)
+    }
+}
+
 fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
     let mut p = Parser::new("refine", USAGE, args);
     let mut c = Config {
@@ -59,41 +72,14 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
         json: false,
         opts: Options::default(),
     };
-    let mut words = Vec::new();
-    while let Some(arg) = p.next()? {
-        match arg {
-            Arg::Flag(f) => match f.as_str() {
-                "-h" | "--help" => return Ok(None),
-                "--rounds" => c.rounds = p.number_in(1..=5)?,
-                "--route" => c.opts.route = route_of(&p.value()?).map(Into::into),
-                "--max-chars" => c.max_chars = p.number_in(100..=100_000)?,
-                "--json" => c.json = true,
-                f if c.opts.accept(f, &mut p)? => {}
-                f => return Err(p.unknown(f)),
-            },
-            Arg::Word(w) => words.push(w),
-        }
-    }
-    c.goal = words.join(" ");
-    if c.goal.trim().is_empty() {
-        return Err(p.error("no GOAL given"));
-    }
+    let Some(words) = p.read(&mut c)? else {
+        return Ok(None);
+    };
+    c.goal = p.joined(&words, "GOAL")?;
     Ok(Some(c))
 }
 
-/// `self` names the own workspace, as everywhere in the patterns.
-struct Refine;
-
-impl Agent for Refine {
-    fn run(args: Vec<String>) -> Result<String, String> {
-        match parse(args)? {
-            Some(c) => refine(&c),
-            None => Ok(USAGE.to_owned()),
-        }
-    }
-}
-
-export_agent!(Refine);
+export_command!(parse, USAGE, |c| refine(&c));
 
 fn refine(c: &Config) -> Result<String, String> {
     let mut jobs = Vec::new();

@@ -73,6 +73,33 @@ struct Config {
     opts: Options,
 }
 
+impl Flags for Config {
+    fn flag(&mut self, flag: &str, p: &mut Parser) -> Result<bool, String> {
+        match flag {
+            "--attempts" => self.attempts = p.number_in(1..=10)?,
+            "--backoff-ms" => self.backoff = Duration::from_millis(p.number_in(0..=60_000)?),
+            "--max-backoff-ms" => {
+                self.max_backoff = Duration::from_millis(p.number_in(0..=60_000)?)
+            }
+            "--no-jitter" => self.jitter = false,
+            "--timeout-ms" => {
+                self.timeout = Some(Duration::from_millis(p.number_in(1..=86_400_000)?))
+            }
+            "--schema" => {
+                let v = p.value()?;
+                self.schema = Some(load_schema(&v).map_err(|e| p.error(e))?);
+            }
+            "--expect-json" => self.expect_json = true,
+            "--contains" => self.contains.push(p.value()?),
+            "--min-chars" => self.min_chars = p.number_in(0..=1_000_000)?,
+            "--route" => self.opts.route = route_of(&p.value()?).map(Into::into),
+            "--json" => self.json = true,
+            _ => return self.opts.accept(flag, p),
+        }
+        Ok(true)
+    }
+}
+
 fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
     let mut p = Parser::new("retry", USAGE, args);
     let mut c = Config {
@@ -89,39 +116,10 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
         json: false,
         opts: Options::default(),
     };
-    let mut words = Vec::new();
-    while let Some(arg) = p.next()? {
-        match arg {
-            Arg::Flag(f) => match f.as_str() {
-                "-h" | "--help" => return Ok(None),
-                "--attempts" => c.attempts = p.number_in(1..=10)?,
-                "--backoff-ms" => c.backoff = Duration::from_millis(p.number_in(0..=60_000)?),
-                "--max-backoff-ms" => {
-                    c.max_backoff = Duration::from_millis(p.number_in(0..=60_000)?)
-                }
-                "--no-jitter" => c.jitter = false,
-                "--timeout-ms" => {
-                    c.timeout = Some(Duration::from_millis(p.number_in(1..=86_400_000)?))
-                }
-                "--schema" => {
-                    let v = p.value()?;
-                    c.schema = Some(load_schema(&v).map_err(|e| p.error(e))?);
-                }
-                "--expect-json" => c.expect_json = true,
-                "--contains" => c.contains.push(p.value()?),
-                "--min-chars" => c.min_chars = p.number_in(0..=1_000_000)?,
-                "--route" => c.opts.route = route_of(&p.value()?).map(Into::into),
-                "--json" => c.json = true,
-                f if c.opts.accept(f, &mut p)? => {}
-                f => return Err(p.unknown(f)),
-            },
-            Arg::Word(w) => words.push(w),
-        }
-    }
-    c.prompt = words.join(" ");
-    if c.prompt.trim().is_empty() {
-        return Err(p.error("no PROMPT given"));
-    }
+    let Some(words) = p.read(&mut c)? else {
+        return Ok(None);
+    };
+    c.prompt = p.joined(&words, "PROMPT")?;
     Ok(Some(c))
 }
 
@@ -142,18 +140,7 @@ fn load_schema(v: &str) -> Result<Value, String> {
     Ok(schema)
 }
 
-struct RetryAgent;
-
-impl Agent for RetryAgent {
-    fn run(args: Vec<String>) -> Result<String, String> {
-        match parse(args)? {
-            Some(c) => retry(&c),
-            None => Ok(USAGE.to_owned()),
-        }
-    }
-}
-
-export_agent!(RetryAgent);
+export_command!(parse, USAGE, |c| retry(&c));
 
 /// The printed result if `text` passes every validator, else why not.
 fn validate(c: &Config, text: &str) -> Result<String, String> {

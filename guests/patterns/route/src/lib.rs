@@ -61,6 +61,44 @@ struct Config {
     opts: Options,
 }
 
+impl Flags for Config {
+    fn flag(&mut self, flag: &str, p: &mut Parser) -> Result<bool, String> {
+        match flag {
+            "--rule" => {
+                let v = p.value()?;
+                // The route is after the last `=`, so a pattern may contain `=`.
+                match v.rsplit_once('=') {
+                    Some((glob, route)) if !glob.is_empty() && !route.is_empty() => {
+                        self.rules.push((glob.to_owned(), route.to_owned()))
+                    }
+                    _ => return Err(p.error(format!("--rule {v:?}: expected GLOB=ROUTE"))),
+                }
+                if self.rules.len() > 64 {
+                    return Err(p.error("at most 64 --rule options"));
+                }
+            }
+            "--classify" => self.classify = true,
+            "--describe" => {
+                let v = p.value()?;
+                match v.split_once('=') {
+                    Some((name, what)) if !name.is_empty() => {
+                        self.descriptions.push((name.to_owned(), what.to_owned()))
+                    }
+                    _ => {
+                        return Err(p.error(format!("--describe {v:?}: expected NAME=TEXT")));
+                    }
+                }
+            }
+            "--default" => self.default = p.value()?,
+            "--template" => self.template = p.value()?,
+            "--dry-run" => self.dry_run = true,
+            "--json" => self.json = true,
+            _ => return self.opts.accept(flag, p),
+        }
+        Ok(true)
+    }
+}
+
 fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
     let mut p = Parser::new("route", USAGE, args);
     let mut c = Config {
@@ -74,65 +112,14 @@ fn parse(args: Vec<String>) -> Result<Option<Config>, String> {
         json: false,
         opts: Options::default(),
     };
-    let mut words = Vec::new();
-    while let Some(arg) = p.next()? {
-        match arg {
-            Arg::Flag(f) => match f.as_str() {
-                "-h" | "--help" => return Ok(None),
-                "--rule" => {
-                    let v = p.value()?;
-                    // The route is after the last `=`, so a pattern may contain `=`.
-                    match v.rsplit_once('=') {
-                        Some((glob, route)) if !glob.is_empty() && !route.is_empty() => {
-                            c.rules.push((glob.to_owned(), route.to_owned()))
-                        }
-                        _ => return Err(p.error(format!("--rule {v:?}: expected GLOB=ROUTE"))),
-                    }
-                    if c.rules.len() > 64 {
-                        return Err(p.error("at most 64 --rule options"));
-                    }
-                }
-                "--classify" => c.classify = true,
-                "--describe" => {
-                    let v = p.value()?;
-                    match v.split_once('=') {
-                        Some((name, what)) if !name.is_empty() => {
-                            c.descriptions.push((name.to_owned(), what.to_owned()))
-                        }
-                        _ => {
-                            return Err(p.error(format!("--describe {v:?}: expected NAME=TEXT")));
-                        }
-                    }
-                }
-                "--default" => c.default = p.value()?,
-                "--template" => c.template = p.value()?,
-                "--dry-run" => c.dry_run = true,
-                "--json" => c.json = true,
-                f if c.opts.accept(f, &mut p)? => {}
-                f => return Err(p.unknown(f)),
-            },
-            Arg::Word(w) => words.push(w),
-        }
-    }
-    c.input = words.join(" ");
-    if c.input.trim().is_empty() {
-        return Err(p.error("no INPUT given"));
-    }
+    let Some(words) = p.read(&mut c)? else {
+        return Ok(None);
+    };
+    c.input = p.joined(&words, "INPUT")?;
     Ok(Some(c))
 }
 
-struct Route;
-
-impl Agent for Route {
-    fn run(args: Vec<String>) -> Result<String, String> {
-        match parse(args)? {
-            Some(c) => route(&c),
-            None => Ok(USAGE.to_owned()),
-        }
-    }
-}
-
-export_agent!(Route);
+export_command!(parse, USAGE, |c| route(&c));
 
 /// How the route was chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -3,9 +3,11 @@
 //! - raw ceiling: N sequences decoded together in a tight loop through llama.cpp;
 //! - the daemon end to end at the same N: 64 jobs × 64 tokens submitted with `wrk`;
 //! - efficiency = end to end ÷ raw ceiling;
-//! - pickup latency of an idle daemon; the queue alone (no model); the agent runtime.
+//! - pickup latency of an idle daemon; the queue alone (no model).
 //!
-//! Numbers, not assertions: docs/benchmarks.md keeps the results.
+//! Numbers, not assertions: docs/benchmarks.md keeps the results. The agent runtime's
+//! costs need the test fixtures, so their bench is in the test crate
+//! (`cargo run --release -p nrvna-tests --example bench-sandbox`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -49,11 +51,12 @@ pub struct BenchArgs {
     /// Directory for the queue-alone workspaces [default: the system temp dir]
     #[arg(long, value_name = "DIR")]
     queue_dir: Option<PathBuf>,
-    /// Sections to run: engine, pickup, queue, sandbox
+    /// Sections to run: engine, pickup, queue
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "engine,pickup,queue,sandbox"
+        default_value = "engine,pickup,queue",
+        value_parser = ["engine", "pickup", "queue"]
     )]
     only: Vec<String>,
 }
@@ -85,10 +88,6 @@ pub fn run(args: BenchArgs) -> Result<String> {
             &args.queue_threads,
             args.queue_dir.as_deref(),
         )?);
-    }
-    if wants("sandbox") {
-        out.push_str("\nagent runtime:\n\n");
-        out.push_str(&super::bench_sandbox::run()?);
     }
     Ok(out)
 }

@@ -4,18 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
-use nrvna_engine::{LlamaEngine, check_model_file};
-use nrvna_queue::Workspace;
-use nrvna_queue::lifecycle::{DaemonLock, DaemonStatus, probe};
-use nrvna_sandbox::{LogLevel, LogSink, RunContext, Runtime, RuntimeConfig, SandboxError};
+use anyhow::{Context, Result, bail};
+use nrvna_queue::lifecycle::{DaemonStatus, probe};
+use nrvna_sandbox::{LogLevel, LogSink, RunContext, SandboxError};
 
-use crate::cli::resolve_model;
-use crate::daemon::{self, DaemonOptions, SignalCounter};
+use crate::daemon::{DaemonConfig, InProcessDaemon, agent_runtime};
 use crate::grant_args::{GrantArgs, default_cache_dir};
 
 /// Exit codes of `nrvna exec` (documented in its `--help` and docs/sandbox.md).
@@ -23,7 +18,7 @@ pub const EXIT_COMPONENT_ERROR: u8 = 1;
 pub const EXIT_LIMIT: u8 = 3;
 pub const EXIT_CRASH: u8 = 4;
 
-pub const AFTER_HELP: &str = "\
+const AFTER_HELP: &str = "\
 The component's result goes to stdout; its log (the log interface, its stdout and
 stderr) and nrvna's messages go to stderr. Arguments after `--` are the component's.
 
@@ -44,17 +39,7 @@ Grants (nothing is granted unless given; repeatable):
   --agent NAME=PATH        a component it may call with agents.call(NAME); `self` is
                            always allowed, with the same grants
 
-Limits (for the whole run, nested agents.call included):
-  --memory SIZE            linear memory                          256M
-  --cpu DURATION           time executing guest code              60s
-  --timeout DURATION       wall-clock time, waits included        600s
-  --max-jobs N             jobs submitted                         1000
-  --max-in-flight N        jobs queued or running at once         64
-  --max-prompt-bytes SIZE  one prompt with its system message     1M
-  --max-depth N            agents.call nesting                    16
-  --max-hostcall-bytes SIZE  bytes passed to one host call        16M
-  --max-log-bytes SIZE     log before lines are dropped           1M
-SIZE is a number with K, M or G; DURATION is seconds or a number with ms, s, m, h.
+{LIMITS}SIZE is a number with K, M or G; DURATION is seconds or a number with ms, s, m, h.
 Jobs, in-flight, prompt and depth limits are errors the component sees (quota or
 invalid) and can handle; memory, CPU, time and host-call bytes stop the run.
 Jobs the run leaves queued or running are cancelled when it ends (--keep-jobs keeps
@@ -66,6 +51,12 @@ Exit codes:
   2  usage error
   3  the run was stopped by a limit (the message names it and its flag)
   4  the component crashed (panic, unreachable, stack overflow, bad memory access)";
+
+/// `nrvna exec --help`'s closing text, with the limits table made from the sandbox's own
+/// defaults.
+pub fn after_help() -> String {
+    AFTER_HELP.replace("{LIMITS}", &crate::grant_args::limits_help())
+}
 
 #[derive(clap::Args, Debug)]
 pub struct ExecArgs {
@@ -79,9 +70,10 @@ pub struct ExecArgs {
     /// (a GGUF path, or part of a file name in NRVNA_MODELS_DIR)
     #[arg(long, value_name = "MODEL")]
     model: Option<String>,
-    /// Jobs decoded together by the in-process daemon (--model)
-    #[arg(short = 'w', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
-    workers: u16,
+    /// Jobs decoded together by the in-process daemon (--model), 1-64 [default:
+    /// NRVNA_WORKERS or 4]
+    #[arg(short = 'w', long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: Option<u16>,
     #[command(flatten)]
     grants: GrantArgs,
     /// Leave the jobs the run did not see end queued when it ends
@@ -114,18 +106,6 @@ fn parse_level(s: &str) -> Result<LogLevel, String> {
     }
 }
 
-/// The runtime `nrvna exec` and the daemon use: disk cache, schema compiler.
-pub fn runtime(cache_dir: Option<PathBuf>) -> Result<Runtime> {
-    let config = RuntimeConfig {
-        cache_dir,
-        schema_to_grammar: Some(Arc::new(|schema: &str| {
-            nrvna_engine::schema_to_grammar(schema).map_err(|e| e.to_string())
-        })),
-        ..RuntimeConfig::default()
-    };
-    Ok(Runtime::new(config)?)
-}
-
 pub fn run(args: ExecArgs) -> Result<ExitCode> {
     let grants = args.grants.to_grants()?;
     // Load first: a bad component fails before any model is loaded.
@@ -134,7 +114,7 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
     } else {
         args.cache_dir.clone().or_else(default_cache_dir)
     };
-    let runtime = runtime(cache_dir)?;
+    let runtime = agent_runtime(cache_dir)?;
     let agent = runtime.load(&args.component)?;
     let agent_name = args.name.clone().unwrap_or_else(|| agent.name().to_owned());
 
@@ -205,7 +185,7 @@ fn workspace_and_daemon(
             let status = probe(ws).unwrap_or(DaemonStatus::NotRunning);
             match (status, model) {
                 (DaemonStatus::NotRunning, Some(model)) => {
-                    let daemon = InProcessDaemon::start(ws, model, args.workers.into())?;
+                    let daemon = in_process_daemon(ws, model, args.workers.map(usize::from))?;
                     Ok((ws.clone(), None, Some(daemon)))
                 }
                 (DaemonStatus::NotRunning, None) => {
@@ -236,78 +216,20 @@ fn workspace_and_daemon(
             eprintln!(
                 "nrvna exec: using a temporary workspace, removed at exit (--ws keeps jobs and kv)"
             );
-            let daemon = InProcessDaemon::start(&ws, model, args.workers.into())?;
+            let daemon = in_process_daemon(&ws, model, args.workers.map(usize::from))?;
             Ok((ws, Some(temp), Some(daemon)))
         }
     }
 }
 
-/// The daemon machinery of `nrvnad`, on a thread of this process.
-pub struct InProcessDaemon {
-    signals: SignalCounter,
-    thread: Option<JoinHandle<Result<daemon::Ended>>>,
-}
-
-impl InProcessDaemon {
-    /// Takes the workspace's lock, loads the model and starts serving.
-    pub fn start(ws: &Path, model: &str, workers: usize) -> Result<InProcessDaemon> {
-        let model = resolve_model(model)?;
-        check_model_file(&model)?;
-        let mut config = crate::cmd::nrvnad::engine_config(model, workers)?;
-        config.embed_model = crate::cmd::nrvnad::embed_model(None)?;
-        let ws = Workspace::create(ws)
-            .with_context(|| format!("cannot create workspace {}", ws.display()))?;
-        let lock = DaemonLock::acquire(ws.root())?;
-        ws.clean_stale_staging(daemon::STALE_STAGING)?;
-        let max_attempts = 3;
-        ws.recover(max_attempts)?;
-        eprintln!(
-            "nrvna exec: loading {} for an in-process daemon",
-            config.model.display()
-        );
-        let engine = LlamaEngine::start(config).context("cannot load the model")?;
-        let signals = SignalCounter::manual();
-        let opts = DaemonOptions {
-            workspace: ws.root().to_owned(),
-            workers,
-            max_attempts,
-            drain: false,
-            grace: Duration::from_secs(5),
-            // The component runs in this process; the daemon only serves its jobs.
-            agents: None,
-        };
-        let thread = {
-            let signals = signals.clone();
-            std::thread::Builder::new()
-                .name("nrvna-daemon".into())
-                .spawn(move || daemon::run(opts, lock, ws, Arc::new(engine), &signals))
-                .map_err(|e| anyhow!("cannot start the daemon thread: {e}"))?
-        };
-        Ok(InProcessDaemon {
-            signals,
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops it as a SIGTERM stops nrvnad: running jobs get the grace period.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            self.signals.request_stop();
-            match thread.join() {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => eprintln!("nrvna exec: the in-process daemon failed: {e:#}"),
-                Err(_) => eprintln!("nrvna exec: the in-process daemon panicked"),
-            }
-        }
-    }
-}
-
-impl Drop for InProcessDaemon {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
+/// Starts a daemon for `ws` in this process, as `nrvnad MODEL WS WORKERS` would (the same
+/// `NRVNA_*` settings), except that it runs no agent jobs: the component runs here.
+pub fn in_process_daemon(
+    ws: &Path,
+    model: &str,
+    workers: Option<usize>,
+) -> Result<InProcessDaemon> {
+    let mut config = DaemonConfig::new(ws.to_owned(), model, workers, None)?;
+    config.grace = Duration::from_secs(5);
+    InProcessDaemon::start(config, "nrvna exec")
 }

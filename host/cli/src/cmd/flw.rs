@@ -9,10 +9,9 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
 use nrvna_queue::watch::{wait_terminal, wait_until};
-use nrvna_queue::workspace::{EMBEDDING_FILE, ERROR_FILE, PROMPT_FILE, RESPONSE_FILE, RESULT_FILE};
-use nrvna_queue::{JobId, Meta, State, Workspace};
+use nrvna_queue::{ArtifactKind, JobId, JobOutcome, Meta, PROMPT_FILE, State, Workspace};
 
-use crate::cli::{init_logging, parse_args};
+use crate::cli::{VersionFlag, init_logging, parse_args};
 
 /// Exit codes, documented in `--help` and docs/cli.md.
 pub mod exit {
@@ -54,9 +53,8 @@ Exit codes:
     after_help = AFTER_HELP
 )]
 struct Args {
-    /// Print the version (-V works too)
-    #[arg(short = 'v', short_alias = 'V', long, action = clap::ArgAction::Version)]
-    version: Option<bool>,
+    #[command(flatten)]
+    version: VersionFlag,
     /// Workspace directory
     workspace: PathBuf,
     /// Job id (with -w and no id, read from stdin)
@@ -90,7 +88,7 @@ pub fn main() -> ExitCode {
     match run(args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("flw: error: {e:#}");
+            eprintln!("flw: error: {}", crate::cli::error_chain(&e));
             ExitCode::from(exit::BAD_INPUT)
         }
     }
@@ -155,39 +153,28 @@ fn result(ws: &Workspace, id: &JobId, args: &Args, timeout: Option<Duration>) ->
             _ => exit::NOT_READY,
         });
     }
-    match state {
-        State::Done => {
-            let name = if ws.job_dir(state, id).join(RESULT_FILE).exists() {
-                RESULT_FILE
-            } else {
-                EMBEDDING_FILE
-            };
-            let bytes = ws.read_file(state, id, name)?;
+    match ws.outcome(state, id)? {
+        Some(JobOutcome::Done(artifact)) => {
             let mut out = std::io::stdout().lock();
-            out.write_all(&bytes)?;
+            out.write_all(&artifact.bytes)?;
             out.flush()?;
             Ok(exit::DONE)
         }
-        State::Failed => {
-            let meta = ws.read_meta(state, id).ok();
-            if meta.as_ref().and_then(|m| m.status.as_deref()) == Some("cancelled") {
-                eprintln!("flw: job {id} was cancelled");
-            } else {
-                let error = ws
-                    .read_file(state, id, ERROR_FILE)
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_else(|_| "(no error.txt)".into());
-                eprintln!("flw: job {id} failed: {error}");
-            }
+        Some(JobOutcome::Cancelled) => {
+            eprintln!("flw: job {id} was cancelled");
             Ok(exit::FAILED)
         }
-        other => {
+        Some(JobOutcome::Failed { reason, .. }) => {
+            eprintln!("flw: job {id} failed: {reason}");
+            Ok(exit::FAILED)
+        }
+        None => {
             let how = if args.no_wait {
                 ""
             } else {
                 " (timed out waiting)"
             };
-            eprintln!("flw: job {id} is {}{how}", other.name());
+            eprintln!("flw: job {id} is {}{how}", state.name());
             Ok(exit::NOT_READY)
         }
     }
@@ -203,48 +190,39 @@ fn job_json(ws: &Workspace, id: &JobId, state: State) -> serde_json::Value {
         Err(_) => Default::default(),
     };
     obj.insert("id".into(), id.to_string().into());
-    let status = match state {
-        State::Failed => obj
-            .get("status")
-            .and_then(|s| s.as_str())
-            .filter(|s| *s == "cancelled")
-            .unwrap_or("failed")
-            .to_owned(),
-        s => s.name().to_owned(),
+    // A done job whose artifact is unreadable still shows as done, without it.
+    let outcome = ws.outcome(state, id).ok().flatten();
+    let status = match &outcome {
+        Some(ended) => ended.status().as_str(),
+        None => state.name(),
     };
     obj.insert("status".into(), status.into());
-    let text = |name: &str| {
-        ws.read_file(state, id, name)
-            .ok()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-    };
-    let dir = ws.job_dir(state, id);
-    match state {
-        State::Done => {
-            if let Some(r) = text(RESULT_FILE) {
-                obj.insert("result".into(), r.into());
-                obj.insert("artifact_kind".into(), "text".into());
-                obj.insert(
-                    "artifact_path".into(),
-                    dir.join(RESULT_FILE).display().to_string().into(),
-                );
-            } else if let Some(e) = text(EMBEDDING_FILE) {
-                let v: serde_json::Value = serde_json::from_str(&e).unwrap_or_default();
-                obj.insert("embedding".into(), v);
-                obj.insert("artifact_kind".into(), "embedding".into());
-                obj.insert(
-                    "artifact_path".into(),
-                    dir.join(EMBEDDING_FILE).display().to_string().into(),
-                );
-            }
+    match outcome {
+        Some(JobOutcome::Done(artifact)) => {
+            let text = String::from_utf8_lossy(&artifact.bytes).into_owned();
+            match artifact.kind {
+                ArtifactKind::Text => obj.insert("result".into(), text.into()),
+                ArtifactKind::Embedding => obj.insert(
+                    "embedding".into(),
+                    serde_json::from_str(&text).unwrap_or_default(),
+                ),
+            };
+            obj.insert("artifact_kind".into(), artifact.kind.as_str().into());
+            obj.insert(
+                "artifact_path".into(),
+                artifact.path.display().to_string().into(),
+            );
         }
-        State::Failed => {
-            obj.insert("error".into(), text(ERROR_FILE).unwrap_or_default().into());
-            if let Some(p) = text(RESPONSE_FILE) {
+        Some(JobOutcome::Failed { reason, partial }) => {
+            obj.insert("error".into(), reason.into());
+            if let Some(p) = partial {
                 obj.insert("partial".into(), p.into());
             }
         }
-        _ => {}
+        Some(JobOutcome::Cancelled) => {
+            obj.insert("error".into(), "cancelled".into());
+        }
+        None => {}
     }
     serde_json::Value::Object(obj)
 }

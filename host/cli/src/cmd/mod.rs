@@ -2,7 +2,6 @@
 //! runner, and its benchmark).
 
 pub mod bench;
-pub mod bench_sandbox;
 pub mod exec;
 pub mod flw;
 pub mod nrvna;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
 use nrvna_queue::{CancelOutcome, JobId, Workspace};
 
-use crate::cli::{init_logging, parse_args, report};
+use crate::cli::{VersionFlag, init_logging, parse_args, report};
 
 const AFTER_HELP: &str = "\
 The everyday programs are separate binaries with the predecessor's contract:
@@ -27,9 +27,8 @@ Agents are WebAssembly components run in a sandbox: nrvna exec --help.";
     after_help = AFTER_HELP
 )]
 struct Args {
-    /// Print the version (-V works too)
-    #[arg(short = 'v', short_alias = 'V', long, action = clap::ArgAction::Version)]
-    version: Option<bool>,
+    #[command(flatten)]
+    version: VersionFlag,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,7 +43,7 @@ enum Command {
         json: bool,
     },
     /// Run an agent component (.wasm) in the sandbox; its jobs go to a workspace
-    #[command(after_help = super::exec::AFTER_HELP)]
+    #[command(after_help = super::exec::after_help())]
     Exec(Box<super::exec::ExecArgs>),
     /// Cancel a job: a queued one at once, a running one at its daemon's next step
     #[command(after_help = CANCEL_HELP)]
@@ -62,8 +61,9 @@ enum Command {
 
 const BENCH_HELP: &str = "\
 Sections: engine (the raw llama.cpp ceiling and the daemon end to end for each N, with
-their ratio), pickup (an idle daemon), queue (no model), sandbox (the agent runtime).
-Takes about 20 minutes on the default model on 2 cores (each N runs the raw loop and the
+their ratio), pickup (an idle daemon), queue (no model). The agent runtime's bench runs
+its test fixtures, so it lives with the tests: cargo run --release -p nrvna-tests
+--example bench-sandbox. Takes about 20 minutes on the default model on 2 cores (each N runs the raw loop and the
 daemon twice, in turn; --repeat 1 halves it); docs/benchmarks.md keeps the results.
 
 Examples:

@@ -2,19 +2,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use nrvna_engine::{EngineConfig, LlamaEngine, SamplingDefaults, check_model_file};
-use nrvna_queue::Workspace;
-use nrvna_queue::lifecycle::{DaemonLock, DaemonStatus, probe};
+use nrvna_engine::check_model_file;
+use nrvna_queue::lifecycle::{DaemonStatus, probe};
 
-use crate::cli::{init_logging, parse_from, report, resolve_model};
-use crate::daemon::{self, AgentHost, DaemonOptions, Ended, SignalCounter};
+use crate::cli::{VersionFlag, init_logging, parse_from, report};
+use crate::daemon::{self, AgentSettings, Banner, DaemonConfig, Ended, SignalCounter};
 use crate::grant_args::{GrantArgs, default_cache_dir};
-use crate::settings::{DAEMON_ENV_HELP, env_in, env_or, env_str};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -41,12 +38,11 @@ seconds, then requeue them; a second signal requeues at once.";
         Jobs submitted with `wrk` are picked up within milliseconds (file-system \
         notifications), decoded together with continuous batching (one slot per worker), \
         and moved to output/ or failed/. One daemon per workspace.",
-    after_help = format!("{AFTER_HELP}\n\n{DAEMON_ENV_HELP}")
+    after_help = format!("{AFTER_HELP}\n\n{}", daemon::config::env_help())
 )]
 struct Args {
-    /// Print the version (-V works too)
-    #[arg(short = 'v', short_alias = 'V', long, action = clap::ArgAction::Version)]
-    version: Option<bool>,
+    #[command(flatten)]
+    version: VersionFlag,
     /// GGUF model file, or part of a file name in NRVNA_MODELS_DIR
     model: String,
     /// Workspace directory (created if missing)
@@ -126,10 +122,19 @@ pub fn main() -> ExitCode {
 }
 
 fn serve(args: Args) -> Result<ExitCode> {
+    let workers = match (args.workers, args.workers_pos) {
+        (Some(w), _) => Some(w as usize),
+        (None, Some(w)) if (1..=64).contains(&w) => Some(w),
+        (None, Some(w)) => bail!("WORKERS must be between 1 and 64, got {w}"),
+        (None, None) => None,
+    };
     // Checks that need nothing loaded come first, so bad input fails fast.
-    let model = resolve_model(&args.model)?;
-    check_model_file(&model)?;
-    let embed_model = embed_model(args.embed_model.as_deref())?;
+    let mut config = DaemonConfig::new(
+        args.workspace,
+        &args.model,
+        workers,
+        args.embed_model.as_deref(),
+    )?;
     if let Some(mmproj) = &args.mmproj {
         check_model_file(mmproj).context("--mmproj")?;
         tracing::warn!(
@@ -137,85 +142,16 @@ fn serve(args: Args) -> Result<ExitCode> {
             mmproj.display()
         );
     }
-    let workers = match (args.workers, args.workers_pos) {
-        (Some(w), _) => w as usize,
-        (None, Some(w)) if (1..=64).contains(&w) => w,
-        (None, Some(w)) => bail!("WORKERS must be between 1 and 64, got {w}"),
-        (None, None) => env_or::<usize>("NRVNA_WORKERS", 4, 1, 64)?,
-    };
-    let mut config = engine_config(model, workers)?;
-    config.embed_model = embed_model;
-    let agent_grants = args.grants.to_grants()?;
-    let max_attempts = env_or::<u32>("NRVNA_MAX_ATTEMPTS", 3, 1, 100)?;
-
-    let ws = Workspace::create(&args.workspace)
-        .with_context(|| format!("cannot create workspace {}", args.workspace.display()))?;
-    let lock = DaemonLock::acquire(ws.root())?;
+    config.drain = args.drain;
+    config.grace = Duration::from_secs(args.grace);
+    config.agents = Some(AgentSettings {
+        grants: args.grants.to_grants()?,
+        max_running: args.agent_jobs as usize,
+        cache_dir: default_cache_dir(),
+    });
     let signals = SignalCounter::install()?;
-    let removed = ws.clean_stale_staging(daemon::STALE_STAGING)?;
-    if removed > 0 {
-        tracing::info!("removed {removed} abandoned submission(s) from input/writing");
-    }
-    let recovery = ws.recover(max_attempts)?;
-    for id in &recovery.requeued {
-        tracing::warn!("recovered job {id} left running by a previous daemon: requeued");
-    }
-    for id in &recovery.failed {
-        tracing::warn!("job {id} reached the attempt ceiling ({max_attempts}): failed");
-    }
-
-    eprintln!(
-        "nrvnad {}  ·  loading {}",
-        env!("CARGO_PKG_VERSION"),
-        config.model.display()
-    );
-    let started = Instant::now();
-    let engine = LlamaEngine::start(config)?;
-    let info = nrvna_engine::Backend::info(&engine).clone();
-    eprintln!(
-        "nrvnad: model {} ({:.0} MB, trained ctx {}, template {}) loaded in {:.1}s",
-        info.description,
-        info.size_bytes as f64 / 1e6,
-        info.n_ctx_train,
-        if info.has_chat_template { "yes" } else { "no" },
-        started.elapsed().as_secs_f64()
-    );
-    if let Some(e) = &info.embedder {
-        eprintln!(
-            "nrvnad: embeddings by {} ({:.0} MB, {} dimensions, at most {} tokens, {} \
-             pooling)",
-            e.name,
-            e.size_bytes as f64 / 1e6,
-            e.dim,
-            e.max_tokens,
-            e.pooling
-        );
-    }
-    eprintln!(
-        "nrvnad: {} workers decoded together, {} tokens of context each; {:.0} MB of KV \
-         cache reserved",
-        info.slots,
-        info.ctx_per_slot,
-        info.kv_bytes as f64 / 1e6
-    );
-    eprintln!(
-        "nrvnad: RUNNING on {}\n  Submit:  wrk {} \"prompt\"\n  Results: flw {} <job-id>",
-        ws.root().display(),
-        ws.root().display(),
-        ws.root().display()
-    );
-    let runtime = crate::cmd::exec::runtime(default_cache_dir())?;
-    let agents = AgentHost::new(runtime, agent_grants, args.agent_jobs as usize)
-        .context("cannot start the agent runtime")?;
-    let opts = DaemonOptions {
-        workspace: args.workspace,
-        workers,
-        max_attempts,
-        drain: args.drain,
-        grace: Duration::from_secs(args.grace),
-        agents: Some(agents),
-    };
-    match daemon::run(opts, lock, ws, Arc::new(engine), &signals)? {
+    let daemon = daemon::start(config, Banner::Nrvnad)?;
+    match daemon.serve(&signals)? {
         Ended::Clean => {
             eprintln!("nrvnad: stopped");
             Ok(ExitCode::SUCCESS)
@@ -225,40 +161,6 @@ fn serve(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
-}
-
-/// The dedicated embedding model: `--embed-model`, else `NRVNA_EMBED_MODEL`, resolved like
-/// MODEL and checked to be a GGUF file; errors name where the path came from.
-pub fn embed_model(flag: Option<&str>) -> Result<Option<PathBuf>> {
-    let (arg, source) = match flag {
-        Some(arg) => (arg.to_owned(), "--embed-model"),
-        None => match env_str("NRVNA_EMBED_MODEL")? {
-            Some(arg) => (arg, "NRVNA_EMBED_MODEL"),
-            None => return Ok(None),
-        },
-    };
-    let path = resolve_model(&arg).with_context(|| format!("{source} {arg}"))?;
-    check_model_file(&path).with_context(|| format!("{source} {}", path.display()))?;
-    Ok(Some(path))
-}
-
-/// Engine settings from the worker count and the `NRVNA_*` variables.
-pub fn engine_config(model: PathBuf, workers: usize) -> Result<EngineConfig> {
-    let mut config = EngineConfig::new(model);
-    config.slots = workers;
-    config.ctx_per_slot = env_or("NRVNA_CTX", 8192, 64, 1_048_576)?;
-    config.batch = env_or("NRVNA_BATCH", 2048, 1, 65_536)?;
-    config.gpu_layers = env_or("NRVNA_GPU_LAYERS", 0, 0, 10_000)?;
-    config.threads = env_in("NRVNA_THREADS", 1, 1024)?;
-    config.sampling = SamplingDefaults {
-        max_tokens: env_or("NRVNA_PREDICT", 768, 1, 65_536)?,
-        temperature: env_or("NRVNA_TEMP", 0.8, 0.0, 5.0)?,
-        top_k: env_or("NRVNA_TOP_K", 40, 0, 100_000)?,
-        top_p: env_or("NRVNA_TOP_P", 0.95, 0.01, 1.0)?,
-        min_p: 0.05,
-        seed: env_in("NRVNA_SEED", 0, u32::MAX)?,
-    };
-    Ok(config)
 }
 
 fn status(args: StatusArgs) -> Result<ExitCode> {

@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use nrvna_queue::{JobId, Mode, OutputFormat, Sampling, Submission, Workspace};
 
-use crate::cli::{init_logging, parse_args, report};
-use crate::daemon::{AGENT_ARGS_KEY, AGENT_FILE, AGENT_NAME_KEY, GRAMMAR_FILE};
+use crate::cli::{VersionFlag, init_logging, parse_args, report};
+use nrvna_queue::{AGENT_FILE, AgentJob, GRAMMAR_FILE, SCHEMA_FILE};
 
 /// Largest schema or grammar file accepted.
 const MAX_SPEC_BYTES: u64 = 1 << 20;
@@ -39,9 +39,8 @@ left in the workspace).";
     after_help = AFTER_HELP
 )]
 struct Args {
-    /// Print the version (-V works too)
-    #[arg(short = 'v', short_alias = 'V', long, action = clap::ArgAction::Version)]
-    version: Option<bool>,
+    #[command(flatten)]
+    version: VersionFlag,
     /// Workspace directory (created if missing)
     workspace: PathBuf,
     /// Prompt words, or `-` for stdin
@@ -124,7 +123,7 @@ fn submit(args: Args) -> Result<JobId> {
             .with_context(|| format!("--json-schema {}: not valid JSON", path.display()))?;
         let grammar = nrvna_engine::schema_to_grammar(&schema)
             .with_context(|| format!("--json-schema {}", path.display()))?;
-        files.push(("schema.json".to_owned(), schema.into_bytes()));
+        files.push((SCHEMA_FILE.to_owned(), schema.into_bytes()));
         files.push((GRAMMAR_FILE.to_owned(), grammar.into_bytes()));
         output_format = Some(OutputFormat::JsonSchema);
     }
@@ -156,7 +155,7 @@ fn submit(args: Args) -> Result<JobId> {
         },
         output_format,
         files,
-        extra_meta: Default::default(),
+        agent: AgentJob::default(),
     };
     Ok(ws.submit(sub)?)
 }
@@ -197,9 +196,6 @@ fn submit_agent(args: &Args, component: &Path) -> Result<JobId> {
     };
     nrvna_sandbox::check_name(&name).map_err(|e| anyhow::anyhow!("agent name {name:?}: {e}"))?;
     let parent = parent(args)?;
-    let mut extra = serde_json::Map::new();
-    extra.insert(AGENT_ARGS_KEY.into(), serde_json::json!(args.prompt));
-    extra.insert(AGENT_NAME_KEY.into(), name.into());
     let ws = workspace(&args.workspace)?;
     let sub = Submission {
         prompt: args.prompt.join(" "),
@@ -207,7 +203,10 @@ fn submit_agent(args: &Args, component: &Path) -> Result<JobId> {
         parent,
         tags: args.tags.clone(),
         files: vec![(AGENT_FILE.to_owned(), bytes)],
-        extra_meta: extra,
+        agent: AgentJob {
+            args: Some(args.prompt.clone()),
+            name: Some(name),
+        },
         ..Submission::default()
     };
     Ok(ws.submit(sub)?)

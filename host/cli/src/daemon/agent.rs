@@ -9,16 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nrvna_engine::CancelFlag;
-use nrvna_queue::{ClaimedJob, Outcome, Workspace};
+use nrvna_queue::{AGENT_FILE, ClaimedJob, Outcome, RESULT_FILE, Workspace};
 use nrvna_sandbox::{Grants, LogSink, RunContext, Runtime};
 
 use super::job::{JobEnd, settle};
-
-/// The component file inside an agent job's directory.
-pub const AGENT_FILE: &str = "agent.wasm";
-/// meta.json keys of an agent job.
-pub const AGENT_ARGS_KEY: &str = "agent_args";
-pub const AGENT_NAME_KEY: &str = "agent_name";
 
 /// What the daemon needs to run agent jobs.
 pub struct AgentHost {
@@ -75,21 +69,16 @@ async fn run_agent_job(
     interrupted: &AtomicBool,
 ) -> JobEnd {
     let wasm: PathBuf = job.dir.join(AGENT_FILE);
-    let args: Vec<String> = job
-        .meta
-        .extra
-        .get(AGENT_ARGS_KEY)
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default();
+    let args = job.meta.agent.args.clone().unwrap_or_default();
     let agent = match runtime.load(&wasm) {
         Ok(agent) => agent,
         Err(e) => return settle(ws, job, Err((e.to_string(), Outcome::default()))),
     };
     let name = job
         .meta
-        .extra
-        .get(AGENT_NAME_KEY)
-        .and_then(|v| v.as_str())
+        .agent
+        .name
+        .as_deref()
         .filter(|n| nrvna_sandbox::check_name(n).is_ok())
         .unwrap_or(agent.name())
         .to_owned();
@@ -127,7 +116,7 @@ async fn run_agent_job(
     let settled = match result {
         Ok(outcome) => match outcome.output {
             Ok(text) => Ok(Outcome {
-                artifacts: vec![("result.txt".into(), text.into_bytes())],
+                artifacts: vec![(RESULT_FILE.into(), text.into_bytes())],
                 ..Outcome::default()
             }),
             Err(text) => Err((

@@ -3,11 +3,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nrvna_engine::{Backend, CancelFlag, EngineError, Request, RequestKind, Response};
-use nrvna_queue::workspace::{EMBEDDING_FILE, RESPONSE_FILE, RESULT_FILE};
-use nrvna_queue::{ClaimedJob, Mode, Outcome, OutputFormat, State, Workspace};
-
-/// Grammar file a structured-output job carries (written by `wrk --json-schema/--grammar`).
-pub const GRAMMAR_FILE: &str = "grammar.gbnf";
+use nrvna_queue::{
+    ClaimedJob, EMBEDDING_FILE, GRAMMAR_FILE, Mode, Outcome, OutputFormat, RESPONSE_FILE,
+    RESULT_FILE, State, Workspace,
+};
 
 /// How a job left the worker.
 #[derive(Debug)]

@@ -1,19 +1,28 @@
 //! `nrvnad`: owns a workspace, loads the model once, and works through the queue.
 //!
+//! [`config`] turns flags and variables into a [`DaemonConfig`]; [`start`] takes the
+//! workspace and loads the model (the one start-up path of `nrvnad` and `nrvna exec
+//! --model`); [`Daemon::serve`] runs the loop below.
+//!
 //! Threads: a watcher (file-system notifications on `input/ready/`, plus a periodic
 //! sweep as a safety net) feeds [`Pending`]; N workers claim ids from it and block in the
 //! engine, which batches all of them together; the main thread handles signals and
 //! `--drain`.
 
 mod agent;
+pub mod config;
 mod job;
 mod pending;
+mod start;
+#[cfg(test)]
+mod tests;
 
-pub use agent::{AGENT_ARGS_KEY, AGENT_FILE, AGENT_NAME_KEY, AgentHost};
-pub use job::{GRAMMAR_FILE, JobEnd, run_job, settle};
+pub use agent::AgentHost;
+pub use config::{AgentSettings, DaemonConfig};
+pub use job::{JobEnd, run_job, settle};
+pub use start::{Banner, Daemon, InProcessDaemon, agent_runtime, start};
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,10 +40,9 @@ const SAFETY_SWEEP: Duration = Duration::from_secs(2);
 /// Staging directories older than this were left by a `wrk` that died.
 pub const STALE_STAGING: Duration = Duration::from_secs(3600);
 
+/// How a started daemon serves (what [`start`] built from a [`DaemonConfig`]).
 pub struct DaemonOptions {
-    pub workspace: PathBuf,
     pub workers: usize,
-    pub max_attempts: u32,
     /// Work until the queue is empty, then exit.
     pub drain: bool,
     /// How long in-flight jobs may run on after SIGINT/SIGTERM before they are requeued.
@@ -67,9 +75,9 @@ pub enum Ended {
     DrainedWithFailures(usize),
 }
 
-/// Runs the daemon until a signal (or, with `--drain`, an empty queue).
-/// `start_engine` is called after the workspace lock is held.
-pub fn run(
+/// Runs the daemon until a signal (or, with `--drain`, an empty queue). The caller holds
+/// `lock` and has recovered the workspace ([`start`] does both).
+fn run(
     mut opts: DaemonOptions,
     lock: DaemonLock,
     ws: Workspace,

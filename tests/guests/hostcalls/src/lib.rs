@@ -1,4 +1,4 @@
-//! Host-call overhead for `nrvna bench --only sandbox`: `KIND N` calls one import N times
+//! Host-call overhead for the bench-sandbox example: `KIND N` calls one import N times
 //! (`log`, `status`, `routes`, `kv-get`) and returns how many calls succeeded.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "agent" });

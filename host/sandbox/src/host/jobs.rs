@@ -2,225 +2,88 @@
 //!
 //! A run names jobs only in its own workspace (index 0) and its granted routes. Every id
 //! a component hands over is parsed with [`JobId::parse`] before it reaches a path, so
-//! `../`, absolute paths and NUL bytes are `invalid`, never a file lookup.
-//! [`RunShared`] is shared by every sandbox of one run (nested `agents.call` included):
-//! quotas and budgets are per run, not per sandbox.
+//! `../`, absolute paths and NUL bytes are `invalid`, never a file lookup. The operations
+//! are on [`RunShared`]: every sandbox of a run (nested `agents.call` included) sees the
+//! same jobs.
 
-use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+mod images;
 
-use nrvna_queue::workspace::{EMBEDDING_FILE, ERROR_FILE, RESULT_FILE};
+use std::sync::Arc;
+
 use nrvna_queue::{
-    CancelOutcome, JobId, Mode, OutputFormat, QueueError, Sampling, State, Submission, Workspace,
+    CancelOutcome, GRAMMAR_FILE, JobId, JobOutcome, Mode, OutputFormat, QueueError, SCHEMA_FILE,
+    Sampling, State, Submission,
 };
 
+use crate::bindings::nrvna::agent::jobs;
 use crate::bindings::nrvna::agent::types::{JobError, JobOutput, JobState, SubmitOptions};
-use crate::error::{LimitHit, LimitKind};
-use crate::grants::Grants;
-use crate::kv::{self, AGENTS_DIR, Kv};
-use crate::log::{LogLevel, RunLog};
-use crate::runtime::{RunContext, Runtime, show_duration};
-use crate::watch::{WsWatch, deadline_in, wait_for};
+use crate::host::{HostCallError, HostState};
+use crate::kv::{self, Kv};
+use crate::run::RunShared;
+use crate::text::{cut, prefix, quoted};
+use crate::watch::{deadline_in, wait_for};
+use images::StagedImages;
 
 /// Most ids one `wait-any`/`wait-all` may name.
 pub const MAX_WAIT_IDS: usize = 10_000;
-/// Most images one job may carry (the queue's limit).
-const MAX_IMAGES: usize = 16;
 /// Largest JSON Schema accepted in submit options.
 const MAX_SCHEMA_BYTES: usize = 1 << 20;
 /// Longest part of an `error.txt` handed back.
 const MAX_ERROR_TEXT: usize = 64 << 10;
-/// The grammar file a structured-output job carries (what the daemon reads).
-const GRAMMAR_FILE: &str = "grammar.gbnf";
-/// How often the in-flight count is re-checked against the disk when at its limit.
-const IN_FLIGHT_REFRESH: Duration = Duration::from_millis(100);
+/// Longest message about an invalid job id.
+const MAX_SHOWN_ID_ERROR: usize = 400;
 
-/// Jobs this run submitted that it has not seen end.
-#[derive(Default)]
-struct Tracked {
-    open: Vec<(usize, JobId)>,
-    /// Workspace index of every job the run submitted.
-    located: HashMap<JobId, usize>,
-    refreshed: Option<Instant>,
-}
+impl jobs::Host for HostState {
+    async fn submit(
+        &mut self,
+        prompt: String,
+        options: SubmitOptions,
+    ) -> Result<String, HostCallError> {
+        let keys = self.kv.submitted_keys();
+        Ok(self.run.clone().submit(prompt, options, keys).await?)
+    }
 
-pub(crate) struct RunShared {
-    pub(crate) runtime: Runtime,
-    pub(crate) grants: Grants,
-    pub(crate) workspaces: Vec<Workspace>,
-    route_names: Vec<String>,
-    watches: Vec<OnceLock<Arc<WsWatch>>>,
-    parent_job: Option<JobId>,
-    pub(crate) log: Arc<RunLog>,
-    /// The top-level agent, for the host's own log lines.
-    agent_name: String,
-    keep_jobs: bool,
-    tracked: Mutex<Tracked>,
-    /// Serialises keyed submissions (`submit-options.key`).
-    keyed: Mutex<()>,
-    submitted: AtomicU64,
-    agent_calls: AtomicU64,
-    cpu_ticks: AtomicU64,
-    cpu_limit_ticks: u64,
-    pub(crate) memory_used: AtomicU64,
-    memory_peak: AtomicU64,
-    finished: AtomicBool,
+    async fn follow(
+        &mut self,
+        id: String,
+        timeout_ms: Option<u64>,
+    ) -> Result<JobOutput, HostCallError> {
+        Ok(self.run.clone().follow(&id, timeout_ms).await?)
+    }
+
+    async fn status(&mut self, id: String) -> Result<JobState, HostCallError> {
+        Ok(self.run.status(&id)?)
+    }
+
+    async fn cancel(&mut self, id: String) -> Result<(), HostCallError> {
+        Ok(self.run.clone().cancel(&id).await?)
+    }
+
+    async fn wait_any(
+        &mut self,
+        ids: Vec<String>,
+        timeout_ms: Option<u64>,
+    ) -> Result<u32, HostCallError> {
+        Ok(self.run.clone().wait_any(&ids, timeout_ms).await?)
+    }
+
+    async fn wait_all(
+        &mut self,
+        ids: Vec<String>,
+        timeout_ms: Option<u64>,
+    ) -> wasmtime::Result<Vec<Result<JobOutput, JobError>>> {
+        Ok(self.run.clone().wait_all(&ids, timeout_ms).await)
+    }
+
+    async fn routes(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.run.routes())
+    }
 }
 
 impl RunShared {
-    pub(crate) fn new(
-        runtime: Runtime,
-        ctx: RunContext,
-        workspaces: Vec<Workspace>,
-        route_names: Vec<String>,
-    ) -> RunShared {
-        let tick = runtime.inner().tick;
-        let cpu_limit_ticks = (ctx.grants.limits.cpu.as_nanos() / tick.as_nanos().max(1)) as u64;
-        let watches = workspaces.iter().map(|_| OnceLock::new()).collect();
-        RunShared {
-            runtime,
-            log: Arc::new(RunLog::new(ctx.log, ctx.grants.limits.log_bytes)),
-            grants: ctx.grants,
-            workspaces,
-            route_names,
-            watches,
-            parent_job: ctx.parent_job,
-            agent_name: ctx.agent_name,
-            keep_jobs: ctx.keep_jobs,
-            tracked: Mutex::new(Tracked::default()),
-            keyed: Mutex::new(()),
-            submitted: AtomicU64::new(0),
-            agent_calls: AtomicU64::new(0),
-            cpu_ticks: AtomicU64::new(0),
-            cpu_limit_ticks: cpu_limit_ticks.max(1),
-            memory_used: AtomicU64::new(0),
-            memory_peak: AtomicU64::new(0),
-            finished: AtomicBool::new(false),
-        }
-    }
-
-    // ----- budgets ------------------------------------------------------------------------
-
-    /// One epoch tick of guest execution; past the CPU limit the run stops.
-    pub(crate) fn charge_cpu_tick(&self) -> Result<(), LimitHit> {
-        let used = self.cpu_ticks.fetch_add(1, Ordering::Relaxed) + 1;
-        if used > self.cpu_limit_ticks {
-            return Err(LimitHit::new(
-                LimitKind::Cpu,
-                format!(
-                    "the run executed guest code for more than {}",
-                    show_duration(self.grants.limits.cpu)
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Reserves `bytes` more linear memory for the run, or says which limit stops it.
-    pub(crate) fn grow_memory(&self, bytes: u64) -> Result<(), LimitHit> {
-        let limit = self.grants.limits.memory_bytes;
-        let mut used = self.memory_used.load(Ordering::SeqCst);
-        loop {
-            let next = used.saturating_add(bytes);
-            if next > limit {
-                return Err(LimitHit::new(
-                    LimitKind::Memory,
-                    format!(
-                        "growing linear memory by {} would bring the run to {} (nested agents \
-                         included); the limit is {}",
-                        mib(bytes),
-                        mib(next),
-                        mib(limit)
-                    ),
-                ));
-            }
-            match self.memory_used.compare_exchange_weak(
-                used,
-                next,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => {
-                    self.memory_peak.fetch_max(next, Ordering::SeqCst);
-                    return Ok(());
-                }
-                Err(now) => used = now,
-            }
-        }
-    }
-
-    pub(crate) fn release_memory(&self, bytes: u64) {
-        let _ = self
-            .memory_used
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
-                Some(u.saturating_sub(bytes))
-            });
-    }
-
-    pub(crate) fn count_agent_call(&self) {
-        self.agent_calls.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn cpu_ticks(&self) -> u64 {
-        self.cpu_ticks.load(Ordering::Relaxed)
-    }
-    pub(crate) fn jobs_submitted(&self) -> u64 {
-        self.submitted.load(Ordering::Relaxed)
-    }
-    pub(crate) fn agent_calls(&self) -> u64 {
-        self.agent_calls.load(Ordering::Relaxed)
-    }
-    pub(crate) fn peak_memory(&self) -> u64 {
-        self.memory_peak.load(Ordering::Relaxed)
-    }
-
-    /// Ends the run: cancels the jobs it submitted that are still queued or running
-    /// (unless told to keep them). Returns how many it cancelled. Runs once.
-    pub(crate) fn finish(&self) -> usize {
-        if self.finished.swap(true, Ordering::SeqCst) || self.keep_jobs {
-            return 0;
-        }
-        let open = match self.tracked.lock() {
-            Ok(mut t) => std::mem::take(&mut t.open),
-            Err(_) => return 0,
-        };
-        let mut cancelled = 0;
-        for (wsi, id) in open {
-            match self.workspaces[wsi].cancel(&id) {
-                Ok(CancelOutcome::Cancelled) | Ok(CancelOutcome::Requested) => cancelled += 1,
-                Ok(_) => {}
-                Err(e) => tracing::warn!("cannot cancel job {id} left by an agent run: {e}"),
-            }
-        }
-        if cancelled > 0 {
-            self.log.host(
-                &self.agent_name,
-                LogLevel::Info,
-                &format!("cancelled {cancelled} unfinished job(s) the run submitted"),
-            );
-        }
-        cancelled
-    }
-
-    // ----- lookup -------------------------------------------------------------------------
-
-    fn watch(&self, wsi: usize) -> Arc<WsWatch> {
-        self.watches[wsi]
-            .get_or_init(|| self.runtime.inner().watchers.watch(&self.workspaces[wsi]))
-            .clone()
-    }
-
     /// Where a job is: its workspace index and state; `None` if no granted workspace has it.
     fn locate(&self, id: &JobId) -> Result<Option<(usize, State)>, JobError> {
-        let known = self
-            .tracked
-            .lock()
-            .ok()
-            .and_then(|t| t.located.get(id).copied());
-        let order: Vec<usize> = match known {
+        let order: Vec<usize> = match self.submitted_in(id) {
             Some(i) => vec![i],
             None => (0..self.workspaces.len()).collect(),
         };
@@ -237,8 +100,8 @@ impl RunShared {
             State::Writing | State::Queued => JobState::Queued,
             State::Running => JobState::Running,
             State::Done => JobState::Done,
-            State::Failed => match self.workspaces[wsi].read_meta(State::Failed, id) {
-                Ok(meta) if meta.status.as_deref() == Some("cancelled") => JobState::Cancelled,
+            State::Failed => match self.workspaces[wsi].outcome(State::Failed, id) {
+                Ok(Some(JobOutcome::Cancelled)) => JobState::Cancelled,
                 _ => JobState::Failed,
             },
         }
@@ -247,63 +110,26 @@ impl RunShared {
     /// The output of an ended job, as `follow` returns it.
     fn output(&self, wsi: usize, id: &JobId, state: State) -> Result<JobOutput, JobError> {
         let ws = &self.workspaces[wsi];
-        let meta = ws.read_meta(state, id).map_err(queue_failure)?;
-        if state == State::Failed {
-            if meta.status.as_deref() == Some("cancelled") {
-                return Err(JobError::Cancelled);
+        match ws.outcome(state, id).map_err(queue_failure)? {
+            Some(JobOutcome::Done(artifact)) => {
+                let meta = ws.read_meta(state, id).map_err(queue_failure)?;
+                Ok(JobOutput {
+                    id: id.to_string(),
+                    text: String::from_utf8_lossy(&artifact.bytes).into_owned(),
+                    prompt_tokens: meta.prompt_tokens.unwrap_or(0),
+                    generated_tokens: meta.generated_tokens.unwrap_or(0),
+                })
             }
-            let text = match ws.read_file(State::Failed, id, ERROR_FILE) {
-                Ok(bytes) => cut(String::from_utf8_lossy(&bytes).into_owned(), MAX_ERROR_TEXT),
-                Err(e) => format!("the job failed and its {ERROR_FILE} is unreadable: {e}"),
-            };
-            return Err(JobError::Failed(text));
-        }
-        let bytes = match ws.read_file(State::Done, id, RESULT_FILE) {
-            Ok(bytes) => bytes,
-            Err(QueueError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                ws.read_file(State::Done, id, EMBEDDING_FILE)
-                    .map_err(queue_failure)?
+            Some(JobOutcome::Cancelled) => Err(JobError::Cancelled),
+            Some(JobOutcome::Failed { reason, .. }) => {
+                Err(JobError::Failed(cut(reason, MAX_ERROR_TEXT, "...")))
             }
-            Err(e) => return Err(queue_failure(e)),
-        };
-        Ok(JobOutput {
-            id: id.to_string(),
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-            prompt_tokens: meta.prompt_tokens.unwrap_or(0),
-            generated_tokens: meta.generated_tokens.unwrap_or(0),
-        })
-    }
-
-    fn mark_ended(&self, id: &JobId) {
-        if let Ok(mut t) = self.tracked.lock() {
-            t.open.retain(|(_, open)| open != id);
+            None => Err(JobError::Invalid(format!(
+                "job {id} has not ended (it is {})",
+                state.name()
+            ))),
         }
     }
-
-    /// Jobs of this run still queued or running; re-checked on disk (at most every
-    /// [`IN_FLIGHT_REFRESH`]) when the count is at the limit.
-    fn in_flight(&self) -> u64 {
-        let Ok(mut t) = self.tracked.lock() else {
-            return u64::MAX;
-        };
-        let limit = self.grants.limits.max_in_flight;
-        let stale = t
-            .refreshed
-            .is_none_or(|at| at.elapsed() >= IN_FLIGHT_REFRESH);
-        if t.open.len() as u64 >= limit && stale {
-            let workspaces = &self.workspaces;
-            t.open
-                .retain(|(wsi, id)| match workspaces[*wsi].state_of(id) {
-                    Ok(Some(s)) => !s.is_terminal(),
-                    Ok(None) => false,
-                    Err(_) => true,
-                });
-            t.refreshed = Some(Instant::now());
-        }
-        t.open.len() as u64
-    }
-
-    // ----- the interface ---------------------------------------------------------------------
 
     pub(crate) fn routes(&self) -> Vec<String> {
         self.route_names.clone()
@@ -317,7 +143,6 @@ impl RunShared {
         options: SubmitOptions,
         keys: Kv,
     ) -> Result<String, JobError> {
-        let limits = &self.grants.limits;
         if prompt.is_empty() {
             return Err(JobError::Invalid("the prompt is empty".into()));
         }
@@ -325,27 +150,21 @@ impl RunShared {
             && kv::file_name(key).is_err()
         {
             return Err(JobError::Invalid(format!(
-                "submit key {:?}: keys are 1-{} characters from A-Z a-z 0-9 _ - . / without `..`",
-                shown(key, 140),
+                "submit key {}: keys are 1-{} characters from A-Z a-z 0-9 _ - . / without `..`",
+                quoted(key, kv::MAX_KEY_LEN + 1),
                 kv::MAX_KEY_LEN
             )));
         }
         let bytes = prompt.len() as u64 + options.system.as_ref().map_or(0, |s| s.len() as u64);
-        if bytes > limits.max_prompt_bytes {
-            return Err(JobError::Invalid(format!(
-                "the prompt (with its system message) is {bytes} bytes; the limit is {} bytes \
-                 (--max-prompt-bytes)",
-                limits.max_prompt_bytes
-            )));
-        }
+        self.budget.check_prompt_size(bytes)?;
         let wsi = match &options.route {
             None => 0,
             Some(name) => match self.route_names.iter().position(|r| r == name) {
                 Some(i) => i + 1,
                 None => {
                     return Err(JobError::Denied(format!(
-                        "route {:?} is not granted to this component (granted: {})",
-                        shown(name, 100),
+                        "route {} is not granted to this component (granted: {})",
+                        quoted(name, 100),
                         if self.route_names.is_empty() {
                             "none".to_owned()
                         } else {
@@ -359,9 +178,10 @@ impl RunShared {
             Some(p) => Some(parse_id(p)?),
             None => self.parent_job.clone(),
         };
-        if options.images.len() > MAX_IMAGES {
+        let max_images = nrvna_queue::Limits::default().max_images;
+        if options.images.len() > max_images {
             return Err(JobError::Invalid(format!(
-                "{} images; a job takes at most {MAX_IMAGES}",
+                "{} images; a job takes at most {max_images}",
                 options.images.len()
             )));
         }
@@ -369,24 +189,12 @@ impl RunShared {
         let mut output_format = None;
         if let Some(schema) = &options.json_schema {
             let (schema_file, grammar) = self.compile_schema(schema)?;
-            files.push(("schema.json".to_owned(), schema_file));
+            files.push((SCHEMA_FILE.to_owned(), schema_file));
             files.push((GRAMMAR_FILE.to_owned(), grammar));
             output_format = Some(OutputFormat::JsonSchema);
         }
         // Quotas last: bad input is `invalid` whatever the counts are.
-        let submitted = self.submitted.load(Ordering::SeqCst);
-        if submitted >= limits.max_jobs {
-            return Err(JobError::Quota(format!(
-                "jobs submitted: this run has submitted {submitted} jobs, the limit (--max-jobs)"
-            )));
-        }
-        let in_flight = self.in_flight();
-        if in_flight >= limits.max_in_flight {
-            return Err(JobError::Quota(format!(
-                "jobs in flight: this run has {in_flight} jobs queued or running, the limit \
-                 (--max-in-flight); wait for some to end"
-            )));
-        }
+        self.budget.check_job_quota(|| self.in_flight())?;
         let mode = if options.images.is_empty() {
             Mode::Text
         } else {
@@ -408,7 +216,7 @@ impl RunShared {
             },
             output_format,
             files,
-            extra_meta: Default::default(),
+            agent: Default::default(),
         };
         let run = self.clone();
         let images = options.images;
@@ -436,7 +244,7 @@ impl RunShared {
     ) -> Result<String, JobError> {
         let ws = &self.workspaces[wsi];
         let staged = StagedImages::stage(self, ws, images)?;
-        sub.images = staged.paths.clone();
+        sub.images = staged.paths().to_vec();
         let mut refused = None;
         let submitted = ws.submit_with(sub, |id| {
             before_publish(id).map_err(|e| {
@@ -450,22 +258,9 @@ impl RunShared {
             Err(e) => return Err(refused.unwrap_or_else(|| submit_failure(e))),
         };
         drop(staged);
-        self.submitted.fetch_add(1, Ordering::SeqCst);
+        self.budget.count_job_submitted();
         self.track(wsi, &id);
         Ok(id.to_string())
-    }
-
-    /// A job this run now owns: tracked even if the guest's future is gone by now, so
-    /// the run's end cancels it.
-    fn track(&self, wsi: usize, id: &JobId) {
-        if let Ok(mut t) = self.tracked.lock() {
-            t.open.push((wsi, id.clone()));
-            t.located.insert(id.clone(), wsi);
-        }
-        if self.finished.load(Ordering::SeqCst) && !self.keep_jobs {
-            // The run ended while this submission was being written.
-            let _ = self.workspaces[wsi].cancel(id);
-        }
     }
 
     /// An idempotent submission: the job recorded under `key` for this route if it is
@@ -691,124 +486,13 @@ impl RunShared {
             .map(|r| r.unwrap_or(Err(JobError::Timeout)))
             .collect()
     }
-
-    /// Watches every workspace the jobs are in; true if all of them notify.
-    fn watch_all(&self, jobs: &[(usize, JobId)]) -> bool {
-        let mut notifies = true;
-        let mut seen = vec![false; self.workspaces.len()];
-        for (wsi, _) in jobs {
-            if !seen[*wsi] {
-                seen[*wsi] = true;
-                notifies &= self.watch(*wsi).notifies();
-            }
-        }
-        notifies
-    }
 }
-
-impl Drop for RunShared {
-    fn drop(&mut self) {
-        // A run whose future was dropped never reached `finish`.
-        self.finish();
-    }
-}
-
-/// Images a job names, copied out of the granted directories into the workspace before
-/// submission (so what the job gets is what was checked), removed afterwards.
-struct StagedImages {
-    paths: Vec<PathBuf>,
-}
-
-impl StagedImages {
-    fn stage(run: &RunShared, ws: &Workspace, images: &[String]) -> Result<StagedImages, JobError> {
-        let mut staged = StagedImages { paths: Vec::new() };
-        if images.is_empty() {
-            return Ok(staged);
-        }
-        let dir = ws.root().join(AGENTS_DIR).join(".staging");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| JobError::Failed(format!("cannot stage images: {e}")))?;
-        let max = ws.limits().max_image_bytes;
-        for (i, guest_path) in images.iter().enumerate() {
-            let bytes = read_granted(run, guest_path, max)?;
-            let ext: String = Path::new(guest_path)
-                .extension()
-                .and_then(|e| e.to_str())
-                .unwrap_or("")
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .take(8)
-                .collect();
-            let path = dir.join(format!(
-                "img-{}-{}-{i}.{ext}",
-                std::process::id(),
-                JobId::generate()
-            ));
-            std::fs::write(&path, &bytes)
-                .map_err(|e| JobError::Failed(format!("cannot stage image: {e}")))?;
-            staged.paths.push(path);
-        }
-        Ok(staged)
-    }
-}
-
-impl Drop for StagedImages {
-    fn drop(&mut self) {
-        for p in &self.paths {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-/// Reads a file the component names by its guest path, through the `--dir` grant that
-/// contains it, with cap-std (so `..` and symlinks cannot leave the grant).
-fn read_granted(run: &RunShared, guest_path: &str, max: u64) -> Result<Vec<u8>, JobError> {
-    use std::io::Read;
-    let shown = shown(guest_path, 200);
-    let denied = || {
-        JobError::Denied(format!(
-            "image {shown} is not inside a directory granted with --dir"
-        ))
-    };
-    let path = Path::new(guest_path);
-    let grant = run
-        .grants
-        .dirs
-        .iter()
-        .filter_map(|d| path.strip_prefix(&d.guest).ok().map(|rel| (d, rel)))
-        .max_by_key(|(d, _)| d.guest.len());
-    let Some((grant, rel)) = grant else {
-        return Err(denied());
-    };
-    if guest_path.contains('\0')
-        || rel.as_os_str().is_empty()
-        || rel.components().any(|c| !matches!(c, Component::Normal(_)))
-    {
-        return Err(denied());
-    }
-    let dir = cap_std::fs::Dir::open_ambient_dir(&grant.host, cap_std::ambient_authority())
-        .map_err(|e| JobError::Failed(format!("image {shown}: {e}")))?;
-    let file = dir
-        .open(rel)
-        .map_err(|e| JobError::Denied(format!("image {shown}: {e}")))?;
-    let md = file
-        .metadata()
-        .map_err(|e| JobError::Failed(format!("image {shown}: {e}")))?;
-    if !md.is_file() || md.len() > max {
-        return Err(JobError::Invalid(format!(
-            "image {shown} is not a regular file of at most {max} bytes"
-        )));
-    }
-    let mut bytes = Vec::with_capacity(md.len() as usize);
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| JobError::Failed(format!("image {shown}: {e}")))?;
-    Ok(bytes)
-}
-
 /// Parses a component-supplied id; the only way an id reaches a path.
 pub(crate) fn parse_id(raw: &str) -> Result<JobId, JobError> {
-    JobId::parse(raw).map_err(|e| JobError::Invalid(cut(e.to_string(), 400)))
+    // The queue's error quotes the whole id: hand it no more than the message can show
+    // (anything that long is no id either way).
+    let (head, _) = prefix(raw, MAX_SHOWN_ID_ERROR);
+    JobId::parse(head).map_err(|e| JobError::Invalid(cut(e.to_string(), MAX_SHOWN_ID_ERROR, "...")))
 }
 
 fn not_found(id: &JobId) -> JobError {
@@ -833,35 +517,16 @@ fn submit_failure(e: QueueError) -> JobError {
     }
 }
 
-/// Guest text for a message, escaped: only its first `max` characters are looked at, so a
-/// huge string costs no more than a short one.
-fn shown(text: &str, max: usize) -> String {
-    let head: String = text.chars().take(max + 1).collect();
-    cut(head.escape_debug().to_string(), max)
-}
-
-fn cut(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut at = max;
-        while !text.is_char_boundary(at) {
-            at -= 1;
-        }
-        text.truncate(at);
-        text.push_str("...");
-    }
-    text
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::runtime::RuntimeConfig;
-    use nrvna_queue::{Claim, Outcome};
+    use crate::grants::Grants;
+    use crate::run::IN_FLIGHT_REFRESH;
+    use crate::runtime::{RunContext, Runtime, RuntimeConfig};
+    use nrvna_queue::Workspace;
+    use nrvna_queue::{Claim, Outcome, RESULT_FILE};
+    use std::path::Path;
 
     fn options() -> SubmitOptions {
         SubmitOptions {
@@ -932,6 +597,17 @@ mod tests {
                 "{bad:?}: {r:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_huge_invalid_id_costs_a_short_message() {
+        let huge = format!("1_\n{}", "9".repeat(16 << 20));
+        let Err(JobError::Invalid(message)) = parse_id(&huge) else {
+            panic!("accepted");
+        };
+        assert!(message.starts_with("invalid job id"), "{message}");
+        assert!(message.len() <= MAX_SHOWN_ID_ERROR + 3, "{}", message.len());
+        assert!(parse_id("12_34").is_ok());
     }
 
     fn run_on(ws: &Path, grants: Grants) -> Arc<RunShared> {
@@ -1050,11 +726,14 @@ mod tests {
         for id in [&b, &c] {
             let id = JobId::parse(id).unwrap();
             assert_eq!(
-                ws.read_meta(State::Failed, &id).unwrap().status.as_deref(),
+                ws.read_meta(State::Failed, &id)
+                    .unwrap()
+                    .status
+                    .map(nrvna_queue::JobStatus::as_str),
                 Some("cancelled")
             );
         }
         assert_eq!(run.finish(), 0);
-        assert_eq!(run.jobs_submitted(), 3);
+        assert_eq!(run.budget.jobs_submitted(), 3);
     }
 }

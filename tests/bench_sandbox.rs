@@ -2,22 +2,31 @@
 //! costs (compile vs the on-disk cache), what a host call costs, and what running a
 //! pattern as a component adds to the inference it drives. Numbers, not assertions.
 //!
-//! The fixture components come from `NRVNA_GUESTS_DIR`, else from where the test build
-//! puts them (`<target>/wasm-guests/wasm32-wasip2/release`, next to this binary's
-//! `target/<profile>/`); the model is the default one (`NRVNA_BENCH_MODEL` overrides).
+//! ```bash
+//! cargo run --release -p nrvna-tests --example bench-sandbox
+//! ```
+//!
+//! It lives with the tests because it runs their fixture components (built by
+//! `tests/build.rs`); the model is the default one (`NRVNA_BENCH_MODEL` overrides).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use nrvna::cli::{DEFAULT_MODEL_FILE, resolve_model};
 use nrvna_queue::{JobId, Sampling, State, Submission, Workspace};
 use nrvna_sandbox::{Agent, LogSink, RunContext, Runtime};
+use nrvna_tests::guest;
 
-use crate::cli::{DEFAULT_MODEL_FILE, resolve_model};
-use crate::cmd::exec::{InProcessDaemon, runtime};
+/// The components `tests/build.rs` builds. This bench runs two of them; that every one
+/// is used is checked where they are tested (the e2e crate), hence the `allow` here.
+#[allow(dead_code)]
+mod components {
+    include!(concat!(env!("OUT_DIR"), "/components.rs"));
+}
 
-const HOSTCALLS: &str = "fx_hostcalls";
-const FANOUT: &str = "fx_fanout";
+use components::{FX_FANOUT, FX_HOSTCALLS};
+
 const PROMPTS: [&str; 4] = [
     "Name a colour.",
     "Name a fruit.",
@@ -25,44 +34,51 @@ const PROMPTS: [&str; 4] = [
     "Name a country.",
 ];
 
-pub fn run() -> Result<String> {
-    let guests = guests_dir()?;
+fn main() -> Result<()> {
+    print!("agent runtime:\n\n{}", run()?);
+    Ok(())
+}
+
+/// Where a daemon of this process serves jobs, for [`nrvna_exec`].
+struct Serve<'a> {
+    workspace: &'a Path,
+    model: &'a Path,
+    workers: usize,
+}
+
+/// The bench's one contact with nrvna's start-up code: the agent runtime as `nrvna exec`
+/// builds it, its compile cache in `cache_dir`; with `serve`, also the daemon `nrvna exec
+/// --model` starts, on a thread of this process, serving until it is dropped.
+fn nrvna_exec(
+    cache_dir: Option<PathBuf>,
+    serve: Option<Serve>,
+) -> Result<(Runtime, Option<nrvna::daemon::InProcessDaemon>)> {
+    let daemon = match serve {
+        Some(s) => Some(nrvna::cmd::exec::in_process_daemon(
+            s.workspace,
+            &s.model.display().to_string(),
+            Some(s.workers),
+        )?),
+        None => None,
+    };
+    Ok((nrvna::daemon::agent_runtime(cache_dir)?, daemon))
+}
+
+fn run() -> Result<String> {
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let mut rows: Vec<[String; 3]> = Vec::new();
-    start_up(&guests, &tokio, &mut rows)?;
-    host_calls(&guests, &tokio, &mut rows)?;
-    pattern_overhead(&guests, &tokio, &mut rows)?;
+    start_up(&tokio, &mut rows)?;
+    host_calls(&tokio, &mut rows)?;
+    pattern_overhead(&tokio, &mut rows)?;
 
     let mut out = String::from("| measurement | value | how |\n|---|---:|---|\n");
     for [what, value, how] in rows {
         out.push_str(&format!("| {what} | {value} | {how} |\n"));
     }
     Ok(out)
-}
-
-fn guests_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("NRVNA_GUESTS_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let exe = std::env::current_exe()?;
-    // target/<profile>/nrvna -> target/wasm-guests/wasm32-wasip2/release
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|t| t.join("wasm-guests/wasm32-wasip2/release"))
-        .context("cannot locate the target directory")?;
-    if !dir.join(format!("{HOSTCALLS}.wasm")).is_file() {
-        bail!(
-            "the fixture components are not built in {}: run `cargo test --release -p \
-             nrvna-tests --no-run` (its build script builds tests/guests), or set \
-             NRVNA_GUESTS_DIR",
-            dir.display()
-        );
-    }
-    Ok(dir)
 }
 
 fn ms(d: Duration) -> String {
@@ -98,12 +114,8 @@ fn time_run(
     Ok(elapsed)
 }
 
-fn start_up(
-    guests: &Path,
-    tokio: &tokio::runtime::Runtime,
-    rows: &mut Vec<[String; 3]>,
-) -> Result<()> {
-    let wasm = guests.join(format!("{HOSTCALLS}.wasm"));
+fn start_up(tokio: &tokio::runtime::Runtime, rows: &mut Vec<[String; 3]>) -> Result<()> {
+    let wasm = guest(FX_HOSTCALLS);
     let size = std::fs::metadata(&wasm)?.len();
     let scratch = tempfile::tempdir()?;
     let ws = scratch.path().join("ws");
@@ -111,7 +123,7 @@ fn start_up(
     for i in 0..5 {
         let cache = scratch.path().join(format!("cache-{i}"));
         // A fresh engine each time: what a new process pays.
-        let rt = runtime(Some(cache.clone()))?;
+        let (rt, _) = nrvna_exec(Some(cache.clone()), None)?;
         let t = Instant::now();
         rt.load(&wasm)?;
         cold.push(t.elapsed());
@@ -119,54 +131,55 @@ fn start_up(
         rt.load(&wasm)?;
         memory.push(t.elapsed());
 
-        let rt = runtime(Some(cache))?;
+        let (rt, _) = nrvna_exec(Some(cache), None)?;
         let t = Instant::now();
         let agent = rt.load(&wasm)?;
         cached.push(t.elapsed());
         first_run.push(t.elapsed() + time_run(tokio, &rt, &agent, &["log", "0"], &ws)?);
     }
-    let rt = runtime(None)?;
+    let (rt, _) = nrvna_exec(None, None)?;
     let agent = rt.load(&wasm)?;
     let mut runs = Vec::new();
     for _ in 0..50 {
         runs.push(time_run(tokio, &rt, &agent, &["log", "0"], &ws)?);
     }
-    let name = format!("{HOSTCALLS}.wasm, {} KB", size / 1000);
-    rows.push([
-        format!("cold start: compile ({name})"),
-        ms(median(cold)),
-        "fresh engine, `Runtime::load`, median of 5".into(),
-    ]);
-    rows.push([
-        "cached start: load from the disk cache".into(),
-        ms(median(cached)),
-        "fresh engine, same cache dir, median of 5".into(),
-    ]);
-    rows.push([
-        "cached start to result (load + instantiate + run)".into(),
-        ms(median(first_run)),
-        "fresh engine, cached, a `run` making no host call".into(),
-    ]);
-    rows.push([
-        "load again in the same process".into(),
-        ms(median(memory)),
-        "in-memory `InstancePre`".into(),
-    ]);
-    rows.push([
-        "one run (new store, instantiate, call `run`)".into(),
-        ms(median(runs)),
-        "median of 50".into(),
-    ]);
+    let name = format!("{}.wasm, {} KB", FX_HOSTCALLS.name, size / 1000);
+    let measured = [
+        (
+            format!("cold start: compile ({name})"),
+            cold,
+            "fresh engine, `Runtime::load`, median of 5",
+        ),
+        (
+            "cached start: load from the disk cache".into(),
+            cached,
+            "fresh engine, same cache dir, median of 5",
+        ),
+        (
+            "cached start to result (load + instantiate + run)".into(),
+            first_run,
+            "fresh engine, cached, a `run` making no host call",
+        ),
+        (
+            "load again in the same process".into(),
+            memory,
+            "in-memory `InstancePre`",
+        ),
+        (
+            "one run (new store, instantiate, call `run`)".into(),
+            runs,
+            "median of 50",
+        ),
+    ];
+    for (what, times, how) in measured {
+        rows.push([what, ms(median(times)), how.into()]);
+    }
     Ok(())
 }
 
-fn host_calls(
-    guests: &Path,
-    tokio: &tokio::runtime::Runtime,
-    rows: &mut Vec<[String; 3]>,
-) -> Result<()> {
-    let rt = runtime(None)?;
-    let agent = rt.load(&guests.join(format!("{HOSTCALLS}.wasm")))?;
+fn host_calls(tokio: &tokio::runtime::Runtime, rows: &mut Vec<[String; 3]>) -> Result<()> {
+    let (rt, _) = nrvna_exec(None, None)?;
+    let agent = rt.load(&guest(FX_HOSTCALLS))?;
     let scratch = tempfile::tempdir()?;
     let ws = scratch.path().join("ws");
     let base = median(
@@ -204,11 +217,7 @@ fn host_calls(
     Ok(())
 }
 
-fn pattern_overhead(
-    guests: &Path,
-    tokio: &tokio::runtime::Runtime,
-    rows: &mut Vec<[String; 3]>,
-) -> Result<()> {
+fn pattern_overhead(tokio: &tokio::runtime::Runtime, rows: &mut Vec<[String; 3]>) -> Result<()> {
     let model_arg =
         std::env::var("NRVNA_BENCH_MODEL").unwrap_or_else(|_| DEFAULT_MODEL_FILE.into());
     let Ok(model) = resolve_model(&model_arg) else {
@@ -221,10 +230,14 @@ fn pattern_overhead(
     };
     let scratch = tempfile::tempdir()?;
     let ws_path = scratch.path().join("ws");
-    let daemon = InProcessDaemon::start(&ws_path, &model.display().to_string(), PROMPTS.len())?;
+    let serve = Serve {
+        workspace: &ws_path,
+        model: &model,
+        workers: PROMPTS.len(),
+    };
+    let (rt, daemon) = nrvna_exec(None, Some(serve))?;
     let ws = Workspace::open(&ws_path)?;
-    let rt = runtime(None)?;
-    let agent = rt.load(&guests.join(format!("{FANOUT}.wasm")))?;
+    let agent = rt.load(&guest(FX_FANOUT))?;
     // Warm-up: the first decode pays for caches.
     direct(&ws)?;
     let (mut plain, mut pattern) = (Vec::new(), Vec::new());
@@ -247,7 +260,8 @@ fn pattern_overhead(
             }
         }
     }
-    daemon.stop();
+    // Stops it as a SIGTERM stops nrvnad.
+    drop(daemon);
     let model_name = model
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -1,0 +1,228 @@
+//! The one start-up path of a daemon, for `nrvnad` and for `nrvna exec --model`: take the
+//! workspace, recover what a previous daemon left, load the model, build the agent
+//! runtime, and only then say it is running.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use nrvna_engine::{Backend, LlamaEngine};
+use nrvna_queue::Workspace;
+use nrvna_queue::lifecycle::DaemonLock;
+use nrvna_sandbox::{Runtime, RuntimeConfig};
+
+use super::config::DaemonConfig;
+use super::{AgentHost, DaemonOptions, Ended, STALE_STAGING, SignalCounter};
+
+/// What the daemon prints while it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Banner {
+    /// `nrvnad`: the model, the KV reservation, and how to submit.
+    Nrvnad,
+    /// A daemon inside another command: one line, prefixed with that command's name.
+    InProcess(&'static str),
+}
+
+/// A daemon that holds its workspace, has recovered it and loaded its model: ready to
+/// [`serve`](Daemon::serve).
+pub struct Daemon {
+    ws: Workspace,
+    lock: DaemonLock,
+    engine: Arc<dyn Backend>,
+    options: DaemonOptions,
+}
+
+impl Daemon {
+    /// A daemon over any backend: `lock` must hold `ws`. [`start`] is the way with the
+    /// llama.cpp engine; this one is for other backends and for tests.
+    pub fn new(
+        ws: Workspace,
+        lock: DaemonLock,
+        engine: Arc<dyn Backend>,
+        options: DaemonOptions,
+    ) -> Daemon {
+        Daemon {
+            ws,
+            lock,
+            engine,
+            options,
+        }
+    }
+
+    /// Serves until a signal (or, with `drain`, an empty queue).
+    pub fn serve(self, signals: &SignalCounter) -> Result<Ended> {
+        super::run(self.options, self.lock, self.ws, self.engine, signals)
+    }
+
+    pub fn workspace(&self) -> &Workspace {
+        &self.ws
+    }
+}
+
+/// Starts a daemon on `config.workspace`: creates and locks it, cleans abandoned staging,
+/// recovers jobs a crashed daemon left running, loads the model and builds the agent
+/// runtime. Every step that can fail comes before the RUNNING banner.
+pub fn start(config: DaemonConfig, banner: Banner) -> Result<Daemon> {
+    let ws = Workspace::create(&config.workspace)
+        .with_context(|| format!("cannot create workspace {}", config.workspace.display()))?;
+    let lock = DaemonLock::acquire(ws.root())?;
+    recover(&ws, config.max_attempts)?;
+
+    let workers = config.workers();
+    match banner {
+        Banner::Nrvnad => eprintln!(
+            "nrvnad {}  ·  loading {}",
+            env!("CARGO_PKG_VERSION"),
+            config.engine.model.display()
+        ),
+        Banner::InProcess(program) => eprintln!(
+            "{program}: loading {} for an in-process daemon",
+            config.engine.model.display()
+        ),
+    }
+    let started = Instant::now();
+    let engine = LlamaEngine::start(config.engine).context("cannot load the model")?;
+    if banner == Banner::Nrvnad {
+        print_model(&engine, started);
+    }
+    let agents = match config.agents {
+        Some(settings) => Some(
+            AgentHost::new(
+                agent_runtime(settings.cache_dir)?,
+                settings.grants,
+                settings.max_running,
+            )
+            .context("cannot start the agent runtime")?,
+        ),
+        None => None,
+    };
+    if banner == Banner::Nrvnad {
+        let root = ws.root().display();
+        eprintln!(
+            "nrvnad: RUNNING on {root}\n  Submit:  wrk {root} \"prompt\"\n  Results: flw {root} <job-id>"
+        );
+    }
+    let options = DaemonOptions {
+        workers,
+        drain: config.drain,
+        grace: config.grace,
+        agents,
+    };
+    Ok(Daemon::new(ws, lock, Arc::new(engine), options))
+}
+
+/// Start-up housekeeping of a daemon that holds the lock.
+fn recover(ws: &Workspace, max_attempts: u32) -> Result<()> {
+    let removed = ws.clean_stale_staging(STALE_STAGING)?;
+    if removed > 0 {
+        tracing::info!("removed {removed} abandoned submission(s) from input/writing");
+    }
+    let recovery = ws.recover(max_attempts)?;
+    for id in &recovery.requeued {
+        tracing::warn!("recovered job {id} left running by a previous daemon: requeued");
+    }
+    for id in &recovery.failed {
+        tracing::warn!("job {id} reached the attempt ceiling ({max_attempts}): failed");
+    }
+    Ok(())
+}
+
+fn print_model(engine: &LlamaEngine, started: Instant) {
+    let info = engine.info();
+    eprintln!(
+        "nrvnad: model {} ({:.0} MB, trained ctx {}, template {}) loaded in {:.1}s",
+        info.description,
+        info.size_bytes as f64 / 1e6,
+        info.n_ctx_train,
+        if info.has_chat_template { "yes" } else { "no" },
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(e) = &info.embedder {
+        eprintln!(
+            "nrvnad: embeddings by {} ({:.0} MB, {} dimensions, at most {} tokens, {} \
+             pooling)",
+            e.name,
+            e.size_bytes as f64 / 1e6,
+            e.dim,
+            e.max_tokens,
+            e.pooling
+        );
+    }
+    eprintln!(
+        "nrvnad: {} workers decoded together, {} tokens of context each; {:.0} MB of KV \
+         cache reserved",
+        info.slots,
+        info.ctx_per_slot,
+        info.kv_bytes as f64 / 1e6
+    );
+}
+
+/// The agent runtime `nrvnad` and `nrvna exec` use: the compile cache in `cache_dir`
+/// (`None`: compile every time) and the engine's JSON-Schema converter.
+pub fn agent_runtime(cache_dir: Option<PathBuf>) -> Result<Runtime> {
+    let config = RuntimeConfig {
+        cache_dir,
+        schema_to_grammar: Some(Arc::new(|schema: &str| {
+            nrvna_engine::schema_to_grammar(schema).map_err(|e| e.to_string())
+        })),
+        ..RuntimeConfig::default()
+    };
+    Ok(Runtime::new(config)?)
+}
+
+/// A daemon on a thread of this process (`nrvna exec --model`, the agent bench).
+pub struct InProcessDaemon {
+    /// The command it runs in, for its messages.
+    program: &'static str,
+    signals: SignalCounter,
+    thread: Option<JoinHandle<Result<Ended>>>,
+}
+
+impl InProcessDaemon {
+    /// Starts it as [`start`] does, on this thread (so a bad model fails here), then
+    /// serves on a thread of its own.
+    pub fn start(config: DaemonConfig, program: &'static str) -> Result<InProcessDaemon> {
+        let daemon = start(config, Banner::InProcess(program))?;
+        let signals = SignalCounter::manual();
+        let thread = {
+            let signals = signals.clone();
+            std::thread::Builder::new()
+                .name("nrvna-daemon".into())
+                .spawn(move || daemon.serve(&signals))
+                .map_err(|e| anyhow!("cannot start the daemon thread: {e}"))?
+        };
+        Ok(InProcessDaemon {
+            program,
+            signals,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops it as a SIGTERM stops nrvnad: running jobs get the grace period.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.signals.request_stop();
+            match thread.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => eprintln!(
+                    "{}: the in-process daemon failed: {}",
+                    self.program,
+                    crate::cli::error_chain(&e)
+                ),
+                Err(_) => eprintln!("{}: the in-process daemon panicked", self.program),
+            }
+        }
+    }
+}
+
+impl Drop for InProcessDaemon {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

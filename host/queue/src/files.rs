@@ -1,0 +1,31 @@
+//! The names of the files in a job directory: the one list every reader and writer uses.
+//!
+//! ```text
+//! <state>/<id>/prompt.txt      the prompt (or an agent job's arguments, empty)
+//!             meta.json        everything else about the job (crate::meta)
+//!             images/          image_000000.png ... (vision jobs)
+//!             schema.json      a --json-schema job's schema ...
+//!             grammar.gbnf     ... and the grammar it became (or a --grammar job's own)
+//!             agent.wasm       an agent job's component
+//!             result.txt       a done text or agent job's output
+//!             embedding.json   a done embed job's output
+//!             error.txt        why a failed job failed
+//!             response.txt     what a failed generation had produced
+//! ```
+
+pub const PROMPT_FILE: &str = "prompt.txt";
+pub const META_FILE: &str = "meta.json";
+pub const IMAGES_DIR: &str = "images";
+pub const SCHEMA_FILE: &str = "schema.json";
+pub const GRAMMAR_FILE: &str = "grammar.gbnf";
+pub const AGENT_FILE: &str = "agent.wasm";
+pub const RESULT_FILE: &str = "result.txt";
+pub const EMBEDDING_FILE: &str = "embedding.json";
+pub const ERROR_FILE: &str = "error.txt";
+/// Raw model output kept beside the error when a job fails after generating.
+pub const RESPONSE_FILE: &str = "response.txt";
+/// Cancel requests for running jobs: `nrvna cancel` drops `<ws>/.cancel/<id>`, the owning
+/// daemon stops the job and removes the file.
+pub const CANCEL_DIR: &str = ".cancel";
+/// Image file extensions a job accepts.
+pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "gif", "webp"];

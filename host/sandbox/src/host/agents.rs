@@ -1,0 +1,79 @@
+//! The `agents` interface: running another component (or this one) in a fresh sandbox of
+//! the same run, one level deeper.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use crate::bindings::nrvna::agent::agents;
+use crate::bindings::nrvna::agent::types::JobError;
+use crate::host::{HostCallError, HostState};
+use crate::runtime::{Agent, run_sandbox};
+use crate::text::quoted;
+
+impl agents::Host for HostState {
+    async fn call(&mut self, name: String, args: Vec<String>) -> Result<String, HostCallError> {
+        let shown = quoted(&name, 100);
+        let depth = self.run.budget.check_call_depth(self.depth, &shown)?;
+        let (agent, agent_name) = self.callee(name, &shown).await?;
+        self.run.budget.count_agent_call();
+        // A task of its own: the child's store runs on its own fiber, and aborting the
+        // handle (this future dropped) stops it.
+        let child = AbortOnDrop(tokio::spawn(run_sandbox(
+            self.run.clone(),
+            agent,
+            agent_name,
+            args,
+            depth,
+        )));
+        let failed = match child.await {
+            Ok(Ok(Ok(text))) => return Ok(text),
+            Ok(Ok(Err(error))) => error,
+            Ok(Err(stopped)) => format!("agent {shown}: {stopped}"),
+            Err(e) => format!("agent {shown}: task ended: {e}"),
+        };
+        Err(JobError::Failed(failed).into())
+    }
+}
+
+impl HostState {
+    /// The component `name` stands for, and the name it runs (and keeps its storage)
+    /// under: this one for `self`, else a granted one, loaded off the async threads.
+    /// (`&mut` because `HostState` is not `Sync`: a shared borrow held across the load
+    /// would make the call's future not `Send`.)
+    async fn callee(&mut self, name: String, shown: &str) -> Result<(Agent, Arc<str>), JobError> {
+        if name == "self" {
+            return Ok((self.agent.clone(), self.agent_name.clone()));
+        }
+        let Some(path) = self.run.grants.agents.get(&name).cloned() else {
+            return Err(JobError::Denied(format!(
+                "agent {shown} is not granted to this component (grant it with --agent \
+                 NAME=PATH; `self` is always allowed)"
+            )));
+        };
+        let runtime = self.run.runtime.clone();
+        match tokio::task::spawn_blocking(move || runtime.load(&path)).await {
+            Ok(Ok(agent)) => Ok((agent, Arc::from(name))),
+            Ok(Err(e)) => Err(JobError::Failed(format!("cannot load agent {shown}: {e}"))),
+            Err(e) => Err(JobError::Failed(format!("agent load task: {e}"))),
+        }
+    }
+}
+
+/// Aborts the spawned child run if the caller's future is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}

@@ -1,0 +1,413 @@
+//! How much a run may use ([`Limits`], the one place their defaults live) and the
+//! budgets that enforce them: linear memory ([`MemoryLimiter`]), guest CPU time (epoch
+//! ticks), bytes per host call (wasmtime's hostcall fuel), wall-clock time, and the
+//! job, in-flight, prompt-size and call-depth quotas.
+//!
+//! One [`RunBudget`] is shared by every sandbox of a run, nested `agents.call` included:
+//! limits are per run, not per sandbox. A limit that stops the run is a [`LimitHit`]
+//! trap; a quota is a `job-error` the component can act on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use wasmtime::ResourceLimiter;
+
+use crate::bindings::nrvna::agent::types::JobError;
+use crate::error::{LimitHit, LimitKind};
+
+/// How much one run (with every agent it calls) may use. The defaults
+/// ([`Limits::DEFAULT`]) are safe for an untrusted component on a shared machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Linear memory of all the run's sandboxes together.
+    pub memory_bytes: u64,
+    /// Wall-clock time of the whole run, waiting included.
+    pub wall: Duration,
+    /// Time spent executing guest code (measured in epoch ticks).
+    pub cpu: Duration,
+    /// Jobs the run may submit in all.
+    pub max_jobs: u64,
+    /// Jobs the run may have queued or running at once.
+    pub max_in_flight: u64,
+    /// Bytes of one prompt (system message included).
+    pub max_prompt_bytes: u64,
+    /// `agents.call` nesting.
+    pub max_depth: u32,
+    /// Bytes a component may pass to one host call; more traps before the host copies
+    /// anything (wasmtime's hostcall fuel).
+    pub hostcall_bytes: u64,
+    /// Bytes of log (the `log` interface plus stdout and stderr) before lines are dropped.
+    pub log_bytes: u64,
+}
+
+impl Limits {
+    /// The default limits; a constant so embedders can show them (e.g. in help texts)
+    /// without restating them.
+    pub const DEFAULT: Limits = Limits {
+        memory_bytes: 256 << 20,
+        wall: Duration::from_secs(600),
+        cpu: Duration::from_secs(60),
+        max_jobs: 1000,
+        max_in_flight: 64,
+        max_prompt_bytes: 1 << 20,
+        max_depth: 16,
+        hostcall_bytes: 16 << 20,
+        log_bytes: 1 << 20,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
+    }
+}
+
+/// wasmtime's error when a host call's arguments exceed the store's hostcall fuel.
+/// wasmtime 48 raises it as a private type (`HostcallFuelExhausted`, in
+/// `runtime/component/func/options.rs`) with no `Trap` code, while lifting the
+/// arguments, before any host function runs: its text is all there is to recognise.
+/// The e2e test `a_1_gib_prompt_is_refused_before_the_host_copies_it` fails if a
+/// wasmtime upgrade changes it.
+const HOSTCALL_FUEL_EXHAUSTED: &str = "too much data is being copied between the host and the \
+                                       guest: fuel allocated for hostcalls has been exhausted";
+
+/// Most elements one wasm table may grow to.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Instances, tables and linear memories one component may create.
+const MAX_INSTANCES: usize = 100;
+const MAX_TABLES: usize = 100;
+const MAX_MEMORIES: usize = 10;
+
+/// What a run has used of its [`Limits`]; shared by all its sandboxes.
+#[derive(Debug)]
+pub(crate) struct RunBudget {
+    limits: Limits,
+    /// The runtime's epoch tick: the unit of CPU time.
+    tick: Duration,
+    cpu_limit_ticks: u64,
+    cpu_ticks: AtomicU64,
+    memory_used: AtomicU64,
+    memory_peak: AtomicU64,
+    jobs_submitted: AtomicU64,
+    agent_calls: AtomicU64,
+}
+
+impl RunBudget {
+    pub(crate) fn new(limits: Limits, tick: Duration) -> RunBudget {
+        let cpu_limit_ticks = (limits.cpu.as_nanos() / tick.as_nanos().max(1)) as u64;
+        RunBudget {
+            limits,
+            tick,
+            cpu_limit_ticks: cpu_limit_ticks.max(1),
+            cpu_ticks: AtomicU64::new(0),
+            memory_used: AtomicU64::new(0),
+            memory_peak: AtomicU64::new(0),
+            jobs_submitted: AtomicU64::new(0),
+            agent_calls: AtomicU64::new(0),
+        }
+    }
+
+    // ----- limits that stop the run -------------------------------------------------------
+
+    /// One epoch tick of guest execution; past the CPU limit the run stops.
+    pub(crate) fn charge_cpu_tick(&self) -> Result<(), LimitHit> {
+        let used = self.cpu_ticks.fetch_add(1, Ordering::Relaxed) + 1;
+        if used > self.cpu_limit_ticks {
+            return Err(LimitHit::new(
+                LimitKind::Cpu,
+                format!(
+                    "the run executed guest code for more than {}",
+                    show_duration(self.limits.cpu)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reserves `bytes` more linear memory for the run, or says which limit stops it.
+    fn grow_memory(&self, bytes: u64) -> Result<(), LimitHit> {
+        let limit = self.limits.memory_bytes;
+        let mut used = self.memory_used.load(Ordering::SeqCst);
+        loop {
+            let next = used.saturating_add(bytes);
+            if next > limit {
+                return Err(LimitHit::new(
+                    LimitKind::Memory,
+                    format!(
+                        "growing linear memory by {} would bring the run to {} (nested agents \
+                         included); the limit is {}",
+                        mib(bytes),
+                        mib(next),
+                        mib(limit)
+                    ),
+                ));
+            }
+            match self.memory_used.compare_exchange_weak(
+                used,
+                next,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    self.memory_peak.fetch_max(next, Ordering::SeqCst);
+                    return Ok(());
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    fn release_memory(&self, bytes: u64) {
+        let _ = self
+            .memory_used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+    }
+
+    /// The hostcall fuel each of the run's stores starts every host call with.
+    pub(crate) fn hostcall_fuel(&self) -> usize {
+        usize::try_from(self.limits.hostcall_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// The limit `e` reports, if it is wasmtime's hostcall fuel running out: the
+    /// component passed more than [`Limits::hostcall_bytes`] to one host call, and
+    /// wasmtime refused it before copying anything.
+    pub(crate) fn hostcall_limit_hit(&self, e: &wasmtime::Error) -> Option<LimitHit> {
+        (e.root_cause().to_string() == HOSTCALL_FUEL_EXHAUSTED).then(|| {
+            LimitHit::new(
+                LimitKind::HostcallBytes,
+                format!(
+                    "the component tried to pass more than {} bytes to one host call",
+                    self.limits.hostcall_bytes
+                ),
+            )
+        })
+    }
+
+    /// The run outlived its wall-clock limit.
+    pub(crate) fn wall_clock_hit(&self) -> LimitHit {
+        LimitHit::new(
+            LimitKind::WallClock,
+            format!(
+                "the run took longer than {}",
+                show_duration(self.limits.wall)
+            ),
+        )
+    }
+
+    // ----- quotas the component sees ------------------------------------------------------
+
+    /// A prompt of `bytes` (system message included) is within the limit.
+    pub(crate) fn check_prompt_size(&self, bytes: u64) -> Result<(), JobError> {
+        let limit = self.limits.max_prompt_bytes;
+        if bytes > limit {
+            return Err(JobError::Invalid(format!(
+                "the prompt (with its system message) is {bytes} bytes; the limit is {limit} \
+                 bytes (--max-prompt-bytes)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Another job may be submitted: under the job quota, and (asked only then, as it
+    /// may look at the disk) `in_flight` under the in-flight quota.
+    pub(crate) fn check_job_quota(&self, in_flight: impl FnOnce() -> u64) -> Result<(), JobError> {
+        let submitted = self.jobs_submitted.load(Ordering::SeqCst);
+        if submitted >= self.limits.max_jobs {
+            return Err(JobError::Quota(format!(
+                "jobs submitted: this run has submitted {submitted} jobs, the limit (--max-jobs)"
+            )));
+        }
+        let in_flight = in_flight();
+        if in_flight >= self.limits.max_in_flight {
+            return Err(JobError::Quota(format!(
+                "jobs in flight: this run has {in_flight} jobs queued or running, the limit \
+                 (--max-in-flight); wait for some to end"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The in-flight quota, for deciding whether a recount is worth it.
+    pub(crate) fn max_in_flight(&self) -> u64 {
+        self.limits.max_in_flight
+    }
+
+    pub(crate) fn count_job_submitted(&self) {
+        self.jobs_submitted.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The depth a call from a sandbox at `depth` runs at, if nesting allows it.
+    /// `callee` is the called agent's name as the message shows it.
+    pub(crate) fn check_call_depth(&self, depth: u32, callee: &str) -> Result<u32, JobError> {
+        let max = self.limits.max_depth;
+        let nested = depth.saturating_add(1);
+        if nested > max {
+            return Err(JobError::Quota(format!(
+                "agents.call depth: calling {callee} would nest {nested} deep; the limit is \
+                 {max} (--max-depth)"
+            )));
+        }
+        Ok(nested)
+    }
+
+    pub(crate) fn count_agent_call(&self) {
+        self.agent_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    // ----- what was used --------------------------------------------------------------------
+
+    /// Guest CPU time, at epoch-tick granularity.
+    pub(crate) fn cpu_time(&self) -> Duration {
+        let ticks = self.cpu_ticks.load(Ordering::Relaxed);
+        self.tick
+            .saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX))
+    }
+    pub(crate) fn jobs_submitted(&self) -> u64 {
+        self.jobs_submitted.load(Ordering::Relaxed)
+    }
+    pub(crate) fn agent_calls(&self) -> u64 {
+        self.agent_calls.load(Ordering::Relaxed)
+    }
+    pub(crate) fn peak_memory(&self) -> u64 {
+        self.memory_peak.load(Ordering::Relaxed)
+    }
+}
+
+/// One store's limiter: charges its linear memory to the run's budget (shared by nested
+/// agents) and caps its tables and instances; traps with a [`LimitHit`] naming the limit.
+pub(crate) struct MemoryLimiter {
+    budget: Arc<RunBudget>,
+    /// Bytes this store holds, given back when it is dropped.
+    held_bytes: u64,
+    /// The growth last allowed, given back if the growth fails anyway.
+    last_growth: u64,
+}
+
+impl MemoryLimiter {
+    pub(crate) fn new(budget: Arc<RunBudget>) -> MemoryLimiter {
+        MemoryLimiter {
+            budget,
+            held_bytes: 0,
+            last_growth: 0,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let delta = desired.saturating_sub(current) as u64;
+        self.budget.grow_memory(delta)?;
+        self.held_bytes += delta;
+        self.last_growth = delta;
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        // Growth we allowed failed anyway (the memory's own maximum): give it back.
+        self.budget.release_memory(self.last_growth);
+        self.held_bytes = self.held_bytes.saturating_sub(self.last_growth);
+        self.last_growth = 0;
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            return Err(LimitHit::new(
+                LimitKind::Resources,
+                format!(
+                    "a table would grow to {desired} elements; the limit is {MAX_TABLE_ELEMENTS}"
+                ),
+            )
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.budget.release_memory(self.held_bytes);
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+fn show_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", (d.as_secs_f64() * 10.0).round() / 10.0)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_charged_to_the_run_and_given_back_by_each_store() {
+        let limits = Limits {
+            memory_bytes: 10 << 20,
+            ..Limits::DEFAULT
+        };
+        let budget = Arc::new(RunBudget::new(limits, Duration::from_millis(10)));
+        let mut first = MemoryLimiter::new(budget.clone());
+        let mut nested = MemoryLimiter::new(budget.clone());
+        assert!(first.memory_growing(0, 6 << 20, None).unwrap());
+        let err = nested.memory_growing(0, 6 << 20, None).unwrap_err();
+        let hit = err.downcast_ref::<LimitHit>().unwrap();
+        assert_eq!(hit.kind, LimitKind::Memory);
+        assert!(hit.message.contains("the limit is 10 MiB"), "{hit}");
+        drop(first);
+        assert!(nested.memory_growing(0, 6 << 20, None).unwrap());
+        assert_eq!(budget.peak_memory(), 6 << 20);
+    }
+
+    #[test]
+    fn cpu_ticks_run_out_and_quotas_name_their_flags() {
+        let limits = Limits {
+            cpu: Duration::from_millis(20),
+            max_jobs: 1,
+            max_depth: 1,
+            ..Limits::DEFAULT
+        };
+        let budget = RunBudget::new(limits, Duration::from_millis(10));
+        assert!(budget.charge_cpu_tick().is_ok() && budget.charge_cpu_tick().is_ok());
+        assert_eq!(budget.charge_cpu_tick().unwrap_err().kind, LimitKind::Cpu);
+        assert_eq!(budget.cpu_time(), Duration::from_millis(30));
+
+        assert!(budget.check_job_quota(|| 0).is_ok());
+        budget.count_job_submitted();
+        let over = budget.check_job_quota(|| unreachable!("asked only under the job quota"));
+        assert!(matches!(over, Err(JobError::Quota(m)) if m.contains("--max-jobs")));
+        assert_eq!(budget.check_call_depth(0, "\"a\"").unwrap(), 1);
+        let deep = budget.check_call_depth(1, "\"a\"");
+        assert!(matches!(deep, Err(JobError::Quota(m)) if m.contains("would nest 2 deep")));
+    }
+}
