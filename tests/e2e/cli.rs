@@ -198,3 +198,39 @@ fn help_teaches_exit_codes_and_env() {
         nrvna_tests::run(std::process::Command::new(nrvna_tests::bin("nrvna")).arg("version"));
     assert!(stdout(&out).starts_with("nrvna "));
 }
+
+#[test]
+fn every_timeout_takes_the_same_duration_format() {
+    let ws = TestWs::new();
+    let id = ws.submit(&["queued forever"]);
+    // flw: plain seconds as before, or a number with a unit, as nrvna exec takes it.
+    for timeout in ["300ms", "0.3s", "0.3"] {
+        let started = std::time::Instant::now();
+        let out = ws.flw(&[&id, "--timeout", timeout]);
+        assert_eq!(code(&out), 2, "--timeout {timeout}: {}", stderr(&out));
+        assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    }
+    // nrvnad stop: with no daemon it answers at once, whatever form the timeout takes.
+    let stop = |timeout: &str| {
+        nrvna_tests::run(
+            std::process::Command::new(nrvna_tests::bin("nrvnad"))
+                .arg("stop")
+                .arg(&ws.path)
+                .args(["--timeout", timeout]),
+        )
+    };
+    for timeout in ["5s", "1m", "5"] {
+        let out = stop(timeout);
+        assert_eq!(code(&out), 0, "--timeout {timeout}: {}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), "not running");
+    }
+    // A malformed duration is refused by both, naming the units.
+    for out in [stop("5x"), ws.flw(&[&id, "--timeout", "5x"])] {
+        assert_ne!(code(&out), 0);
+        assert!(
+            stderr(&out).contains("unknown unit; use ms, s, m or h"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}

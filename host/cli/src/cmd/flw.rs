@@ -10,6 +10,7 @@ use clap::Parser;
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
 use nrvna_queue::watch::{wait_terminal, wait_until};
 use nrvna_queue::{ArtifactKind, JobId, JobOutcome, Meta, PROMPT_FILE, State, Workspace};
+use nrvna_sandbox::parse_duration;
 
 use crate::cli::{VersionFlag, init_logging, parse_args};
 
@@ -65,9 +66,9 @@ struct Args {
     /// Answer at once: exit 2 if the job is still queued or running
     #[arg(long, conflicts_with = "wait")]
     no_wait: bool,
-    /// Give up waiting after this many seconds (exit 2)
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
+    /// Give up waiting after this long (exit 2): seconds, or a number with ms, s, m or h
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
     /// Wait until nothing is queued or running (in the selected set, with --tag/--children)
     #[arg(short = 'W', long, conflicts_with = "id")]
     wait_idle: bool,
@@ -96,12 +97,7 @@ pub fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<u8> {
     let ws = Workspace::open(&args.workspace)?;
-    let timeout = match args.timeout {
-        Some(t) if !(0.0..=1e7).contains(&t) || t.is_nan() => {
-            bail!("--timeout must be between 0 and 10000000 seconds, got {t}")
-        }
-        t => t.map(Duration::from_secs_f64),
-    };
+    let timeout = args.timeout;
     if args.tag.is_some() || args.children.is_some() {
         return set(&ws, &args, timeout);
     }

@@ -8,10 +8,11 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use nrvna_engine::check_model_file;
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
+use nrvna_sandbox::parse_duration;
 
 use crate::cli::{VersionFlag, init_logging, parse_from, report};
 use crate::daemon::{self, AgentSettings, Banner, DaemonConfig, Ended, SignalCounter};
-use crate::grant_args::{GrantArgs, default_cache_dir};
+use crate::grant_args::{GrantArgs, default_cache_dir, show_time};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -96,9 +97,9 @@ struct StatusArgs {
 )]
 struct StopArgs {
     workspace: PathBuf,
-    /// Seconds to wait for a graceful stop
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    timeout: u64,
+    /// How long to wait for a graceful stop: seconds, or a number with ms, s, m or h
+    #[arg(long, default_value = "20s", value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Duration,
 }
 
 pub fn main() -> ExitCode {
@@ -239,13 +240,13 @@ fn stop(args: StopArgs) -> Result<ExitCode> {
         Ok(false)
     };
     let _ = kill_process(pid, Signal::TERM);
-    if stopped(Duration::from_secs(args.timeout))? {
+    if stopped(args.timeout)? {
         println!("stopped");
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!(
-        "nrvnad stop: still running after {}s; requeueing its jobs",
-        args.timeout
+        "nrvnad stop: still running after {}; requeueing its jobs",
+        show_time(args.timeout)
     );
     let _ = kill_process(pid, Signal::TERM);
     if stopped(Duration::from_secs(3))? {
