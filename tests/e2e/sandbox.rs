@@ -691,3 +691,39 @@ fn nrvna_cancel_reports_each_case_with_its_exit_code() {
     assert_eq!(code(&out), 1, "{}", show(&out));
     assert!(stderr(&out).contains("invalid job id"));
 }
+
+#[test]
+fn exec_says_what_a_file_is_when_it_is_not_a_component() {
+    let ws = TestWs::new();
+    let exec_file = |name: &str, bytes: &[u8]| {
+        let path = ws.scratch().join(name);
+        std::fs::write(&path, bytes).expect("write the file");
+        run(Command::new(bin("nrvna"))
+            .arg("exec")
+            .arg(&path)
+            .arg("--ws")
+            .arg(&ws.path))
+    };
+    // The smallest core module: what a guest built for wasm32-wasip1 or wasm32-unknown-unknown
+    // starts with.
+    let out = exec_file("core.wasm", b"\0asm\x01\0\0\0");
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert!(
+        stderr(&out).contains(
+            "this is a core WebAssembly module, not a component: build with --target wasm32-wasip2"
+        ),
+        "{}",
+        show(&out)
+    );
+    for (name, bytes) in [
+        ("notes.wasm", b"just some text".as_slice()),
+        ("short.wasm", b"\0as".as_slice()),
+    ] {
+        let out = exec_file(name, bytes);
+        assert_eq!(code(&out), 1, "{}", show(&out));
+        let err = stderr(&out);
+        assert!(err.contains("not WebAssembly"), "{name}: {}", show(&out));
+        // Said in words, not as wasmtime's dump of the expected bytes.
+        assert!(!err.contains("0x"), "{name}: {}", show(&out));
+    }
+}
