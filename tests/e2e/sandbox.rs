@@ -4,7 +4,7 @@
 //! still serves other jobs afterwards.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nrvna_tests::{
@@ -725,5 +725,62 @@ fn exec_says_what_a_file_is_when_it_is_not_a_component() {
         assert!(err.contains("not WebAssembly"), "{name}: {}", show(&out));
         // Said in words, not as wasmtime's dump of the expected bytes.
         assert!(!err.contains("0x"), "{name}: {}", show(&out));
+    }
+}
+
+/// `nrvna exec COMPONENT --ws WS FLAGS -- ARGS`, running in the background.
+fn spawn_exec(ws: &TestWs, component: Component, flags: &[&str], args: &[&str]) -> Child {
+    Command::new(bin("nrvna"))
+        .arg("exec")
+        .arg(guest(component))
+        .arg("--ws")
+        .arg(&ws.path)
+        .args(flags)
+        .arg("--")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn nrvna exec")
+}
+
+#[test]
+fn a_signal_stops_exec_and_cancels_its_jobs_unless_kept() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let cases = [
+        (Signal::INT, None, 130),
+        (Signal::TERM, None, 143),
+        (Signal::INT, Some("--keep-jobs"), 130),
+    ];
+    for (signal, keep, expected_code) in cases {
+        // No daemon: the job the component submits stays queued while it follows it.
+        let ws = TestWs::new();
+        let flags: Vec<&str> = keep.into_iter().collect();
+        let mut child = spawn_exec(&ws, FX_ECHO, &flags, &["Never answered."]);
+        let queued = wait_for(Duration::from_secs(60), || {
+            ws.entries("input/ready").len() == 1
+        });
+        assert!(queued, "the component never submitted its job");
+        let id = ws.entries("input/ready").remove(0);
+        let pid = Pid::from_raw(child.id() as i32).expect("a child pid");
+        kill_process(pid, signal).expect("signal nrvna exec");
+        let exited = wait_for(Duration::from_secs(30), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
+        if !exited {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().expect("nrvna exec output");
+        assert!(exited, "nrvna exec did not stop: {}", show(&out));
+        let case = format!("{signal:?} {keep:?}");
+        assert_eq!(code(&out), expected_code, "{case}: {}", show(&out));
+        if keep.is_some() {
+            assert_eq!(ws.entries("input/ready"), vec![id.clone()], "{case}");
+            assert!(ws.entries("failed").is_empty(), "{case}");
+        } else {
+            assert!(ws.entries("input/ready").is_empty(), "{case}");
+            assert_eq!(ws.meta("failed", &id)["status"], "cancelled", "{case}");
+        }
     }
 }

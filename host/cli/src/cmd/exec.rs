@@ -42,15 +42,17 @@ Grants (nothing is granted unless given; repeatable):
 {LIMITS}SIZE is a number with K, M or G; DURATION is seconds or a number with ms, s, m, h.
 Jobs, in-flight, prompt and depth limits are errors the component sees (quota or
 invalid) and can handle; memory, CPU, time and host-call bytes stop the run.
-Jobs the run leaves queued or running are cancelled when it ends (--keep-jobs keeps
-them). Compiled components are cached in --cache-dir (default ~/.cache/nrvna/wasm).
+Jobs the run leaves queued or running are cancelled when it ends, also when SIGINT
+(Ctrl-C) or SIGTERM stops it (--keep-jobs keeps them). Compiled components are cached
+in --cache-dir (default ~/.cache/nrvna/wasm).
 
 Exit codes:
   0  the component returned ok; its result is on stdout
   1  the component returned an error (on stderr), or it could not be run
   2  usage error
   3  the run was stopped by a limit (the message names it and its flag)
-  4  the component crashed (panic, unreachable, stack overflow, bad memory access)";
+  4  the component crashed (panic, unreachable, stack overflow, bad memory access)
+  130, 143  SIGINT or SIGTERM stopped the run";
 
 /// `nrvna exec --help`'s closing text, with the limits table made from the sandbox's own
 /// defaults.
@@ -132,11 +134,86 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = tokio.block_on(runtime.run(&agent, args.args.clone(), ctx));
+    let ended = tokio.block_on(async {
+        // Listening before the run starts, so no signal finds the default handler (which
+        // would end the process with the run's jobs still queued).
+        let mut stop_signals = StopSignals::listen()?;
+        let run = runtime.run(&agent, args.args.clone(), ctx);
+        // A signal drops the run's future, which ends the run as a limit does: its
+        // unfinished jobs are cancelled unless --keep-jobs.
+        anyhow::Ok(tokio::select! {
+            result = run => RunEnded::Finished(result),
+            signal = stop_signals.next() => RunEnded::Signalled(signal),
+        })
+    })?;
     if let Some(daemon) = daemon {
         daemon.stop();
     }
-    Ok(report(result))
+    Ok(match ended {
+        RunEnded::Finished(result) => report(result),
+        RunEnded::Signalled(signal) => {
+            let kept = if args.keep_jobs {
+                "its jobs are kept (--keep-jobs)"
+            } else {
+                "its unfinished jobs are cancelled"
+            };
+            eprintln!("nrvna exec: stopped by {}; {kept}", signal.name());
+            ExitCode::from(signal.exit_code())
+        }
+    })
+}
+
+/// How the run ended: by itself (returned, or stopped by a limit or a crash), or by a signal.
+enum RunEnded {
+    Finished(Result<nrvna_sandbox::RunOutcome, SandboxError>),
+    Signalled(StopSignal),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum StopSignal {
+    Interrupt,
+    Terminate,
+}
+
+impl StopSignal {
+    fn name(self) -> &'static str {
+        match self {
+            StopSignal::Interrupt => "SIGINT",
+            StopSignal::Terminate => "SIGTERM",
+        }
+    }
+
+    /// The shell's code for a process a signal ended: 128 + its number.
+    fn exit_code(self) -> u8 {
+        match self {
+            StopSignal::Interrupt => 130,
+            StopSignal::Terminate => 143,
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, caught for the duration of a run.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind| signal(kind).context("cannot install signal handlers");
+        Ok(StopSignals {
+            interrupt: listen(SignalKind::interrupt())?,
+            terminate: listen(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) -> StopSignal {
+        tokio::select! {
+            _ = self.interrupt.recv() => StopSignal::Interrupt,
+            _ = self.terminate.recv() => StopSignal::Terminate,
+        }
+    }
 }
 
 /// Prints the result and picks the exit code.
