@@ -11,7 +11,7 @@ use nrvna_tests::{
     Component, Daemon, TEST_ENV, TestWs, bin, code, guest, model, run, stderr, stdout, wait_for,
 };
 
-use crate::components::{FX_ECHO, FX_FANOUT, FX_HOSTCALLS, FX_HOSTILE, FX_KV, FX_NEST};
+use crate::components::{FX_ECHO, FX_FANOUT, FX_HOSTCALLS, FX_HOSTILE, FX_KV, FX_NEST, REFINE};
 
 /// `nrvna exec COMPONENT --ws WS FLAGS -- ARGS`.
 fn exec(ws: &TestWs, component: Component, flags: &[&str], args: &[&str]) -> Output {
@@ -783,4 +783,25 @@ fn a_signal_stops_exec_and_cancels_its_jobs_unless_kept() {
             assert_eq!(ws.meta("failed", &id)["status"], "cancelled", "{case}");
         }
     }
+}
+
+#[test]
+fn a_components_help_needs_no_workspace_or_model() {
+    let out = run(Command::new(bin("nrvna"))
+        .arg("exec")
+        .arg(guest(REFINE))
+        .args(["--", "--help"]));
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("usage: {} ", REFINE.package)),
+        "{}",
+        show(&out)
+    );
+    // Real work still needs a workspace, and says how to give one.
+    let out = run(Command::new(bin("nrvna"))
+        .arg("exec")
+        .arg(guest(REFINE))
+        .args(["--", "Write a haiku"]));
+    assert_ne!(code(&out), 0, "{}", show(&out));
+    assert!(stderr(&out).contains("give --ws WS"), "{}", show(&out));
 }

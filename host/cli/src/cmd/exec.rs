@@ -27,6 +27,8 @@ Examples:
       jobs go to the daemon serving ./ws (start one with: nrvnad MODEL ./ws)
   nrvna exec refine.wasm --model smollm2 -- \"Write a haiku\"
       no daemon needed: loads the model in this process, on a temporary workspace
+  nrvna exec refine.wasm -- --help
+      the component's own usage: needs no --ws or --model (it may submit no job)
   nrvna exec batch.wasm --ws ./ws --dir ./data:/data:ro -- --file /data/q.txt
   nrvna exec route.wasm --ws ./ws --route code=./ws-code --agent refine=./refine.wasm
   nrvna exec agent.wasm --ws ./ws --timeout 30s --memory 64M --max-jobs 20
@@ -109,7 +111,12 @@ fn parse_level(s: &str) -> Result<LogLevel, String> {
 }
 
 pub fn run(args: ExecArgs) -> Result<ExitCode> {
-    let grants = args.grants.to_grants()?;
+    let mut grants = args.grants.to_grants()?;
+    if only_asks_for_help(&args) {
+        // It runs on a temporary workspace no daemon serves: a job would wait forever,
+        // so a component that submits one gets a quota error instead.
+        grants.limits.max_jobs = 0;
+    }
     // Load first: a bad component fails before any model is loaded.
     let cache_dir = if args.no_cache {
         None
@@ -254,6 +261,10 @@ fn workspace_and_daemon(
     args: &ExecArgs,
 ) -> Result<(PathBuf, Option<tempfile::TempDir>, Option<InProcessDaemon>)> {
     match (&args.ws, &args.model) {
+        (None, None) if only_asks_for_help(args) => {
+            let (ws, temp) = temporary_workspace()?;
+            Ok((ws, Some(temp), None))
+        }
         (None, None) => bail!(
             "give --ws WS (a workspace a daemon serves) or --model MODEL (runs a daemon in \
              this process); see nrvna exec --help"
@@ -285,11 +296,7 @@ fn workspace_and_daemon(
             }
         }
         (None, Some(model)) => {
-            let temp = tempfile::Builder::new()
-                .prefix("nrvna-exec-")
-                .tempdir()
-                .context("cannot create a temporary workspace")?;
-            let ws = temp.path().join("ws");
+            let (ws, temp) = temporary_workspace()?;
             eprintln!(
                 "nrvna exec: using a temporary workspace, removed at exit (--ws keeps jobs and kv)"
             );
@@ -297,6 +304,23 @@ fn workspace_and_daemon(
             Ok((ws, Some(temp), Some(daemon)))
         }
     }
+}
+
+/// A workspace path inside a new temporary directory, removed when the directory is.
+fn temporary_workspace() -> Result<(PathBuf, tempfile::TempDir)> {
+    let temp = tempfile::Builder::new()
+        .prefix("nrvna-exec-")
+        .tempdir()
+        .context("cannot create a temporary workspace")?;
+    Ok((temp.path().join("ws"), temp))
+}
+
+/// `nrvna exec X.wasm -- --help` with no `--ws` or `--model`: printing its usage needs
+/// no workspace a daemon serves.
+fn only_asks_for_help(args: &ExecArgs) -> bool {
+    args.ws.is_none()
+        && args.model.is_none()
+        && args.args.iter().any(|arg| arg == "--help" || arg == "-h")
 }
 
 /// Starts a daemon for `ws` in this process, as `nrvnad MODEL WS WORKERS` would (the same
