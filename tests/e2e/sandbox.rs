@@ -13,16 +13,22 @@ use nrvna_tests::{
 
 use crate::components::{FX_ECHO, FX_FANOUT, FX_HOSTCALLS, FX_HOSTILE, FX_KV, FX_NEST, REFINE};
 
-/// `nrvna exec COMPONENT --ws WS FLAGS -- ARGS`.
-fn exec(ws: &TestWs, component: Component, flags: &[&str], args: &[&str]) -> Output {
-    run(Command::new(bin("nrvna"))
-        .arg("exec")
+/// The command `nrvna exec COMPONENT --ws WS FLAGS -- ARGS`.
+fn exec_command(ws: &TestWs, component: Component, flags: &[&str], args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("nrvna"));
+    cmd.arg("exec")
         .arg(guest(component))
         .arg("--ws")
         .arg(&ws.path)
         .args(flags)
         .arg("--")
-        .args(args))
+        .args(args);
+    cmd
+}
+
+/// Runs `nrvna exec COMPONENT --ws WS FLAGS -- ARGS` to its end.
+fn exec(ws: &TestWs, component: Component, flags: &[&str], args: &[&str]) -> Output {
+    run(&mut exec_command(ws, component, flags, args))
 }
 
 /// Where the host keeps a component's own storage (its kv) in the workspace.
@@ -334,7 +340,7 @@ fn an_infinite_loop_is_stopped_by_the_cpu_limit() {
     let _d = ws.daemon(1);
     let started = Instant::now();
     let out = exec(&ws, FX_HOSTILE, &["--cpu", "1s"], &["spin"]);
-    assert_eq!(code(&out), 3, "{}", show(&out));
+    assert_eq!(code(&out), 7, "{}", show(&out));
     assert!(
         stderr(&out).contains("cpu time limit reached") && stderr(&out).contains("--cpu"),
         "{}",
@@ -349,7 +355,7 @@ fn a_memory_bomb_is_stopped_by_the_memory_limit() {
     let ws = TestWs::new();
     let _d = ws.daemon(1);
     let out = exec(&ws, FX_HOSTILE, &["--memory", "64M"], &["membomb"]);
-    assert_eq!(code(&out), 3, "{}", show(&out));
+    assert_eq!(code(&out), 7, "{}", show(&out));
     let err = stderr(&out);
     assert!(
         err.contains("memory limit reached")
@@ -501,7 +507,7 @@ fn a_1_gib_prompt_is_refused_before_the_host_copies_it() {
         &["--memory", "1200M"],
         &["huge-prompt", &gib],
     );
-    assert_eq!(code(&out), 3, "{}", show(&out));
+    assert_eq!(code(&out), 7, "{}", show(&out));
     assert!(
         stderr(&out).contains("host-call bytes limit reached")
             && stderr(&out).contains("--max-hostcall-bytes"),
@@ -547,7 +553,7 @@ fn a_run_stuck_in_follow_is_stopped_by_the_wall_clock() {
     let ws = TestWs::new();
     let started = Instant::now();
     let out = exec(&ws, FX_HOSTILE, &["--timeout", "2s"], &["stuck-follow"]);
-    assert_eq!(code(&out), 3, "{}", show(&out));
+    assert_eq!(code(&out), 7, "{}", show(&out));
     assert!(
         stderr(&out)
             .contains("wall-clock time limit reached: the run took longer than 2s (--timeout)"),
@@ -566,7 +572,7 @@ fn a_run_stuck_in_follow_is_stopped_by_the_wall_clock() {
 fn a_panic_is_reported_as_a_crash() {
     let ws = TestWs::new();
     let out = exec(&ws, FX_HOSTILE, &[], &["panic"]);
-    assert_eq!(code(&out), 4, "{}", show(&out));
+    assert_eq!(code(&out), 8, "{}", show(&out));
     let err = stderr(&out);
     assert!(err.contains("the component crashed: wasm trap"), "{err}");
     assert!(
@@ -637,14 +643,14 @@ fn exec_help_teaches_and_bad_input_fails_clearly() {
         "Examples:",
         "--dir HOST[:GUEST][:ro]",
         "--route NAME=WS",
-        "Exit codes:",
-        "3  the run was stopped by a limit",
+        "Exit codes",
+        "7    a limit stopped the run",
     ] {
         assert!(help.contains(needle), "{needle} missing from:\n{help}");
     }
     let ws = TestWs::new();
     let out = run(Command::new(bin("nrvna")).arg("exec").arg(guest(FX_KV)));
-    assert_eq!(code(&out), 1);
+    assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("give --ws WS"), "{}", show(&out));
     let out = exec(&ws, FX_KV, &["--dir", "/definitely/missing"], &[]);
     assert_eq!(code(&out), 2, "{}", show(&out));
@@ -683,12 +689,12 @@ fn nrvna_cancel_reports_each_case_with_its_exit_code() {
     assert!(stdout(&out).contains("cancelled"));
     assert_eq!(ws.meta("failed", &id)["status"], "cancelled");
     let out = cancel(&id);
-    assert_eq!(code(&out), 3, "{}", show(&out));
+    assert_eq!(code(&out), 6, "{}", show(&out));
     assert!(stderr(&out).contains("already ended (failed)"));
     let out = cancel("1_2");
     assert_eq!(code(&out), 4, "{}", show(&out));
     let out = cancel("../etc");
-    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert_eq!(code(&out), 2, "{}", show(&out));
     assert!(stderr(&out).contains("invalid job id"));
 }
 
@@ -728,16 +734,9 @@ fn exec_says_what_a_file_is_when_it_is_not_a_component() {
     }
 }
 
-/// `nrvna exec COMPONENT --ws WS FLAGS -- ARGS`, running in the background.
+/// Starts `nrvna exec COMPONENT --ws WS FLAGS -- ARGS` in the background.
 fn spawn_exec(ws: &TestWs, component: Component, flags: &[&str], args: &[&str]) -> Child {
-    Command::new(bin("nrvna"))
-        .arg("exec")
-        .arg(guest(component))
-        .arg("--ws")
-        .arg(&ws.path)
-        .args(flags)
-        .arg("--")
-        .args(args)
+    exec_command(ws, component, flags, args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -802,6 +801,6 @@ fn a_components_help_needs_no_workspace_or_model() {
         .arg("exec")
         .arg(guest(REFINE))
         .args(["--", "Write a haiku"]));
-    assert_ne!(code(&out), 0, "{}", show(&out));
+    assert_eq!(code(&out), 2, "{}", show(&out));
     assert!(stderr(&out).contains("give --ws WS"), "{}", show(&out));
 }

@@ -6,17 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
 use nrvna_sandbox::{LogLevel, LogSink, RunContext, SandboxError};
 
 use crate::daemon::{DaemonConfig, InProcessDaemon, agent_runtime};
+use crate::exit;
 use crate::grant_args::{GrantArgs, default_cache_dir};
-
-/// Exit codes of `nrvna exec` (documented in its `--help` and docs/sandbox.md).
-pub const EXIT_COMPONENT_ERROR: u8 = 1;
-pub const EXIT_LIMIT: u8 = 3;
-pub const EXIT_CRASH: u8 = 4;
 
 const AFTER_HELP: &str = "\
 The component's result goes to stdout; its log (the log interface, its stdout and
@@ -48,18 +44,22 @@ Jobs the run leaves queued or running are cancelled when it ends, also when SIGI
 (Ctrl-C) or SIGTERM stops it (--keep-jobs keeps them). Compiled components are cached
 in --cache-dir (default ~/.cache/nrvna/wasm).
 
-Exit codes:
-  0  the component returned ok; its result is on stdout
-  1  the component returned an error (on stderr), or it could not be run
-  2  usage error
-  3  the run was stopped by a limit (the message names it and its flag)
-  4  the component crashed (panic, unreachable, stack overflow, bad memory access)
-  130, 143  SIGINT or SIGTERM stopped the run";
+On exit 0 the component's result is on stdout; on exit 1 its error is on stderr.";
 
 /// `nrvna exec --help`'s closing text, with the limits table made from the sandbox's own
 /// defaults.
 pub fn after_help() -> String {
-    AFTER_HELP.replace("{LIMITS}", &crate::grant_args::limits_help())
+    let help = AFTER_HELP.replace("{LIMITS}", &crate::grant_args::limits_help());
+    let codes = [
+        exit::OK,
+        exit::FAILED,
+        exit::USAGE,
+        exit::LIMIT,
+        exit::CRASH,
+        exit::INTERRUPTED,
+        exit::TERMINATED,
+    ];
+    format!("{help}\n\n{}", exit::help(&codes))
 }
 
 #[derive(clap::Args, Debug)]
@@ -190,11 +190,10 @@ impl StopSignal {
         }
     }
 
-    /// The shell's code for a process a signal ended: 128 + its number.
     fn exit_code(self) -> u8 {
         match self {
-            StopSignal::Interrupt => 130,
-            StopSignal::Terminate => 143,
+            StopSignal::Interrupt => exit::INTERRUPTED,
+            StopSignal::Terminate => exit::TERMINATED,
         }
     }
 }
@@ -237,20 +236,20 @@ fn report(result: Result<nrvna_sandbox::RunOutcome, SandboxError>) -> ExitCode {
             }
             Err(text) => {
                 eprintln!("nrvna exec: the component returned an error: {text}");
-                ExitCode::from(EXIT_COMPONENT_ERROR)
+                ExitCode::from(exit::FAILED)
             }
         },
         Err(e @ SandboxError::Limit(_)) => {
             eprintln!("nrvna exec: {e}");
-            ExitCode::from(EXIT_LIMIT)
+            ExitCode::from(exit::LIMIT)
         }
         Err(e @ SandboxError::Trap(_)) => {
             eprintln!("nrvna exec: {e}");
-            ExitCode::from(EXIT_CRASH)
+            ExitCode::from(exit::CRASH)
         }
         Err(e) => {
             eprintln!("nrvna exec: error: {e}");
-            ExitCode::from(EXIT_COMPONENT_ERROR)
+            ExitCode::from(exit::FAILED)
         }
     }
 }
@@ -265,10 +264,12 @@ fn workspace_and_daemon(
             let (ws, temp) = temporary_workspace()?;
             Ok((ws, Some(temp), None))
         }
-        (None, None) => bail!(
+        (None, None) => Err(exit::UsageError(
             "give --ws WS (a workspace a daemon serves) or --model MODEL (runs a daemon in \
              this process); see nrvna exec --help"
-        ),
+                .into(),
+        )
+        .into()),
         (Some(ws), model) => {
             let status = probe(ws).unwrap_or(DaemonStatus::NotRunning);
             match (status, model) {
