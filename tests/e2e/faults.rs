@@ -126,7 +126,7 @@ fn bad_model_files_are_refused_before_anything_else() {
         .arg(model())
         .arg(&ws.path)
         .arg("99"));
-    assert_eq!(code(&out), 1);
+    assert_eq!(code(&out), 2);
     assert!(
         stderr(&out).contains("between 1 and 64"),
         "{}",
@@ -217,7 +217,7 @@ fn job_directory_deleted_mid_flight_does_not_stop_the_daemon() {
         "{}",
         d.log_text()
     );
-    assert_eq!(code(&ws.flw(&[&doomed, "--no-wait"])), 3);
+    assert_eq!(code(&ws.flw(&[&doomed, "--no-wait"])), 4);
 }
 
 /// Sets or clears the immutable attribute (root can still be refused writes with it,

@@ -1,7 +1,6 @@
 //! What every nrvna command shares: logging, argument-error exit codes, model lookup.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::Parser;
@@ -44,12 +43,6 @@ where
             std::process::exit(code.into());
         }
     }
-}
-
-/// Prints `error: ...` with its causes and returns `code`.
-pub fn report(program: &str, err: &anyhow::Error, code: u8) -> ExitCode {
-    eprintln!("{program}: error: {}", error_chain(err));
-    ExitCode::from(code)
 }
 
 /// An error and its causes on one line, each said once: a cause whose text a message

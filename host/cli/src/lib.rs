@@ -5,5 +5,6 @@
 pub mod cli;
 pub mod cmd;
 pub mod daemon;
+pub mod exit;
 pub mod grant_args;
 pub mod settings;

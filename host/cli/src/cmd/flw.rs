@@ -5,23 +5,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
 use nrvna_queue::watch::{wait_terminal, wait_until};
 use nrvna_queue::{ArtifactKind, JobId, JobOutcome, Meta, PROMPT_FILE, State, Workspace};
+use nrvna_sandbox::parse_duration;
 
 use crate::cli::{VersionFlag, init_logging, parse_args};
-
-/// Exit codes, documented in `--help` and docs/cli.md.
-pub mod exit {
-    pub const DONE: u8 = 0;
-    pub const FAILED: u8 = 1;
-    pub const NOT_READY: u8 = 2;
-    pub const NO_SUCH_JOB: u8 = 3;
-    pub const BAD_INPUT: u8 = 4;
-    pub const USAGE: u8 = 64;
-}
+use crate::exit;
 
 const AFTER_HELP: &str = "\
 With an ID, flw waits for the job to end and prints its result to stdout exactly as
@@ -36,13 +28,7 @@ Examples:
   flw ./ws --tag batch1 -W                  barrier: wait for every job tagged batch1
   flw ./ws --children \"$parent\" --json      the children of a job, as NDJSON
 
-Exit codes:
-  0   done
-  1   failed or cancelled (for sets: at least one job of the set failed)
-  2   not ready: still queued or running (--no-wait), or --timeout passed
-  3   no such job in this workspace
-  4   bad input: invalid id, or not a workspace
-  64  usage error";
+For a set (--tag, --children), 1 means at least one job of the set failed.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,7 +36,10 @@ Exit codes:
     version,
     disable_version_flag = true,
     about = "Follow nrvna jobs: print a job's result, or a workspace's status",
-    after_help = AFTER_HELP
+    after_help = format!(
+        "{AFTER_HELP}\n\n{}",
+        exit::help(&[exit::OK, exit::FAILED, exit::USAGE, exit::NOT_READY, exit::NOT_FOUND])
+    )
 )]
 struct Args {
     #[command(flatten)]
@@ -62,12 +51,12 @@ struct Args {
     /// Wait for the job to end (the default; kept for older scripts)
     #[arg(short = 'w', long)]
     wait: bool,
-    /// Answer at once: exit 2 if the job is still queued or running
+    /// Answer at once: exit 3 if the job is still queued or running
     #[arg(long, conflicts_with = "wait")]
     no_wait: bool,
-    /// Give up waiting after this many seconds (exit 2)
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
+    /// Give up waiting after this long (exit 3): seconds, or a number with ms, s, m or h
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
     /// Wait until nothing is queued or running (in the selected set, with --tag/--children)
     #[arg(short = 'W', long, conflicts_with = "id")]
     wait_idle: bool,
@@ -87,21 +76,13 @@ pub fn main() -> ExitCode {
     let args: Args = parse_args(exit::USAGE);
     match run(args) {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("flw: error: {}", crate::cli::error_chain(&e));
-            ExitCode::from(exit::BAD_INPUT)
-        }
+        Err(e) => exit::report("flw", &e),
     }
 }
 
 fn run(args: Args) -> Result<u8> {
     let ws = Workspace::open(&args.workspace)?;
-    let timeout = match args.timeout {
-        Some(t) if !(0.0..=1e7).contains(&t) || t.is_nan() => {
-            bail!("--timeout must be between 0 and 10000000 seconds, got {t}")
-        }
-        t => t.map(Duration::from_secs_f64),
-    };
+    let timeout = args.timeout;
     if args.tag.is_some() || args.children.is_some() {
         return set(&ws, &args, timeout);
     }
@@ -125,7 +106,10 @@ fn run(args: Args) -> Result<u8> {
 fn id_from_stdin() -> Result<String> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        bail!("-w without an ID reads the id from stdin, but stdin is a terminal");
+        return Err(exit::UsageError(
+            "-w without an ID reads the id from stdin, but stdin is a terminal".into(),
+        )
+        .into());
     }
     let mut line = String::new();
     stdin
@@ -143,12 +127,12 @@ fn result(ws: &Workspace, id: &JobId, args: &Args, timeout: Option<Duration>) ->
     };
     let Some(state) = state else {
         eprintln!("flw: no job {id} in {}", ws.root().display());
-        return Ok(exit::NO_SUCH_JOB);
+        return Ok(exit::NOT_FOUND);
     };
     if args.json {
         println!("{}", job_json(ws, id, state));
         return Ok(match state {
-            State::Done => exit::DONE,
+            State::Done => exit::OK,
             State::Failed => exit::FAILED,
             _ => exit::NOT_READY,
         });
@@ -158,7 +142,7 @@ fn result(ws: &Workspace, id: &JobId, args: &Args, timeout: Option<Duration>) ->
             let mut out = std::io::stdout().lock();
             out.write_all(&artifact.bytes)?;
             out.flush()?;
-            Ok(exit::DONE)
+            Ok(exit::OK)
         }
         Some(JobOutcome::Cancelled) => {
             eprintln!("flw: job {id} was cancelled");
@@ -241,7 +225,7 @@ fn overview(ws: &Workspace, json: bool) -> Result<u8> {
         let mut v = serde_json::to_value(counts)?;
         v["daemon"] = daemon.into();
         println!("{v}");
-        return Ok(exit::DONE);
+        return Ok(exit::OK);
     }
     println!("workspace  {}  (daemon {daemon})", ws.root().display());
     println!(
@@ -266,7 +250,7 @@ fn overview(ws: &Workspace, json: bool) -> Result<u8> {
         let prompt: String = prompt.chars().take(50).collect();
         println!("  {id}  {:<8} {secs}  {prompt}", state.name());
     }
-    Ok(exit::DONE)
+    Ok(exit::OK)
 }
 
 fn wait_idle(ws: &Workspace, timeout: Option<Duration>) -> Result<u8> {
@@ -287,7 +271,7 @@ fn wait_idle(ws: &Workspace, timeout: Option<Duration>) -> Result<u8> {
         );
         return Ok(exit::FAILED);
     }
-    Ok(exit::DONE)
+    Ok(exit::OK)
 }
 
 /// Jobs selected by tag or parent, with their states.
@@ -336,5 +320,5 @@ fn set(ws: &Workspace, args: &Args, timeout: Option<Duration>) -> Result<u8> {
             writeln!(out, "{id}")?;
         }
     }
-    Ok(if any_failed { exit::FAILED } else { exit::DONE })
+    Ok(if any_failed { exit::FAILED } else { exit::OK })
 }

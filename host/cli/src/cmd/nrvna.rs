@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
 use nrvna_queue::{CancelOutcome, JobId, Workspace};
 
-use crate::cli::{VersionFlag, init_logging, parse_args, report};
+use crate::cli::{VersionFlag, init_logging, parse_args};
+use crate::exit;
 
 const AFTER_HELP: &str = "\
 The everyday programs are separate binaries with the predecessor's contract:
@@ -16,7 +17,9 @@ The everyday programs are separate binaries with the predecessor's contract:
   wrk WS PROMPT...            submit a job, print its id (wrk --help)
   flw WS [ID]                 wait for and print a result (flw --help)
 
-Agents are WebAssembly components run in a sandbox: nrvna exec --help.";
+Agents are WebAssembly components run in a sandbox: nrvna exec --help.
+
+`nrvna status` exits 0 when the daemon is ready, 3 while it starts, 5 when none runs.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,7 +27,7 @@ Agents are WebAssembly components run in a sandbox: nrvna exec --help.";
     version,
     disable_version_flag = true,
     about = "nrvna: durable, filesystem-queued local LLM inference",
-    after_help = AFTER_HELP
+    after_help = format!("{AFTER_HELP}\n\n{}", exit::help(&exit::ALL))
 )]
 struct Args {
     #[command(flatten)]
@@ -46,7 +49,10 @@ enum Command {
     #[command(after_help = super::exec::after_help())]
     Exec(Box<super::exec::ExecArgs>),
     /// Cancel a job: a queued one at once, a running one at its daemon's next step
-    #[command(after_help = CANCEL_HELP)]
+    #[command(after_help = format!(
+        "{CANCEL_HELP}\n\n{}",
+        exit::help(&[exit::OK, exit::FAILED, exit::USAGE, exit::NOT_FOUND, exit::ALREADY_ENDED])
+    ))]
     Cancel {
         workspace: PathBuf,
         /// The job id (as wrk printed it)
@@ -72,16 +78,15 @@ Examples:
   nrvna bench --only queue --queue-jobs 20000";
 
 const CANCEL_HELP: &str = "\
-Exit codes: 0 cancelled (it was queued) or cancel requested (it is running; its daemon
-stops it and it ends in failed/ with status cancelled); 1 error (not a workspace, bad
-id); 3 the job had already ended; 4 no such job.";
+A queued job is cancelled at once; for a running one the cancel is requested, and its
+daemon stops it. Either way it ends in failed/ with status cancelled.";
 
 pub fn main() -> ExitCode {
     init_logging("warn");
-    let args: Args = parse_args(2);
+    let args: Args = parse_args(exit::USAGE);
     match run(args) {
         Ok(code) => code,
-        Err(e) => report("nrvna", &e, 1),
+        Err(e) => exit::report("nrvna", &e),
     }
 }
 
@@ -123,7 +128,7 @@ fn run(args: Args) -> Result<ExitCode> {
                     counts.queued, counts.running, counts.done, counts.failed
                 );
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitCode::from(exit::of_daemon(&daemon)))
         }
     }
 }
@@ -148,11 +153,11 @@ fn cancel(workspace: &std::path::Path, id: &str) -> Result<ExitCode> {
         }
         CancelOutcome::AlreadyEnded(state) => {
             eprintln!("nrvna cancel: {id} has already ended ({})", state.name());
-            Ok(ExitCode::from(3))
+            Ok(ExitCode::from(exit::ALREADY_ENDED))
         }
         CancelOutcome::NotFound => {
             eprintln!("nrvna cancel: no job {id} in {}", ws.root().display());
-            Ok(ExitCode::from(4))
+            Ok(ExitCode::from(exit::NOT_FOUND))
         }
     }
 }

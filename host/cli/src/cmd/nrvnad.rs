@@ -8,10 +8,12 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use nrvna_engine::check_model_file;
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
+use nrvna_sandbox::parse_duration;
 
-use crate::cli::{VersionFlag, init_logging, parse_from, report};
+use crate::cli::{VersionFlag, init_logging, parse_from};
 use crate::daemon::{self, AgentSettings, Banner, DaemonConfig, Ended, SignalCounter};
-use crate::grant_args::{GrantArgs, default_cache_dir};
+use crate::exit;
+use crate::grant_args::{GrantArgs, default_cache_dir, show_time};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -22,8 +24,9 @@ Examples:
   nrvnad status ./ws                   ready / starting / not running
   nrvnad stop ./ws                     graceful stop, forced after --timeout
 
-Exit codes: 0 stopped cleanly or drained with no failures; 1 error, or --drain saw
-failed jobs; status: 0 ready, 2 starting, 1 not running.
+nrvnad exits 0 when stopped (by a signal, or `nrvnad stop`) or drained with no failed
+job, 1 on an error or when --drain saw failed jobs. `nrvnad status` exits 0 ready,
+3 starting, 5 not running; `nrvnad stop` 0 once stopped or when none was running.
 
 Signals: SIGINT/SIGTERM stop claiming jobs, let running ones finish for --grace
 seconds, then requeue them; a second signal requeues at once.";
@@ -38,7 +41,11 @@ seconds, then requeue them; a second signal requeues at once.";
         Jobs submitted with `wrk` are picked up within milliseconds (file-system \
         notifications), decoded together with continuous batching (one slot per worker), \
         and moved to output/ or failed/. One daemon per workspace.",
-    after_help = format!("{AFTER_HELP}\n\n{}", daemon::config::env_help())
+    after_help = format!(
+        "{AFTER_HELP}\n\n{}\n{}",
+        exit::help(&[exit::OK, exit::FAILED, exit::USAGE, exit::NOT_READY, exit::NO_DAEMON]),
+        daemon::config::env_help()
+    )
 )]
 struct Args {
     #[command(flatten)]
@@ -96,9 +103,9 @@ struct StatusArgs {
 )]
 struct StopArgs {
     workspace: PathBuf,
-    /// Seconds to wait for a graceful stop
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    timeout: u64,
+    /// How long to wait for a graceful stop: seconds, or a number with ms, s, m or h
+    #[arg(long, default_value = "20s", value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Duration,
 }
 
 pub fn main() -> ExitCode {
@@ -114,18 +121,21 @@ pub fn main() -> ExitCode {
             let _ = <Args as clap::CommandFactory>::command().print_help();
             return ExitCode::SUCCESS;
         }
-        "status" if !is_file => status(parse_from(argv[1..].iter().cloned(), 1)),
-        "stop" if !is_file => stop(parse_from(argv[1..].iter().cloned(), 1)),
-        _ => serve(parse_from(argv, 1)),
+        "status" if !is_file => status(parse_from(argv[1..].iter().cloned(), exit::USAGE)),
+        "stop" if !is_file => stop(parse_from(argv[1..].iter().cloned(), exit::USAGE)),
+        _ => serve(parse_from(argv, exit::USAGE)),
     };
-    result.unwrap_or_else(|e| report("nrvnad", &e, 1))
+    result.unwrap_or_else(|e| exit::report("nrvnad", &e))
 }
 
 fn serve(args: Args) -> Result<ExitCode> {
     let workers = match (args.workers, args.workers_pos) {
         (Some(w), _) => Some(w as usize),
         (None, Some(w)) if (1..=64).contains(&w) => Some(w),
-        (None, Some(w)) => bail!("WORKERS must be between 1 and 64, got {w}"),
+        (None, Some(w)) => {
+            let reason = format!("WORKERS must be between 1 and 64, got {w}");
+            return Err(exit::UsageError(reason).into());
+        }
         (None, None) => None,
     };
     // Checks that need nothing loaded come first, so bad input fails fast.
@@ -158,7 +168,7 @@ fn serve(args: Args) -> Result<ExitCode> {
         }
         Ended::DrainedWithFailures(n) => {
             eprintln!("nrvnad: drained; {n} job(s) failed");
-            Ok(ExitCode::from(1))
+            Ok(ExitCode::from(exit::FAILED))
         }
     }
 }
@@ -195,11 +205,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
             },
         }
     }
-    Ok(ExitCode::from(match st {
-        DaemonStatus::Ready { .. } => 0,
-        DaemonStatus::Starting { .. } => 2,
-        DaemonStatus::NotRunning => 1,
-    }))
+    Ok(ExitCode::from(exit::of_daemon(&st)))
 }
 
 fn show(pid: Option<u32>) -> String {
@@ -239,13 +245,13 @@ fn stop(args: StopArgs) -> Result<ExitCode> {
         Ok(false)
     };
     let _ = kill_process(pid, Signal::TERM);
-    if stopped(Duration::from_secs(args.timeout))? {
+    if stopped(args.timeout)? {
         println!("stopped");
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!(
-        "nrvnad stop: still running after {}s; requeueing its jobs",
-        args.timeout
+        "nrvnad stop: still running after {}; requeueing its jobs",
+        show_time(args.timeout)
     );
     let _ = kill_process(pid, Signal::TERM);
     if stopped(Duration::from_secs(3))? {

@@ -8,7 +8,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use nrvna_queue::{JobId, Mode, OutputFormat, Sampling, Submission, Workspace};
 
-use crate::cli::{VersionFlag, init_logging, parse_args, report};
+use crate::cli::{VersionFlag, init_logging, parse_args};
+use crate::exit;
 use nrvna_queue::{AGENT_FILE, AgentJob, GRAMMAR_FILE, SCHEMA_FILE};
 
 /// Largest schema or grammar file accepted.
@@ -27,8 +28,7 @@ Examples:
   wrk ./ws --embed \"text to embed\"
   wrk ./ws --agent refine.wasm -- --rounds 2 \"Write a haiku\"   (an agent job)
 
-Exit codes: 0 submitted (the id is on stdout); 1 bad input or I/O error (nothing is
-left in the workspace).";
+On any exit but 0 nothing is left in the workspace.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,7 +36,10 @@ left in the workspace).";
     version,
     disable_version_flag = true,
     about = "Submit a job to an nrvna workspace and print its id",
-    after_help = AFTER_HELP
+    after_help = format!(
+        "{AFTER_HELP}\n\n{}",
+        exit::help(&[exit::OK, exit::FAILED, exit::USAGE])
+    )
 )]
 struct Args {
     #[command(flatten)]
@@ -92,13 +95,13 @@ struct Args {
 
 pub fn main() -> ExitCode {
     init_logging("warn");
-    let args: Args = parse_args(1);
+    let args: Args = parse_args(exit::USAGE);
     match submit(args) {
         Ok(id) => {
             println!("{id}");
             ExitCode::SUCCESS
         }
-        Err(e) => report("wrk", &e, 1),
+        Err(e) => exit::report("wrk", &e),
     }
 }
 
