@@ -7,3 +7,5 @@ pub mod cmd;
 pub mod daemon;
 pub mod grant_args;
 pub mod settings;
+pub mod status;
+pub mod waiting;

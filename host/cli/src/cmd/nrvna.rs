@@ -9,6 +9,7 @@ use nrvna_queue::lifecycle::{DaemonStatus, probe};
 use nrvna_queue::{CancelOutcome, JobId, Workspace};
 
 use crate::cli::{VersionFlag, init_logging, parse_args, report};
+use crate::status::WorkspaceStatus;
 
 const AFTER_HELP: &str = "\
 The everyday programs are separate binaries with the predecessor's contract:
@@ -98,26 +99,16 @@ fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { workspace, json } => {
-            let ws = Workspace::open(&workspace)?;
-            let counts = ws.counts()?;
-            let daemon = probe(ws.root())?;
-            let (name, pid, workers) = match &daemon {
-                DaemonStatus::NotRunning => ("not running", None, None),
-                DaemonStatus::Starting { pid } => ("starting", *pid, None),
-                DaemonStatus::Ready { pid, info } => {
-                    ("ready", *pid, info.as_ref().map(|i| i.workers))
-                }
-            };
+            let status = WorkspaceStatus::read(&Workspace::open(&workspace)?)?;
             if json {
-                let v = serde_json::json!({
-                    "daemon": name, "pid": pid, "workers": workers,
-                    "queued": counts.queued, "running": counts.running,
-                    "done": counts.done, "failed": counts.failed,
-                });
-                println!("{v}");
+                println!("{}", status.to_json()?);
             } else {
-                let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-                println!("daemon   {name}{pid}");
+                let pid = status
+                    .pid
+                    .map(|p| format!(" (pid {p})"))
+                    .unwrap_or_default();
+                println!("daemon   {}{pid}", status.daemon);
+                let counts = status.counts;
                 println!(
                     "jobs     queued {}  running {}  done {}  failed {}",
                     counts.queued, counts.running, counts.done, counts.failed
