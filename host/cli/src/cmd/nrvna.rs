@@ -16,6 +16,7 @@ The everyday programs are separate binaries with the predecessor's contract:
   nrvnad MODEL WS [WORKERS]   the daemon (nrvnad --help)
   wrk WS PROMPT...            submit a job, print its id (wrk --help)
   flw WS [ID]                 wait for and print a result (flw --help)
+  nrvna ps WS                 the running and queued jobs (nrvna ps --help)
 
 Agents are WebAssembly components run in a sandbox: nrvna exec --help.";
 
@@ -43,6 +44,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The running and queued jobs: id, state, age, tokens, tokens/s, prompt
+    #[command(after_help = super::ps::AFTER_HELP)]
+    Ps(super::ps::PsArgs),
     /// Run an agent component (.wasm) in the sandbox; its jobs go to a workspace
     #[command(after_help = super::exec::after_help())]
     Exec(Box<super::exec::ExecArgs>),
@@ -90,6 +94,7 @@ fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Exec(args) => super::exec::run(*args),
         Command::Cancel { workspace, id } => cancel(&workspace, &id),
+        Command::Ps(args) => super::ps::run(&args),
         Command::Bench(args) => {
             print!("{}", super::bench::run(args)?);
             Ok(ExitCode::SUCCESS)
