@@ -13,6 +13,18 @@ pub struct VersionFlag {
     version: Option<bool>,
 }
 
+/// Makes a write to a closed pipe end the program the way a shell expects (killed by
+/// SIGPIPE: quietly, status 141), as C programs do. Rust ignores SIGPIPE, which turns
+/// `flw WS | head -1` into a "Broken pipe" panic (exit 101). Every program's `main`
+/// calls this first.
+pub fn exit_quietly_on_closed_pipe() {
+    // SAFETY: called at the start of main, before any thread exists; SIG_DFL is the
+    // disposition every process starts with outside Rust.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Logs go to stderr; stdout stays machine-readable. `NRVNA_LOG` sets the filter.
 pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NRVNA_LOG")

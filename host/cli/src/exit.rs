@@ -59,7 +59,10 @@ const TABLE: [(u8, &str); 11] = [
         NOT_READY,
         "not ready: still queued or running (--no-wait, or --timeout passed), or starting",
     ),
-    (NOT_FOUND, "not found: no such job, or not a workspace"),
+    (
+        NOT_FOUND,
+        "not found: no such job (or no job in the set), or not a workspace",
+    ),
     (NO_DAEMON, "no daemon is running on the workspace"),
     (
         ALREADY_ENDED,

@@ -8,3 +8,5 @@ pub mod daemon;
 pub mod exit;
 pub mod grant_args;
 pub mod settings;
+pub mod status;
+pub mod waiting;

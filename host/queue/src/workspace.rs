@@ -852,14 +852,22 @@ impl Workspace {
                 State::Failed
             }
         };
+        let took = claimed_at.map(|t| t.elapsed().as_secs_f64());
         meta.completed_at = Some(now_timestamp());
-        meta.duration_s = claimed_at.map(|t| (t.elapsed().as_secs_f64() * 100.0).round() / 100.0);
+        meta.duration_s = took.map(|secs| (secs * 100.0).round() / 100.0);
         meta.artifacts = artifacts;
         if outcome.prompt_tokens.is_some() {
             meta.prompt_tokens = outcome.prompt_tokens;
         }
         if outcome.generated_tokens.is_some() {
             meta.generated_tokens = outcome.generated_tokens;
+        }
+        if target == State::Done
+            && meta.mode == Mode::Text
+            && let (Some(tokens), Some(secs)) = (meta.generated_tokens, took)
+            && secs > 0.0
+        {
+            meta.tokens_per_s = Some((f64::from(tokens) / secs * 100.0).round() / 100.0);
         }
         if outcome.model.is_some() {
             meta.model = outcome.model;

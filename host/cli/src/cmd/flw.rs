@@ -8,17 +8,21 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
-use nrvna_queue::watch::{wait_terminal, wait_until};
+use nrvna_queue::watch::wait_until;
 use nrvna_queue::{ArtifactKind, JobId, JobOutcome, Meta, PROMPT_FILE, State, Workspace};
 use nrvna_sandbox::parse_duration;
 
 use crate::cli::{VersionFlag, init_logging, parse_args};
 use crate::exit;
+use crate::status::WorkspaceStatus;
+use crate::waiting::{TokenRate, Waiting, counts_line};
 
 const AFTER_HELP: &str = "\
 With an ID, flw waits for the job to end and prints its result to stdout exactly as
-generated (an embedding job prints embedding.json). A failed job prints its error on
-stderr. Without an ID it shows counts and recent jobs.
+generated (an embedding job prints embedding.json; on a terminal a final newline is
+added). A failed job prints its error on stderr. Without an ID it shows counts and
+recent jobs. A wait warns at once when no daemon serves the workspace; on a terminal
+it shows a live status line on stderr (never in a pipe, never with --json).
 
 Examples:
   flw ./ws                                  counts and the 5 most recent jobs
@@ -87,7 +91,7 @@ fn run(args: Args) -> Result<u8> {
         return set(&ws, &args, timeout);
     }
     if args.wait_idle {
-        return wait_idle(&ws, timeout);
+        return wait_idle(&ws, timeout, live_status(&args));
     }
     let id = match (&args.id, args.wait) {
         (Some(id), _) => Some(id.clone()),
@@ -101,6 +105,11 @@ fn run(args: Args) -> Result<u8> {
         }
         None => overview(&ws, args.json),
     }
+}
+
+/// Whether a wait shows its live status line: for a person at a terminal, not a program.
+fn live_status(args: &Args) -> bool {
+    !args.json && std::io::stderr().is_terminal()
 }
 
 fn id_from_stdin() -> Result<String> {
@@ -119,11 +128,35 @@ fn id_from_stdin() -> Result<String> {
     Ok(line.trim().to_owned())
 }
 
+/// Waits until `id` ends (or `timeout` passes); returns its last state (`None`: no such
+/// job).
+fn wait_for_job(
+    ws: &Workspace,
+    id: &JobId,
+    timeout: Option<Duration>,
+    live: bool,
+) -> Result<Option<State>> {
+    let mut waiting = Waiting::new("flw", live);
+    let mut last = None;
+    wait_until(ws, timeout, |ws| {
+        last = ws.state_of(id)?;
+        match last {
+            Some(state) if !state.is_terminal() => {
+                waiting.not_yet(ws, format!("{id}  {}", state.name()));
+                Ok(false)
+            }
+            _ => Ok(true),
+        }
+    })?;
+    waiting.end(None);
+    Ok(last)
+}
+
 fn result(ws: &Workspace, id: &JobId, args: &Args, timeout: Option<Duration>) -> Result<u8> {
     let state = if args.no_wait {
         ws.state_of(id)?
     } else {
-        wait_terminal(ws, id, timeout)?
+        wait_for_job(ws, id, timeout, live_status(args))?
     };
     let Some(state) = state else {
         eprintln!("flw: no job {id} in {}", ws.root().display());
@@ -141,6 +174,10 @@ fn result(ws: &Workspace, id: &JobId, args: &Args, timeout: Option<Duration>) ->
         Some(JobOutcome::Done(artifact)) => {
             let mut out = std::io::stdout().lock();
             out.write_all(&artifact.bytes)?;
+            // The shell's prompt must not run into the result; a pipe gets it byte-exact.
+            if out.is_terminal() && !artifact.bytes.ends_with(b"\n") {
+                out.write_all(b"\n")?;
+            }
             out.flush()?;
             Ok(exit::OK)
         }
@@ -212,6 +249,10 @@ fn job_json(ws: &Workspace, id: &JobId, state: State) -> serde_json::Value {
 }
 
 fn overview(ws: &Workspace, json: bool) -> Result<u8> {
+    if json {
+        println!("{}", WorkspaceStatus::read(ws)?.to_json()?);
+        return Ok(exit::OK);
+    }
     let counts = ws.counts()?;
     let daemon = match probe(ws.root())? {
         DaemonStatus::NotRunning => "not running".to_owned(),
@@ -221,12 +262,6 @@ fn overview(ws: &Workspace, json: bool) -> Result<u8> {
             None => "ready".to_owned(),
         },
     };
-    if json {
-        let mut v = serde_json::to_value(counts)?;
-        v["daemon"] = daemon.into();
-        println!("{v}");
-        return Ok(exit::OK);
-    }
     println!("workspace  {}  (daemon {daemon})", ws.root().display());
     println!(
         "queued {}  running {}  done {}  failed {}",
@@ -253,12 +288,28 @@ fn overview(ws: &Workspace, json: bool) -> Result<u8> {
     Ok(exit::OK)
 }
 
-fn wait_idle(ws: &Workspace, timeout: Option<Duration>) -> Result<u8> {
+fn wait_idle(ws: &Workspace, timeout: Option<Duration>, live: bool) -> Result<u8> {
     let failed_before = ws.counts()?.failed;
+    let mut waiting = Waiting::new("flw", live);
+    let mut rate = TokenRate::default();
+    let mut line = String::new();
     let idle = wait_until(ws, timeout, |ws| {
-        let c = ws.counts()?;
-        Ok(c.queued == 0 && c.running == 0)
+        let jobs = ws.all_jobs()?;
+        rate.observe(ws, jobs.iter().map(|(id, state)| (id, *state)));
+        line = format!(
+            "{}{}",
+            counts_line(jobs.iter().map(|(_, s)| s)),
+            rate.shown()
+        );
+        let busy = jobs
+            .iter()
+            .any(|(_, s)| matches!(s, State::Queued | State::Running));
+        if busy {
+            waiting.not_yet(ws, line.clone());
+        }
+        Ok(!busy)
     })?;
+    waiting.end(Some(line));
     if !idle {
         eprintln!("flw: still busy after the timeout");
         return Ok(exit::NOT_READY);
@@ -297,10 +348,36 @@ fn select(ws: &Workspace, args: &Args) -> nrvna_queue::Result<Vec<(JobId, State,
 }
 
 fn set(ws: &Workspace, args: &Args, timeout: Option<Duration>) -> Result<u8> {
+    if select(ws, args)?.is_empty() {
+        // Nothing to list or wait for: most likely a mistyped tag, id or workspace.
+        let what = match (&args.tag, &args.children) {
+            (Some(tag), _) => format!("tagged {tag}"),
+            (None, Some(parent)) => format!("has parent {parent}"),
+            (None, None) => "is selected".to_owned(),
+        };
+        eprintln!("flw: no job {what} in {}", ws.root().display());
+        return Ok(exit::NOT_FOUND);
+    }
     if args.wait_idle {
+        let mut waiting = Waiting::new("flw", live_status(args));
+        let mut rate = TokenRate::default();
+        let mut line = String::new();
         let idle = wait_until(ws, timeout, |ws| {
-            Ok(select(ws, args)?.iter().all(|(_, s, _)| s.is_terminal()))
+            let jobs = select(ws, args)?;
+            rate.observe(ws, jobs.iter().map(|(id, state, _)| (id, *state)));
+            line = format!(
+                "{} jobs: {}{}",
+                jobs.len(),
+                counts_line(jobs.iter().map(|(_, s, _)| s)),
+                rate.shown()
+            );
+            let ended = jobs.iter().all(|(_, s, _)| s.is_terminal());
+            if !ended {
+                waiting.not_yet(ws, line.clone());
+            }
+            Ok(ended)
         })?;
+        waiting.end(Some(line));
         if !idle {
             eprintln!("flw: the set is still busy after the timeout");
             return Ok(exit::NOT_READY);

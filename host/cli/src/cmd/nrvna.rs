@@ -10,12 +10,14 @@ use nrvna_queue::{CancelOutcome, JobId, Workspace};
 
 use crate::cli::{VersionFlag, init_logging, parse_args};
 use crate::exit;
+use crate::status::WorkspaceStatus;
 
 const AFTER_HELP: &str = "\
 The everyday programs are separate binaries with the predecessor's contract:
   nrvnad MODEL WS [WORKERS]   the daemon (nrvnad --help)
   wrk WS PROMPT...            submit a job, print its id (wrk --help)
   flw WS [ID]                 wait for and print a result (flw --help)
+  nrvna ps WS                 the running and queued jobs (nrvna ps --help)
 
 Agents are WebAssembly components run in a sandbox: nrvna exec --help.
 
@@ -45,6 +47,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The running and queued jobs: id, state, age, tokens, tokens/s, prompt
+    #[command(after_help = super::ps::AFTER_HELP)]
+    Ps(super::ps::PsArgs),
     /// Run an agent component (.wasm) in the sandbox; its jobs go to a workspace
     #[command(after_help = super::exec::after_help())]
     Exec(Box<super::exec::ExecArgs>),
@@ -94,6 +99,7 @@ fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Exec(args) => super::exec::run(*args),
         Command::Cancel { workspace, id } => cancel(&workspace, &id),
+        Command::Ps(args) => super::ps::run(&args),
         Command::Bench(args) => {
             print!("{}", super::bench::run(args)?);
             Ok(ExitCode::SUCCESS)
@@ -103,32 +109,22 @@ fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { workspace, json } => {
-            let ws = Workspace::open(&workspace)?;
-            let counts = ws.counts()?;
-            let daemon = probe(ws.root())?;
-            let (name, pid, workers) = match &daemon {
-                DaemonStatus::NotRunning => ("not running", None, None),
-                DaemonStatus::Starting { pid } => ("starting", *pid, None),
-                DaemonStatus::Ready { pid, info } => {
-                    ("ready", *pid, info.as_ref().map(|i| i.workers))
-                }
-            };
+            let status = WorkspaceStatus::read(&Workspace::open(&workspace)?)?;
             if json {
-                let v = serde_json::json!({
-                    "daemon": name, "pid": pid, "workers": workers,
-                    "queued": counts.queued, "running": counts.running,
-                    "done": counts.done, "failed": counts.failed,
-                });
-                println!("{v}");
+                println!("{}", status.to_json()?);
             } else {
-                let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-                println!("daemon   {name}{pid}");
+                let pid = status
+                    .pid
+                    .map(|p| format!(" (pid {p})"))
+                    .unwrap_or_default();
+                println!("daemon   {}{pid}", status.daemon);
+                let counts = status.counts;
                 println!(
                     "jobs     queued {}  running {}  done {}  failed {}",
                     counts.queued, counts.running, counts.done, counts.failed
                 );
             }
-            Ok(ExitCode::from(exit::of_daemon(&daemon)))
+            Ok(ExitCode::from(exit::of_daemon(&status.probed)))
         }
     }
 }

@@ -224,7 +224,14 @@ fn parent(args: &Args) -> Result<Option<JobId>> {
 }
 
 fn workspace(path: &Path) -> Result<Workspace> {
-    Workspace::create(path).with_context(|| format!("cannot create workspace {}", path.display()))
+    let existed = Workspace::open(path).is_ok();
+    let ws = Workspace::create(path)
+        .with_context(|| format!("cannot create workspace {}", path.display()))?;
+    // Said on stderr (stdout is only the id): a mistyped path otherwise queues unseen.
+    if !existed {
+        eprintln!("wrk: created workspace {}", path.display());
+    }
+    Ok(ws)
 }
 
 /// Prompt words, or stdin for `-` (or no words with stdin not a terminal).
