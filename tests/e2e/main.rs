@@ -18,6 +18,7 @@ mod daemon;
 mod engine;
 mod examples;
 mod faults;
+mod first_hour;
 mod patterns;
 mod sandbox;
 mod setup;
