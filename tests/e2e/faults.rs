@@ -68,7 +68,7 @@ fn bad_embedding_models_are_refused_before_anything_else() {
             .env_remove("NRVNA_EMBED_MODEL");
         cmd
     };
-    for (path, expect) in [(&junk, "not a GGUF model"), (&absent, "not found")] {
+    for (path, expect) in [(&junk, "not a GGUF model"), (&absent, "does not exist")] {
         let shown = path.display().to_string();
         let out = run(nrvnad().arg("--embed-model").arg(path));
         assert_eq!(code(&out), 1);
@@ -99,7 +99,7 @@ fn bad_model_files_are_refused_before_anything_else() {
         (junk.display().to_string(), "not a GGUF model"),
         (
             ws.scratch().join("absent.gguf").display().to_string(),
-            "not found",
+            "does not exist",
         ),
     ] {
         let out = run(Command::new(bin("nrvnad")).arg(&model_arg).arg(&ws.path));
@@ -128,7 +128,7 @@ fn bad_model_files_are_refused_before_anything_else() {
         .arg("99"));
     assert_eq!(code(&out), 2);
     assert!(
-        stderr(&out).contains("between 1 and 64"),
+        stderr(&out).contains("99 is not in 1..=64"),
         "{}",
         stderr(&out)
     );

@@ -4,9 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
-use nrvna_engine::check_model_file;
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
 use nrvna_sandbox::parse_duration;
 
@@ -16,6 +15,18 @@ use crate::exit;
 use crate::grant_args::{GrantArgs, default_cache_dir, show_time};
 
 const AFTER_HELP: &str = "\
+Other commands:
+  nrvnad status WORKSPACE [--json]
+      Is a daemon running on WORKSPACE? Prints `ready (pid P, model M, workers N)`,
+      `starting (pid P)` or `not running`; --json prints one object
+      {\"running\",\"ready\",\"pid\",\"model\",\"workers\",\"started_at\"}.
+  nrvnad stop WORKSPACE [--timeout SECS]
+      Stops WORKSPACE's daemon: SIGTERM, then after --timeout seconds (20; 1-3600) a
+      second SIGTERM that requeues its running jobs, then SIGKILL. Prints `stopped`
+      once the process has exited.
+  nrvnad help
+      This help (so does nrvnad with no arguments).
+
 Examples:
   nrvnad ~/.cache/nrvna/models/SmolLM2-135M-Instruct.Q4_1.gguf ./ws 4 &
   nrvnad smollm2 ./ws --drain          work through the queue, then exit
@@ -45,7 +56,9 @@ seconds, then requeue them; a second signal requeues at once.";
         "{AFTER_HELP}\n\n{}\n{}",
         exit::help(&[exit::OK, exit::FAILED, exit::USAGE, exit::NOT_READY, exit::NO_DAEMON]),
         daemon::config::env_help()
-    )
+    ),
+    // `-w -1` is an out-of-range number (named with the range), not a flag.
+    allow_negative_numbers = true
 )]
 struct Args {
     #[command(flatten)]
@@ -54,9 +67,9 @@ struct Args {
     model: String,
     /// Workspace directory (created if missing)
     workspace: PathBuf,
-    /// Jobs decoded together (same as -w)
-    #[arg(value_name = "WORKERS")]
-    workers_pos: Option<usize>,
+    /// Jobs decoded together, 1-64 (same as -w)
+    #[arg(value_name = "WORKERS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers_pos: Option<u16>,
     /// Jobs decoded together, 1-64 [default: NRVNA_WORKERS or 4]
     #[arg(short = 'w', long, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: Option<u16>,
@@ -66,15 +79,16 @@ struct Args {
     /// the chat model, mean-pooled]
     #[arg(long, value_name = "FILE")]
     embed_model: Option<String>,
-    /// Multimodal projector for vision models (accepted; vision is not implemented yet)
+    /// Multimodal projector for vision models. Refused for now: vision is not supported
+    /// yet
     #[arg(long, value_name = "FILE")]
     mmproj: Option<PathBuf>,
     /// Work until no job is queued or running, then exit (1 if any job failed)
     #[arg(long)]
     drain: bool,
     /// Seconds running jobs may finish after SIGINT/SIGTERM before being requeued
-    #[arg(long, default_value_t = 15, value_name = "SECS")]
-    grace: u64,
+    #[arg(long, default_value_t = 15, value_name = "SECS", value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    grace: u32,
     /// Agent jobs run at once (more wait their turn)
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     agent_jobs: u16,
@@ -90,6 +104,7 @@ struct Args {
     about = "Is a daemon running on this workspace?"
 )]
 struct StatusArgs {
+    /// Workspace directory
     workspace: PathBuf,
     /// One JSON object: {"running","ready","pid","model","workers","started_at"}
     #[arg(long)]
@@ -99,9 +114,11 @@ struct StatusArgs {
 #[derive(Parser, Debug)]
 #[command(
     name = "nrvnad stop",
+    allow_negative_numbers = true,
     about = "Stop the workspace's daemon: SIGTERM, then a second SIGTERM after --timeout, then SIGKILL"
 )]
 struct StopArgs {
+    /// Workspace directory
     workspace: PathBuf,
     /// How long to wait for a graceful stop: seconds, or a number with ms, s, m or h
     #[arg(long, default_value = "20s", value_name = "DURATION", value_parser = parse_duration)]
@@ -116,9 +133,9 @@ pub fn main() -> ExitCode {
         .get(1)
         .is_some_and(|a| std::path::Path::new(a).exists());
     let result = match sub {
-        "" => {
-            // Like the predecessor: no arguments prints help and succeeds.
-            let _ = <Args as clap::CommandFactory>::command().print_help();
+        // Like the predecessor: no arguments prints help and succeeds; so does `help`.
+        "" | "help" if !is_file => {
+            let _ = <Args as clap::CommandFactory>::command().print_long_help();
             return ExitCode::SUCCESS;
         }
         "status" if !is_file => status(parse_from(argv[1..].iter().cloned(), exit::USAGE)),
@@ -130,14 +147,20 @@ pub fn main() -> ExitCode {
 
 fn serve(args: Args) -> Result<ExitCode> {
     let workers = match (args.workers, args.workers_pos) {
-        (Some(w), _) => Some(w as usize),
-        (None, Some(w)) if (1..=64).contains(&w) => Some(w),
-        (None, Some(w)) => {
-            let reason = format!("WORKERS must be between 1 and 64, got {w}");
+        (Some(flag), Some(pos)) => {
+            let reason =
+                format!("WORKERS {pos} and -w {flag} both given: give the worker count once");
             return Err(exit::UsageError(reason).into());
         }
+        (Some(w), None) | (None, Some(w)) => Some(usize::from(w)),
         (None, None) => None,
     };
+    if args.mmproj.is_some() {
+        bail!(
+            "--mmproj: vision is not supported yet, so a projector would never be used; \
+             start nrvnad without --mmproj"
+        );
+    }
     // Checks that need nothing loaded come first, so bad input fails fast.
     let mut config = DaemonConfig::new(
         args.workspace,
@@ -145,15 +168,8 @@ fn serve(args: Args) -> Result<ExitCode> {
         workers,
         args.embed_model.as_deref(),
     )?;
-    if let Some(mmproj) = &args.mmproj {
-        check_model_file(mmproj).context("--mmproj")?;
-        tracing::warn!(
-            "--mmproj {} accepted, but vision is not implemented yet",
-            mmproj.display()
-        );
-    }
     config.drain = args.drain;
-    config.grace = Duration::from_secs(args.grace);
+    config.grace = Duration::from_secs(args.grace.into());
     config.agents = Some(AgentSettings {
         grants: args.grants.to_grants()?,
         max_running: args.agent_jobs as usize,
@@ -237,7 +253,8 @@ fn stop(args: StopArgs) -> Result<ExitCode> {
     let stopped = |within: Duration| -> Result<bool> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if probe(&args.workspace)? == DaemonStatus::NotRunning {
+            // The lock goes before the process does: wait for both.
+            if probe(&args.workspace)? == DaemonStatus::NotRunning && process_gone(pid) {
                 return Ok(true);
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -265,4 +282,17 @@ fn stop(args: StopArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     bail!("pid {} did not stop", pid.as_raw_nonzero())
+}
+
+/// Whether `pid` has exited: no `/proc` entry, or only a zombie left for its parent.
+fn process_gone(pid: rustix::process::Pid) -> bool {
+    let stat = match std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())) {
+        Ok(stat) => stat,
+        Err(_) => return true,
+    };
+    // The state follows the parenthesised command name, which may itself hold ") ".
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    matches!(state, Some('Z' | 'X'))
 }
