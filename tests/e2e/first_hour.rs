@@ -269,3 +269,29 @@ fn a_json_job_cut_off_by_the_token_limit_says_so() {
         "{err}"
     );
 }
+
+#[test]
+fn an_os_error_is_said_once() {
+    let ws = TestWs::new();
+    let missing = ws.scratch().join("missing.wasm");
+    let out = run(Command::new(bin("nrvna"))
+        .arg("exec")
+        .arg(&missing)
+        .arg("--model")
+        .arg(model()));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let said = stderr(&out);
+    assert_eq!(said.matches("os error 2").count(), 1, "{said}");
+    assert!(said.contains("missing.wasm"), "{said}");
+    // A workspace that cannot be created: the path and the reason, each once.
+    let out = run(Command::new(bin("wrk"))
+        .arg("/proc/nrvna-no-such/ws")
+        .arg("hi"));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).matches("os error").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+}

@@ -104,8 +104,8 @@ pub fn run_job(
 fn json_failure(error: &serde_json::Error, finish: Finish, generated_tokens: u32) -> String {
     if finish == Finish::TokenLimit {
         format!(
-            "stopped at the token limit ({generated_tokens}) before the JSON closed; raise \
-             --max-tokens (the raw output is in {RESPONSE_FILE})"
+            "output is not valid JSON: stopped at the token limit ({generated_tokens}) before \
+             the JSON closed; raise --max-tokens (the raw output is in {RESPONSE_FILE})"
         )
     } else {
         format!("output is not valid JSON ({error}); the raw output is in {RESPONSE_FILE}")
