@@ -102,6 +102,6 @@ fn cancel_a_queued_job_and_a_running_one_mid_batch() {
     // Cancelling a finished job is refused with its own exit code.
     assert_eq!(
         code(&nrvna(&["cancel", ws.path.to_str().unwrap(), &keeper])),
-        3
+        6
     );
 }

@@ -70,14 +70,18 @@ fn wrk_rejects_bad_input_and_leaves_nothing_behind() {
     let notimage = ws.scratch().join("notes.txt");
     std::fs::write(&notimage, "x").unwrap();
     let big = vec![b'a'; 4 * 1024 * 1024 + 1];
-    // (arguments, stdin, expected part of the error)
-    type Case<'a> = (Vec<String>, Option<&'a [u8]>, &'a str);
+    // A malformed argument is a usage error (2); input that cannot be used fails (1).
+    const FAILED: i32 = 1;
+    const USAGE: i32 = 2;
+    // (arguments, stdin, exit code, expected part of the error)
+    type Case<'a> = (Vec<String>, Option<&'a [u8]>, i32, &'a str);
     let cases: Vec<Case> = vec![
-        (vec![], Some(b"".as_slice()), "empty prompt"),
-        (vec!["-".into()], Some(big.as_slice()), "limit"),
+        (vec![], Some(b"".as_slice()), FAILED, "empty prompt"),
+        (vec!["-".into()], Some(big.as_slice()), FAILED, "limit"),
         (
             vec!["hi".into(), "--image".into(), image.display().to_string()],
             None,
+            FAILED,
             "missing.png",
         ),
         (
@@ -87,31 +91,37 @@ fn wrk_rejects_bad_input_and_leaves_nothing_behind() {
                 notimage.display().to_string(),
             ],
             None,
+            FAILED,
             "extension",
         ),
         (
             vec!["hi".into(), "--tag".into(), "bad tag!".into()],
             None,
+            USAGE,
             "invalid tag",
         ),
         (
             vec!["hi".into(), "--tag".into(), "x".repeat(65)],
             None,
+            USAGE,
             "invalid tag",
         ),
         (
             vec!["hi".into(), "--parent".into(), "../etc".into()],
             None,
+            USAGE,
             "invalid job id",
         ),
         (
             vec!["hi".into(), "--temp".into(), "9".into()],
             None,
+            USAGE,
             "temperature",
         ),
         (
             vec!["hi".into(), "--max-tokens".into(), "0".into()],
             None,
+            USAGE,
             "max-tokens",
         ),
         (
@@ -121,17 +131,23 @@ fn wrk_rejects_bad_input_and_leaves_nothing_behind() {
                 notimage.display().to_string(),
             ],
             None,
+            FAILED,
             "not valid JSON",
         ),
-        (vec!["hi".into(), "--bogus".into()], None, "--bogus"),
+        (vec!["hi".into(), "--bogus".into()], None, USAGE, "--bogus"),
     ];
-    for (args, input, expect) in cases {
+    for (args, input, expected_code, expect) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = match input {
             Some(bytes) => ws.wrk_stdin(&args, bytes),
             None => ws.wrk(&args),
         };
-        assert_eq!(code(&out), 1, "wrk {args:?} should fail: {}", stderr(&out));
+        assert_eq!(
+            code(&out),
+            expected_code,
+            "wrk {args:?} should fail: {}",
+            stderr(&out)
+        );
         assert!(
             stdout(&out).is_empty(),
             "wrk {args:?} printed {:?}",
@@ -150,24 +166,25 @@ fn wrk_rejects_bad_input_and_leaves_nothing_behind() {
 fn flw_exit_codes_without_a_daemon() {
     let ws = TestWs::new();
     let id = ws.submit(&["queued forever"]);
-    // Queued, --no-wait: 2.
+    // Queued, --no-wait: not ready, 3.
     let out = ws.flw(&[&id, "--no-wait"]);
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert!(stderr(&out).contains("queued"));
-    // Waiting with a timeout: 2 after roughly the timeout.
+    // Waiting with a timeout: 3 after roughly the timeout.
     let t = std::time::Instant::now();
     let out = ws.flw(&[&id, "--timeout", "0.3"]);
-    assert_eq!(code(&out), 2);
+    assert_eq!(code(&out), 3);
     assert!(t.elapsed().as_secs_f64() >= 0.3);
-    // Valid but unknown id: 3. Hostile ids: 4, and nothing outside is touched.
-    assert_eq!(code(&ws.flw(&["12345_1_000000"])), 3);
+    // Valid but unknown id: not found, 4. Hostile ids: usage, 2, and nothing outside is
+    // touched.
+    assert_eq!(code(&ws.flw(&["12345_1_000000"])), 4);
     for bad in ["../../etc/passwd", "/etc/passwd", "1/../2", "abc"] {
         let out = ws.flw(&[bad]);
-        assert_eq!(code(&out), 4, "{bad}: {}", stderr(&out));
+        assert_eq!(code(&out), 2, "{bad}: {}", stderr(&out));
         assert!(stderr(&out).contains("invalid job id"), "{}", stderr(&out));
     }
-    // Usage error: 64. Not a workspace: 4.
-    assert_eq!(code(&ws.flw(&["--no-such-flag"])), 64);
+    // Usage error: 2. Not a workspace: not found, 4.
+    assert_eq!(code(&ws.flw(&["--no-such-flag"])), 2);
     let out = nrvna_tests::run(
         std::process::Command::new(nrvna_tests::bin("flw")).arg(ws.scratch().join("nope")),
     );
@@ -197,4 +214,97 @@ fn help_teaches_exit_codes_and_env() {
     let out =
         nrvna_tests::run(std::process::Command::new(nrvna_tests::bin("nrvna")).arg("version"));
     assert!(stdout(&out).starts_with("nrvna "));
+}
+
+#[test]
+fn every_timeout_takes_the_same_duration_format() {
+    let ws = TestWs::new();
+    let id = ws.submit(&["queued forever"]);
+    // flw: plain seconds as before, or a number with a unit, as nrvna exec takes it.
+    for timeout in ["300ms", "0.3s", "0.3"] {
+        let started = std::time::Instant::now();
+        let out = ws.flw(&[&id, "--timeout", timeout]);
+        assert_eq!(code(&out), 3, "--timeout {timeout}: {}", stderr(&out));
+        assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    }
+    // nrvnad stop: with no daemon it answers at once, whatever form the timeout takes.
+    let stop = |timeout: &str| {
+        nrvna_tests::run(
+            std::process::Command::new(nrvna_tests::bin("nrvnad"))
+                .arg("stop")
+                .arg(&ws.path)
+                .args(["--timeout", timeout]),
+        )
+    };
+    for timeout in ["5s", "1m", "5"] {
+        let out = stop(timeout);
+        assert_eq!(code(&out), 0, "--timeout {timeout}: {}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), "not running");
+    }
+    // A malformed duration is a usage error in both, naming the units.
+    for out in [stop("5x"), ws.flw(&[&id, "--timeout", "5x"])] {
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("unknown unit; use ms, s, m or h"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn every_program_shows_the_one_exit_code_table() {
+    let help = |program: &str, args: &[&str]| {
+        stdout(&nrvna_tests::run(
+            std::process::Command::new(nrvna_tests::bin(program)).args(args),
+        ))
+    };
+    let docs = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/cli.md"),
+    )
+    .unwrap();
+    // Each row of `nrvna --help` (the whole table) is a row of docs/cli.md's table.
+    let table = help("nrvna", &["--help"]);
+    let rows: Vec<(String, String)> = table
+        .split("Exit codes (the same in every nrvna program):\n")
+        .nth(1)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let (code, meaning) = line.trim().split_once(' ')?;
+            Some((code.to_owned(), meaning.trim().to_owned()))
+        })
+        .collect();
+    assert_eq!(rows.len(), 11, "{table}");
+    for (code, meaning) in &rows {
+        assert!(
+            docs.contains(&format!("| {code} | {meaning} |")),
+            "docs/cli.md lacks the row {code} {meaning}"
+        );
+    }
+    // Every program's help shows its rows of that table, in the same words.
+    for (program, args, codes) in [
+        ("nrvnad", vec!["--help"], vec!["0", "1", "2", "3", "5"]),
+        ("wrk", vec!["--help"], vec!["0", "1", "2"]),
+        ("flw", vec!["--help"], vec!["0", "1", "2", "3", "4"]),
+        (
+            "nrvna",
+            vec!["exec", "--help"],
+            vec!["0", "1", "2", "7", "8", "130", "143"],
+        ),
+        (
+            "nrvna",
+            vec!["cancel", "--help"],
+            vec!["0", "1", "2", "4", "6"],
+        ),
+    ] {
+        let text = help(program, &args);
+        for code in codes {
+            let (_, meaning) = rows.iter().find(|(c, _)| *c == code).unwrap();
+            assert!(
+                text.contains(&format!("{code:<4} {meaning}")),
+                "{program} {args:?} lacks exit code {code}:\n{text}"
+            );
+        }
+    }
 }

@@ -68,7 +68,7 @@ fn bad_embedding_models_are_refused_before_anything_else() {
             .env_remove("NRVNA_EMBED_MODEL");
         cmd
     };
-    for (path, expect) in [(&junk, "not a GGUF model"), (&absent, "not found")] {
+    for (path, expect) in [(&junk, "not a GGUF model"), (&absent, "does not exist")] {
         let shown = path.display().to_string();
         let out = run(nrvnad().arg("--embed-model").arg(path));
         assert_eq!(code(&out), 1);
@@ -99,7 +99,7 @@ fn bad_model_files_are_refused_before_anything_else() {
         (junk.display().to_string(), "not a GGUF model"),
         (
             ws.scratch().join("absent.gguf").display().to_string(),
-            "not found",
+            "does not exist",
         ),
     ] {
         let out = run(Command::new(bin("nrvnad")).arg(&model_arg).arg(&ws.path));
@@ -126,9 +126,9 @@ fn bad_model_files_are_refused_before_anything_else() {
         .arg(model())
         .arg(&ws.path)
         .arg("99"));
-    assert_eq!(code(&out), 1);
+    assert_eq!(code(&out), 2);
     assert!(
-        stderr(&out).contains("between 1 and 64"),
+        stderr(&out).contains("99 is not in 1..=64"),
         "{}",
         stderr(&out)
     );
@@ -217,7 +217,7 @@ fn job_directory_deleted_mid_flight_does_not_stop_the_daemon() {
         "{}",
         d.log_text()
     );
-    assert_eq!(code(&ws.flw(&[&doomed, "--no-wait"])), 3);
+    assert_eq!(code(&ws.flw(&[&doomed, "--no-wait"])), 4);
 }
 
 /// Sets or clears the immutable attribute (root can still be refused writes with it,

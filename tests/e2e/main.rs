@@ -18,6 +18,8 @@ mod daemon;
 mod engine;
 mod examples;
 mod faults;
+mod first_hour;
+mod follow_and_status;
 mod patterns;
 mod sandbox;
 mod setup;

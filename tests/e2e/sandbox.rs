@@ -4,25 +4,31 @@
 //! still serves other jobs afterwards.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nrvna_tests::{
     Component, Daemon, TestWs, bin, code, guest, model, run, stderr, stdout, wait_for,
 };
 
-use crate::components::{FX_ECHO, FX_FANOUT, FX_HOSTCALLS, FX_HOSTILE, FX_KV, FX_NEST};
+use crate::components::{FX_ECHO, FX_FANOUT, FX_HOSTCALLS, FX_HOSTILE, FX_KV, FX_NEST, REFINE};
 
-/// `nrvna exec COMPONENT --ws WS FLAGS -- ARGS`.
-fn exec(ws: &TestWs, component: Component, flags: &[&str], args: &[&str]) -> Output {
-    run(Command::new(bin("nrvna"))
-        .arg("exec")
+/// The command `nrvna exec COMPONENT --ws WS FLAGS -- ARGS`.
+fn exec_command(ws: &TestWs, component: Component, flags: &[&str], args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("nrvna"));
+    cmd.arg("exec")
         .arg(guest(component))
         .arg("--ws")
         .arg(&ws.path)
         .args(flags)
         .arg("--")
-        .args(args))
+        .args(args);
+    cmd
+}
+
+/// Runs `nrvna exec COMPONENT --ws WS FLAGS -- ARGS` to its end.
+fn exec(ws: &TestWs, component: Component, flags: &[&str], args: &[&str]) -> Output {
+    run(&mut exec_command(ws, component, flags, args))
 }
 
 /// Where the host keeps a component's own storage (its kv) in the workspace.
@@ -323,7 +329,7 @@ fn an_infinite_loop_is_stopped_by_the_cpu_limit() {
     let _d = ws.daemon(1);
     let started = Instant::now();
     let out = exec(&ws, FX_HOSTILE, &["--cpu", "1s"], &["spin"]);
-    assert_eq!(code(&out), 3, "{}", show(&out));
+    assert_eq!(code(&out), 7, "{}", show(&out));
     assert!(
         stderr(&out).contains("cpu time limit reached") && stderr(&out).contains("--cpu"),
         "{}",
@@ -338,7 +344,7 @@ fn a_memory_bomb_is_stopped_by_the_memory_limit() {
     let ws = TestWs::new();
     let _d = ws.daemon(1);
     let out = exec(&ws, FX_HOSTILE, &["--memory", "64M"], &["membomb"]);
-    assert_eq!(code(&out), 3, "{}", show(&out));
+    assert_eq!(code(&out), 7, "{}", show(&out));
     let err = stderr(&out);
     assert!(
         err.contains("memory limit reached")
@@ -490,7 +496,7 @@ fn a_1_gib_prompt_is_refused_before_the_host_copies_it() {
         &["--memory", "1200M"],
         &["huge-prompt", &gib],
     );
-    assert_eq!(code(&out), 3, "{}", show(&out));
+    assert_eq!(code(&out), 7, "{}", show(&out));
     assert!(
         stderr(&out).contains("host-call bytes limit reached")
             && stderr(&out).contains("--max-hostcall-bytes"),
@@ -536,7 +542,7 @@ fn a_run_stuck_in_follow_is_stopped_by_the_wall_clock() {
     let ws = TestWs::new();
     let started = Instant::now();
     let out = exec(&ws, FX_HOSTILE, &["--timeout", "2s"], &["stuck-follow"]);
-    assert_eq!(code(&out), 3, "{}", show(&out));
+    assert_eq!(code(&out), 7, "{}", show(&out));
     assert!(
         stderr(&out)
             .contains("wall-clock time limit reached: the run took longer than 2s (--timeout)"),
@@ -555,7 +561,7 @@ fn a_run_stuck_in_follow_is_stopped_by_the_wall_clock() {
 fn a_panic_is_reported_as_a_crash() {
     let ws = TestWs::new();
     let out = exec(&ws, FX_HOSTILE, &[], &["panic"]);
-    assert_eq!(code(&out), 4, "{}", show(&out));
+    assert_eq!(code(&out), 8, "{}", show(&out));
     let err = stderr(&out);
     assert!(err.contains("the component crashed: wasm trap"), "{err}");
     assert!(
@@ -626,14 +632,14 @@ fn exec_help_teaches_and_bad_input_fails_clearly() {
         "Examples:",
         "--dir HOST[:GUEST][:ro]",
         "--route NAME=WS",
-        "Exit codes:",
-        "3  the run was stopped by a limit",
+        "Exit codes",
+        "7    a limit stopped the run",
     ] {
         assert!(help.contains(needle), "{needle} missing from:\n{help}");
     }
     let ws = TestWs::new();
     let out = run(Command::new(bin("nrvna")).arg("exec").arg(guest(FX_KV)));
-    assert_eq!(code(&out), 1);
+    assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("give --ws WS"), "{}", show(&out));
     let out = exec(&ws, FX_KV, &["--dir", "/definitely/missing"], &[]);
     assert_eq!(code(&out), 2, "{}", show(&out));
@@ -672,11 +678,118 @@ fn nrvna_cancel_reports_each_case_with_its_exit_code() {
     assert!(stdout(&out).contains("cancelled"));
     assert_eq!(ws.meta("failed", &id)["status"], "cancelled");
     let out = cancel(&id);
-    assert_eq!(code(&out), 3, "{}", show(&out));
+    assert_eq!(code(&out), 6, "{}", show(&out));
     assert!(stderr(&out).contains("already ended (failed)"));
     let out = cancel("1_2");
     assert_eq!(code(&out), 4, "{}", show(&out));
     let out = cancel("../etc");
-    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert_eq!(code(&out), 2, "{}", show(&out));
     assert!(stderr(&out).contains("invalid job id"));
+}
+
+#[test]
+fn exec_says_what_a_file_is_when_it_is_not_a_component() {
+    let ws = TestWs::new();
+    let exec_file = |name: &str, bytes: &[u8]| {
+        let path = ws.scratch().join(name);
+        std::fs::write(&path, bytes).expect("write the file");
+        run(Command::new(bin("nrvna"))
+            .arg("exec")
+            .arg(&path)
+            .arg("--ws")
+            .arg(&ws.path))
+    };
+    // The smallest core module: what a guest built for wasm32-wasip1 or wasm32-unknown-unknown
+    // starts with.
+    let out = exec_file("core.wasm", b"\0asm\x01\0\0\0");
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert!(
+        stderr(&out).contains(
+            "this is a core WebAssembly module, not a component: build with --target wasm32-wasip2"
+        ),
+        "{}",
+        show(&out)
+    );
+    for (name, bytes) in [
+        ("notes.wasm", b"just some text".as_slice()),
+        ("short.wasm", b"\0as".as_slice()),
+    ] {
+        let out = exec_file(name, bytes);
+        assert_eq!(code(&out), 1, "{}", show(&out));
+        let err = stderr(&out);
+        assert!(err.contains("not WebAssembly"), "{name}: {}", show(&out));
+        // Said in words, not as wasmtime's dump of the expected bytes.
+        assert!(!err.contains("0x"), "{name}: {}", show(&out));
+    }
+}
+
+/// Starts `nrvna exec COMPONENT --ws WS FLAGS -- ARGS` in the background.
+fn spawn_exec(ws: &TestWs, component: Component, flags: &[&str], args: &[&str]) -> Child {
+    exec_command(ws, component, flags, args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn nrvna exec")
+}
+
+#[test]
+fn a_signal_stops_exec_and_cancels_its_jobs_unless_kept() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let cases = [
+        (Signal::INT, None, 130),
+        (Signal::TERM, None, 143),
+        (Signal::INT, Some("--keep-jobs"), 130),
+    ];
+    for (signal, keep, expected_code) in cases {
+        // No daemon: the job the component submits stays queued while it follows it.
+        let ws = TestWs::new();
+        let flags: Vec<&str> = keep.into_iter().collect();
+        let mut child = spawn_exec(&ws, FX_ECHO, &flags, &["Never answered."]);
+        let queued = wait_for(Duration::from_secs(60), || {
+            ws.entries("input/ready").len() == 1
+        });
+        assert!(queued, "the component never submitted its job");
+        let id = ws.entries("input/ready").remove(0);
+        let pid = Pid::from_raw(child.id() as i32).expect("a child pid");
+        kill_process(pid, signal).expect("signal nrvna exec");
+        let exited = wait_for(Duration::from_secs(30), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
+        if !exited {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().expect("nrvna exec output");
+        assert!(exited, "nrvna exec did not stop: {}", show(&out));
+        let case = format!("{signal:?} {keep:?}");
+        assert_eq!(code(&out), expected_code, "{case}: {}", show(&out));
+        if keep.is_some() {
+            assert_eq!(ws.entries("input/ready"), vec![id.clone()], "{case}");
+            assert!(ws.entries("failed").is_empty(), "{case}");
+        } else {
+            assert!(ws.entries("input/ready").is_empty(), "{case}");
+            assert_eq!(ws.meta("failed", &id)["status"], "cancelled", "{case}");
+        }
+    }
+}
+
+#[test]
+fn a_components_help_needs_no_workspace_or_model() {
+    let out = run(Command::new(bin("nrvna"))
+        .arg("exec")
+        .arg(guest(REFINE))
+        .args(["--", "--help"]));
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("usage: {} ", REFINE.package)),
+        "{}",
+        show(&out)
+    );
+    // Real work still needs a workspace, and says how to give one.
+    let out = run(Command::new(bin("nrvna"))
+        .arg("exec")
+        .arg(guest(REFINE))
+        .args(["--", "Write a haiku"]));
+    assert_eq!(code(&out), 2, "{}", show(&out));
+    assert!(stderr(&out).contains("give --ws WS"), "{}", show(&out));
 }

@@ -9,7 +9,7 @@ use nrvna_tests::{TestWs, bin, code, model, run, stderr};
 use crate::components::FX_ECHO;
 
 /// A job a crashed daemon left in `processing/` after `attempts` starts.
-fn leave_running(ws: &TestWs, attempts: u32) -> String {
+pub fn leave_running(ws: &TestWs, attempts: u32) -> String {
     let id = ws.submit(&["left behind by a crash"]);
     let from = ws.path.join("input/ready").join(&id);
     let to = ws.path.join("processing").join(&id);

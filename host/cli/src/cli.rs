@@ -1,7 +1,6 @@
 //! What every nrvna command shares: logging, argument-error exit codes, model lookup.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::Parser;
@@ -14,6 +13,18 @@ pub struct VersionFlag {
     version: Option<bool>,
 }
 
+/// Makes a write to a closed pipe end the program the way a shell expects (killed by
+/// SIGPIPE: quietly, status 141), as C programs do. Rust ignores SIGPIPE, which turns
+/// `flw WS | head -1` into a "Broken pipe" panic (exit 101). Every program's `main`
+/// calls this first.
+pub fn exit_quietly_on_closed_pipe() {
+    // SAFETY: called at the start of main, before any thread exists; SIG_DFL is the
+    // disposition every process starts with outside Rust.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Logs go to stderr; stdout stays machine-readable. `NRVNA_LOG` sets the filter.
 pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NRVNA_LOG")
@@ -21,9 +32,18 @@ pub fn init_logging(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(log_colour())
         .with_target(false)
         .compact()
         .try_init();
+}
+
+/// Colour only for a person at a terminal: a log redirected to a file stays plain text.
+/// A non-empty `NO_COLOR` turns it off everywhere (no-color.org).
+fn log_colour() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
 }
 
 /// Parses argv, exiting with `usage_code` on a usage error (help and version exit 0).
@@ -44,12 +64,6 @@ where
             std::process::exit(code.into());
         }
     }
-}
-
-/// Prints `error: ...` with its causes and returns `code`.
-pub fn report(program: &str, err: &anyhow::Error, code: u8) -> ExitCode {
-    eprintln!("{program}: error: {}", error_chain(err));
-    ExitCode::from(code)
 }
 
 /// An error and its causes on one line, each said once: a cause whose text a message
@@ -82,34 +96,64 @@ pub fn models_dir() -> PathBuf {
 
 /// A model argument is a path, or else a case-insensitive part of a `.gguf` file name
 /// in the models directory (projector files excluded; the first match by name wins).
+/// An argument with a `/` in it is only ever a path.
 pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     let path = Path::new(arg);
     if path.exists() {
         return Ok(path.to_owned());
     }
+    if arg.contains(std::path::MAIN_SEPARATOR) {
+        bail!("model file {arg} does not exist");
+    }
     let dir = models_dir();
     let needle = arg.to_lowercase();
-    let mut matches: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let models = model_files(&dir);
+    let found = models
+        .iter()
+        .find(|name| name.to_lowercase().contains(&needle));
+    match found {
+        Some(name) => Ok(dir.join(name)),
+        None => bail!("{}", model_not_found(arg, &dir, &models)),
+    }
+}
+
+/// The model file names in `dir`, sorted: `.gguf` files that are not projectors.
+fn model_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().to_lowercase())
-                .unwrap_or_default();
-            name.ends_with(".gguf") && !name.contains("mmproj") && name.contains(&needle)
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            let lower = name.to_lowercase();
+            lower.ends_with(".gguf") && !lower.contains("mmproj")
         })
         .collect();
-    matches.sort();
-    match matches.into_iter().next() {
-        Some(p) => Ok(p),
-        None => bail!(
-            "model {arg:?} not found: not a file, and no .gguf in {} has that in its name",
-            dir.display()
-        ),
+    names.sort();
+    names
+}
+
+/// Says what the models directory holds, so the next try can name one of them.
+fn model_not_found(arg: &str, dir: &Path, models: &[String]) -> String {
+    let shown = dir.display();
+    if !dir.is_dir() {
+        return format!(
+            "model {arg:?} not found: not a file here, and the models directory {shown} \
+             (NRVNA_MODELS_DIR) does not exist"
+        );
     }
+    if models.is_empty() {
+        return format!(
+            "model {arg:?} not found: not a file here, and the models directory {shown} \
+             (NRVNA_MODELS_DIR) holds no .gguf file"
+        );
+    }
+    format!(
+        "model {arg:?} not found: not a file here, and no .gguf in {shown} \
+         (NRVNA_MODELS_DIR) has that in its name; it holds: {}",
+        models.join(", ")
+    )
 }
 
 /// The default model of `scripts/setup`, for tools that want one.

@@ -5,5 +5,8 @@
 pub mod cli;
 pub mod cmd;
 pub mod daemon;
+pub mod exit;
 pub mod grant_args;
 pub mod settings;
+pub mod status;
+pub mod waiting;

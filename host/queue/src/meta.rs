@@ -128,6 +128,9 @@ pub struct Meta {
     pub prompt_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generated_tokens: Option<u32>,
+    /// Generated tokens per second from claim to completion, set when a text job is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
     /// Name of the model the job ran on (set by the daemon for text and embedding jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,

@@ -109,6 +109,169 @@ pub struct Submission {
     pub agent: AgentJob,
 }
 
+impl Submission {
+    /// Checks the submission against `limits` without touching any workspace, so a
+    /// submitter can refuse bad input before it creates one.
+    pub fn validate(&self, limits: &Limits) -> Result<()> {
+        let sub = self;
+        // Agent jobs may have no arguments; embed jobs may embed images alone.
+        let may_be_empty =
+            sub.mode == Mode::Agent || (sub.mode == Mode::Embed && !sub.images.is_empty());
+        if sub.prompt.is_empty() && !may_be_empty {
+            return Err(QueueError::EmptyPrompt);
+        }
+        let size = sub.prompt.len() as u64;
+        if size > limits.max_prompt_bytes {
+            return Err(QueueError::PromptTooLarge {
+                size,
+                limit: limits.max_prompt_bytes,
+            });
+        }
+        if sub.tags.len() > limits.max_tags {
+            return Err(QueueError::TooManyTags {
+                count: sub.tags.len(),
+                limit: limits.max_tags,
+            });
+        }
+        for tag in &sub.tags {
+            validate_tag(tag)?;
+        }
+        if sub.images.len() > limits.max_images {
+            return Err(QueueError::InvalidOption {
+                what: "number of images",
+                expected: format!("at most {}", limits.max_images),
+                got: sub.images.len().to_string(),
+            });
+        }
+        for image in &sub.images {
+            validate_image(image, limits)?;
+        }
+        for (name, bytes) in &sub.files {
+            if !is_plain_file_name(name) || name == PROMPT_FILE || name == META_FILE {
+                return Err(QueueError::InvalidOption {
+                    what: "attachment name",
+                    expected: "a plain file name".into(),
+                    got: crate::error::shown(name),
+                });
+            }
+            if bytes.len() as u64 > limits.max_file_bytes {
+                return Err(QueueError::InvalidOption {
+                    what: "attachment size",
+                    expected: format!("at most {} bytes", limits.max_file_bytes),
+                    got: format!("{} bytes ({name})", bytes.len()),
+                });
+            }
+        }
+        if let Some(t) = sub.sampling.temperature
+            && !(0.0..=5.0).contains(&t)
+        {
+            return Err(QueueError::InvalidOption {
+                what: "temperature",
+                expected: "between 0 and 5".into(),
+                got: t.to_string(),
+            });
+        }
+        if let Some(p) = sub.sampling.top_p
+            && (p.is_nan() || p <= 0.0 || p > 1.0)
+        {
+            return Err(QueueError::InvalidOption {
+                what: "top-p",
+                expected: "in (0, 1]".into(),
+                got: p.to_string(),
+            });
+        }
+        if sub.sampling.max_tokens == Some(0) {
+            return Err(QueueError::InvalidOption {
+                what: "max tokens",
+                expected: "at least 1".into(),
+                got: "0".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn validate_image(path: &Path, limits: &Limits) -> Result<()> {
+    let bad = |reason: String| QueueError::InvalidImage {
+        path: path.to_owned(),
+        reason,
+    };
+    let ext = path
+        .extension()
+        .and_then(OsStr::to_str)
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    if !IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+        return Err(bad(format!(
+            "unsupported extension {ext:?}; expected one of {}",
+            IMAGE_EXTENSIONS.join(", ")
+        )));
+    }
+    let md = fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if !md.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if md.len() > limits.max_image_bytes {
+        return Err(bad(format!(
+            "{} bytes; the limit is {} bytes",
+            md.len(),
+            limits.max_image_bytes
+        )));
+    }
+    let mut head = [0u8; 12];
+    let read = File::open(path)
+        .and_then(|mut f| read_up_to(&mut f, &mut head))
+        .map_err(|e| bad(e.to_string()))?;
+    // The extension names the format; the first bytes must agree with it.
+    match image_format(&head[..read]) {
+        Some(format) if image_format_of_extension(&ext) == Some(format) => Ok(()),
+        Some(format) => Err(bad(format!(
+            "the extension says {ext} but the content is a {format} image"
+        ))),
+        None => Err(bad(format!(
+            "the content is not a {} image",
+            IMAGE_EXTENSIONS.join(", ")
+        ))),
+    }
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// The image format the first bytes of a file announce (its magic number).
+fn image_format(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("png")
+    } else if head.starts_with(&[0xff, 0xd8, 0xff]) {
+        Some("jpeg")
+    } else if head.starts_with(b"GIF87a") || head.starts_with(b"GIF89a") {
+        Some("gif")
+    } else if head.len() >= 12 && head.starts_with(b"RIFF") && &head[8..12] == b"WEBP" {
+        Some("webp")
+    } else {
+        None
+    }
+}
+
+fn image_format_of_extension(ext: &str) -> Option<&'static str> {
+    match ext {
+        "png" => Some("png"),
+        "jpg" | "jpeg" => Some("jpeg"),
+        "gif" => Some("gif"),
+        "webp" => Some("webp"),
+        _ => None,
+    }
+}
+
 /// Job counts per state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
@@ -309,111 +472,7 @@ impl Workspace {
     }
 
     fn validate(&self, sub: &Submission) -> Result<()> {
-        let limits = self.limits;
-        // Agent jobs may have no arguments; embed jobs may embed images alone.
-        let may_be_empty =
-            sub.mode == Mode::Agent || (sub.mode == Mode::Embed && !sub.images.is_empty());
-        if sub.prompt.is_empty() && !may_be_empty {
-            return Err(QueueError::EmptyPrompt);
-        }
-        let size = sub.prompt.len() as u64;
-        if size > limits.max_prompt_bytes {
-            return Err(QueueError::PromptTooLarge {
-                size,
-                limit: limits.max_prompt_bytes,
-            });
-        }
-        if sub.tags.len() > limits.max_tags {
-            return Err(QueueError::TooManyTags {
-                count: sub.tags.len(),
-                limit: limits.max_tags,
-            });
-        }
-        for tag in &sub.tags {
-            validate_tag(tag)?;
-        }
-        if sub.images.len() > limits.max_images {
-            return Err(QueueError::InvalidOption {
-                what: "number of images",
-                expected: format!("at most {}", limits.max_images),
-                got: sub.images.len().to_string(),
-            });
-        }
-        for image in &sub.images {
-            self.validate_image(image)?;
-        }
-        for (name, bytes) in &sub.files {
-            if !is_plain_file_name(name) || name == PROMPT_FILE || name == META_FILE {
-                return Err(QueueError::InvalidOption {
-                    what: "attachment name",
-                    expected: "a plain file name".into(),
-                    got: crate::error::shown(name),
-                });
-            }
-            if bytes.len() as u64 > limits.max_file_bytes {
-                return Err(QueueError::InvalidOption {
-                    what: "attachment size",
-                    expected: format!("at most {} bytes", limits.max_file_bytes),
-                    got: format!("{} bytes ({name})", bytes.len()),
-                });
-            }
-        }
-        if let Some(t) = sub.sampling.temperature
-            && !(0.0..=5.0).contains(&t)
-        {
-            return Err(QueueError::InvalidOption {
-                what: "temperature",
-                expected: "between 0 and 5".into(),
-                got: t.to_string(),
-            });
-        }
-        if let Some(p) = sub.sampling.top_p
-            && (p.is_nan() || p <= 0.0 || p > 1.0)
-        {
-            return Err(QueueError::InvalidOption {
-                what: "top-p",
-                expected: "in (0, 1]".into(),
-                got: p.to_string(),
-            });
-        }
-        if sub.sampling.max_tokens == Some(0) {
-            return Err(QueueError::InvalidOption {
-                what: "max tokens",
-                expected: "at least 1".into(),
-                got: "0".into(),
-            });
-        }
-        Ok(())
-    }
-
-    fn validate_image(&self, path: &Path) -> Result<()> {
-        let bad = |reason: String| QueueError::InvalidImage {
-            path: path.to_owned(),
-            reason,
-        };
-        let ext = path
-            .extension()
-            .and_then(OsStr::to_str)
-            .map(str::to_ascii_lowercase)
-            .unwrap_or_default();
-        if !IMAGE_EXTENSIONS.contains(&ext.as_str()) {
-            return Err(bad(format!(
-                "unsupported extension {ext:?}; expected one of {}",
-                IMAGE_EXTENSIONS.join(", ")
-            )));
-        }
-        let md = fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-        if !md.is_file() {
-            return Err(bad("not a regular file".into()));
-        }
-        if md.len() > self.limits.max_image_bytes {
-            return Err(bad(format!(
-                "{} bytes; the limit is {} bytes",
-                md.len(),
-                self.limits.max_image_bytes
-            )));
-        }
-        Ok(())
+        sub.validate(&self.limits)
     }
 
     fn stage(&self, staging: &Path, sub: &Submission) -> Result<()> {
@@ -852,14 +911,22 @@ impl Workspace {
                 State::Failed
             }
         };
+        let took = claimed_at.map(|t| t.elapsed().as_secs_f64());
         meta.completed_at = Some(now_timestamp());
-        meta.duration_s = claimed_at.map(|t| (t.elapsed().as_secs_f64() * 100.0).round() / 100.0);
+        meta.duration_s = took.map(|secs| (secs * 100.0).round() / 100.0);
         meta.artifacts = artifacts;
         if outcome.prompt_tokens.is_some() {
             meta.prompt_tokens = outcome.prompt_tokens;
         }
         if outcome.generated_tokens.is_some() {
             meta.generated_tokens = outcome.generated_tokens;
+        }
+        if target == State::Done
+            && meta.mode == Mode::Text
+            && let (Some(tokens), Some(secs)) = (meta.generated_tokens, took)
+            && secs > 0.0
+        {
+            meta.tokens_per_s = Some((f64::from(tokens) / secs * 100.0).round() / 100.0);
         }
         if outcome.model.is_some() {
             meta.model = outcome.model;

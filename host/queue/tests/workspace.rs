@@ -280,6 +280,42 @@ fn submissions_are_validated_and_leave_nothing_behind() {
 }
 
 #[test]
+fn an_image_must_be_what_its_extension_says() {
+    let (dir, ws) = ws();
+    let image = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        Submission {
+            images: vec![path],
+            ..text("describe")
+        }
+    };
+    let webp = b"RIFF\0\0\0\0WEBPVP8 ";
+    for (name, bytes, reason) in [
+        ("text.png", b"hello".as_slice(), "content is not a"),
+        ("short.gif", b"GIF".as_slice(), "content is not a"),
+        (
+            "jpeg.png",
+            b"\xff\xd8\xff\xe0".as_slice(),
+            "content is a jpeg",
+        ),
+        ("webp.jpg", webp.as_slice(), "content is a webp"),
+    ] {
+        let err = image(name, bytes).validate(&ws.limits()).unwrap_err();
+        assert!(err.to_string().contains(reason), "{name}: {err}");
+    }
+    for (name, bytes) in [
+        ("a.png", b"\x89PNG\r\n\x1a\n".as_slice()),
+        ("a.JPG", b"\xff\xd8\xff\xdb".as_slice()),
+        ("a.jpeg", b"\xff\xd8\xff\xe1".as_slice()),
+        ("a.gif", b"GIF89a".as_slice()),
+        ("a.webp", webp.as_slice()),
+    ] {
+        image(name, bytes).validate(&ws.limits()).unwrap();
+    }
+}
+
+#[test]
 fn hostile_ids_never_reach_the_file_system() {
     for bad in ["../x", "/etc/passwd", "a\0b", "1/2", ""] {
         assert!(JobId::parse(bad).is_err(), "{bad:?}");

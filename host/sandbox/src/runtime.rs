@@ -295,6 +295,7 @@ impl Runtime {
                 "this is a precompiled artifact; give the .wasm component",
             )));
         }
+        check_component_header(bytes).map_err(|reason| invalid(wasmtime::Error::msg(reason)))?;
         let engine = &self.inner.engine;
         let cached = self
             .inner
@@ -377,6 +378,23 @@ impl Runtime {
             },
         })
     }
+}
+
+/// Says in words what a file that is not a component is, before wasmtime answers with
+/// a dump of the bytes it expected. Both binary formats start with `\0asm`, then a
+/// version (2 bytes) and a layer (2 bytes): 0 for a core module, 1 for a component.
+fn check_component_header(bytes: &[u8]) -> Result<(), &'static str> {
+    const CORE_MODULE_LAYER: [u8; 2] = [0, 0];
+    if bytes.len() < 8 || !bytes.starts_with(b"\0asm") {
+        return Err(
+            "not WebAssembly: the file does not start with \\0asm, as every .wasm file does",
+        );
+    }
+    if bytes[6..8] == CORE_MODULE_LAYER {
+        return Err("this is a core WebAssembly module, not a component: \
+                    build with --target wasm32-wasip2");
+    }
+    Ok(())
 }
 
 /// A sandbox's run: the component's own result, or why it was stopped.

@@ -1,3 +1,4 @@
 fn main() -> std::process::ExitCode {
+    nrvna::cli::exit_quietly_on_closed_pipe();
     nrvna::cmd::flw::main()
 }

@@ -6,17 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
 use nrvna_sandbox::{LogLevel, LogSink, RunContext, SandboxError};
 
 use crate::daemon::{DaemonConfig, InProcessDaemon, agent_runtime};
+use crate::exit;
 use crate::grant_args::{GrantArgs, default_cache_dir};
-
-/// Exit codes of `nrvna exec` (documented in its `--help` and docs/sandbox.md).
-pub const EXIT_COMPONENT_ERROR: u8 = 1;
-pub const EXIT_LIMIT: u8 = 3;
-pub const EXIT_CRASH: u8 = 4;
 
 const AFTER_HELP: &str = "\
 The component's result goes to stdout; its log (the log interface, its stdout and
@@ -27,6 +23,8 @@ Examples:
       jobs go to the daemon serving ./ws (start one with: nrvnad MODEL ./ws)
   nrvna exec refine.wasm --model smollm2 -- \"Write a haiku\"
       no daemon needed: loads the model in this process, on a temporary workspace
+  nrvna exec refine.wasm -- --help
+      the component's own usage: needs no --ws or --model (it may submit no job)
   nrvna exec batch.wasm --ws ./ws --dir ./data:/data:ro -- --file /data/q.txt
   nrvna exec route.wasm --ws ./ws --route code=./ws-code --agent refine=./refine.wasm
   nrvna exec agent.wasm --ws ./ws --timeout 30s --memory 64M --max-jobs 20
@@ -42,20 +40,26 @@ Grants (nothing is granted unless given; repeatable):
 {LIMITS}SIZE is a number with K, M or G; DURATION is seconds or a number with ms, s, m, h.
 Jobs, in-flight, prompt and depth limits are errors the component sees (quota or
 invalid) and can handle; memory, CPU, time and host-call bytes stop the run.
-Jobs the run leaves queued or running are cancelled when it ends (--keep-jobs keeps
-them). Compiled components are cached in --cache-dir (default ~/.cache/nrvna/wasm).
+Jobs the run leaves queued or running are cancelled when it ends, also when SIGINT
+(Ctrl-C) or SIGTERM stops it (--keep-jobs keeps them). Compiled components are cached
+in --cache-dir (default ~/.cache/nrvna/wasm).
 
-Exit codes:
-  0  the component returned ok; its result is on stdout
-  1  the component returned an error (on stderr), or it could not be run
-  2  usage error
-  3  the run was stopped by a limit (the message names it and its flag)
-  4  the component crashed (panic, unreachable, stack overflow, bad memory access)";
+On exit 0 the component's result is on stdout; on exit 1 its error is on stderr.";
 
 /// `nrvna exec --help`'s closing text, with the limits table made from the sandbox's own
 /// defaults.
 pub fn after_help() -> String {
-    AFTER_HELP.replace("{LIMITS}", &crate::grant_args::limits_help())
+    let help = AFTER_HELP.replace("{LIMITS}", &crate::grant_args::limits_help());
+    let codes = [
+        exit::OK,
+        exit::FAILED,
+        exit::USAGE,
+        exit::LIMIT,
+        exit::CRASH,
+        exit::INTERRUPTED,
+        exit::TERMINATED,
+    ];
+    format!("{help}\n\n{}", exit::help(&codes))
 }
 
 #[derive(clap::Args, Debug)]
@@ -107,7 +111,12 @@ fn parse_level(s: &str) -> Result<LogLevel, String> {
 }
 
 pub fn run(args: ExecArgs) -> Result<ExitCode> {
-    let grants = args.grants.to_grants()?;
+    let mut grants = args.grants.to_grants()?;
+    if only_asks_for_help(&args) {
+        // It runs on a temporary workspace no daemon serves: a job would wait forever,
+        // so a component that submits one gets a quota error instead.
+        grants.limits.max_jobs = 0;
+    }
     // Load first: a bad component fails before any model is loaded.
     let cache_dir = if args.no_cache {
         None
@@ -132,11 +141,85 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = tokio.block_on(runtime.run(&agent, args.args.clone(), ctx));
+    let ended = tokio.block_on(async {
+        // Listening before the run starts, so no signal finds the default handler (which
+        // would end the process with the run's jobs still queued).
+        let mut stop_signals = StopSignals::listen()?;
+        let run = runtime.run(&agent, args.args.clone(), ctx);
+        // A signal drops the run's future, which ends the run as a limit does: its
+        // unfinished jobs are cancelled unless --keep-jobs.
+        anyhow::Ok(tokio::select! {
+            result = run => RunEnded::Finished(result),
+            signal = stop_signals.next() => RunEnded::Signalled(signal),
+        })
+    })?;
     if let Some(daemon) = daemon {
         daemon.stop();
     }
-    Ok(report(result))
+    Ok(match ended {
+        RunEnded::Finished(result) => report(result),
+        RunEnded::Signalled(signal) => {
+            let kept = if args.keep_jobs {
+                "its jobs are kept (--keep-jobs)"
+            } else {
+                "its unfinished jobs are cancelled"
+            };
+            eprintln!("nrvna exec: stopped by {}; {kept}", signal.name());
+            ExitCode::from(signal.exit_code())
+        }
+    })
+}
+
+/// How the run ended: by itself (returned, or stopped by a limit or a crash), or by a signal.
+enum RunEnded {
+    Finished(Result<nrvna_sandbox::RunOutcome, SandboxError>),
+    Signalled(StopSignal),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum StopSignal {
+    Interrupt,
+    Terminate,
+}
+
+impl StopSignal {
+    fn name(self) -> &'static str {
+        match self {
+            StopSignal::Interrupt => "SIGINT",
+            StopSignal::Terminate => "SIGTERM",
+        }
+    }
+
+    fn exit_code(self) -> u8 {
+        match self {
+            StopSignal::Interrupt => exit::INTERRUPTED,
+            StopSignal::Terminate => exit::TERMINATED,
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, caught for the duration of a run.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind| signal(kind).context("cannot install signal handlers");
+        Ok(StopSignals {
+            interrupt: listen(SignalKind::interrupt())?,
+            terminate: listen(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) -> StopSignal {
+        tokio::select! {
+            _ = self.interrupt.recv() => StopSignal::Interrupt,
+            _ = self.terminate.recv() => StopSignal::Terminate,
+        }
+    }
 }
 
 /// Prints the result and picks the exit code.
@@ -153,20 +236,20 @@ fn report(result: Result<nrvna_sandbox::RunOutcome, SandboxError>) -> ExitCode {
             }
             Err(text) => {
                 eprintln!("nrvna exec: the component returned an error: {text}");
-                ExitCode::from(EXIT_COMPONENT_ERROR)
+                ExitCode::from(exit::FAILED)
             }
         },
         Err(e @ SandboxError::Limit(_)) => {
             eprintln!("nrvna exec: {e}");
-            ExitCode::from(EXIT_LIMIT)
+            ExitCode::from(exit::LIMIT)
         }
         Err(e @ SandboxError::Trap(_)) => {
             eprintln!("nrvna exec: {e}");
-            ExitCode::from(EXIT_CRASH)
+            ExitCode::from(exit::CRASH)
         }
         Err(e) => {
             eprintln!("nrvna exec: error: {e}");
-            ExitCode::from(EXIT_COMPONENT_ERROR)
+            ExitCode::from(exit::FAILED)
         }
     }
 }
@@ -177,10 +260,16 @@ fn workspace_and_daemon(
     args: &ExecArgs,
 ) -> Result<(PathBuf, Option<tempfile::TempDir>, Option<InProcessDaemon>)> {
     match (&args.ws, &args.model) {
-        (None, None) => bail!(
+        (None, None) if only_asks_for_help(args) => {
+            let (ws, temp) = temporary_workspace()?;
+            Ok((ws, Some(temp), None))
+        }
+        (None, None) => Err(exit::UsageError(
             "give --ws WS (a workspace a daemon serves) or --model MODEL (runs a daemon in \
              this process); see nrvna exec --help"
-        ),
+                .into(),
+        )
+        .into()),
         (Some(ws), model) => {
             let status = probe(ws).unwrap_or(DaemonStatus::NotRunning);
             match (status, model) {
@@ -208,11 +297,7 @@ fn workspace_and_daemon(
             }
         }
         (None, Some(model)) => {
-            let temp = tempfile::Builder::new()
-                .prefix("nrvna-exec-")
-                .tempdir()
-                .context("cannot create a temporary workspace")?;
-            let ws = temp.path().join("ws");
+            let (ws, temp) = temporary_workspace()?;
             eprintln!(
                 "nrvna exec: using a temporary workspace, removed at exit (--ws keeps jobs and kv)"
             );
@@ -220,6 +305,23 @@ fn workspace_and_daemon(
             Ok((ws, Some(temp), Some(daemon)))
         }
     }
+}
+
+/// A workspace path inside a new temporary directory, removed when the directory is.
+fn temporary_workspace() -> Result<(PathBuf, tempfile::TempDir)> {
+    let temp = tempfile::Builder::new()
+        .prefix("nrvna-exec-")
+        .tempdir()
+        .context("cannot create a temporary workspace")?;
+    Ok((temp.path().join("ws"), temp))
+}
+
+/// `nrvna exec X.wasm -- --help` with no `--ws` or `--model`: printing its usage needs
+/// no workspace a daemon serves.
+fn only_asks_for_help(args: &ExecArgs) -> bool {
+    args.ws.is_none()
+        && args.model.is_none()
+        && args.args.iter().any(|arg| arg == "--help" || arg == "-h")
 }
 
 /// Starts a daemon for `ws` in this process, as `nrvnad MODEL WS WORKERS` would (the same

@@ -5,28 +5,24 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
-use nrvna_queue::watch::{wait_terminal, wait_until};
+use nrvna_queue::watch::wait_until;
 use nrvna_queue::{ArtifactKind, JobId, JobOutcome, Meta, PROMPT_FILE, State, Workspace};
+use nrvna_sandbox::parse_duration;
 
 use crate::cli::{VersionFlag, init_logging, parse_args};
-
-/// Exit codes, documented in `--help` and docs/cli.md.
-pub mod exit {
-    pub const DONE: u8 = 0;
-    pub const FAILED: u8 = 1;
-    pub const NOT_READY: u8 = 2;
-    pub const NO_SUCH_JOB: u8 = 3;
-    pub const BAD_INPUT: u8 = 4;
-    pub const USAGE: u8 = 64;
-}
+use crate::exit;
+use crate::status::WorkspaceStatus;
+use crate::waiting::{TokenRate, Waiting, counts_line};
 
 const AFTER_HELP: &str = "\
 With an ID, flw waits for the job to end and prints its result to stdout exactly as
-generated (an embedding job prints embedding.json). A failed job prints its error on
-stderr. Without an ID it shows counts and recent jobs.
+generated (an embedding job prints embedding.json; on a terminal a final newline is
+added). A failed job prints its error on stderr. Without an ID it shows counts and
+recent jobs. A wait warns at once when no daemon serves the workspace; on a terminal
+it shows a live status line on stderr (never in a pipe, never with --json).
 
 Examples:
   flw ./ws                                  counts and the 5 most recent jobs
@@ -36,13 +32,7 @@ Examples:
   flw ./ws --tag batch1 -W                  barrier: wait for every job tagged batch1
   flw ./ws --children \"$parent\" --json      the children of a job, as NDJSON
 
-Exit codes:
-  0   done
-  1   failed or cancelled (for sets: at least one job of the set failed)
-  2   not ready: still queued or running (--no-wait), or --timeout passed
-  3   no such job in this workspace
-  4   bad input: invalid id, or not a workspace
-  64  usage error";
+For a set (--tag, --children), 1 means at least one job of the set failed.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,7 +40,10 @@ Exit codes:
     version,
     disable_version_flag = true,
     about = "Follow nrvna jobs: print a job's result, or a workspace's status",
-    after_help = AFTER_HELP
+    after_help = format!(
+        "{AFTER_HELP}\n\n{}",
+        exit::help(&[exit::OK, exit::FAILED, exit::USAGE, exit::NOT_READY, exit::NOT_FOUND])
+    )
 )]
 struct Args {
     #[command(flatten)]
@@ -62,12 +55,12 @@ struct Args {
     /// Wait for the job to end (the default; kept for older scripts)
     #[arg(short = 'w', long)]
     wait: bool,
-    /// Answer at once: exit 2 if the job is still queued or running
+    /// Answer at once: exit 3 if the job is still queued or running
     #[arg(long, conflicts_with = "wait")]
     no_wait: bool,
-    /// Give up waiting after this many seconds (exit 2)
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
+    /// Give up waiting after this long (exit 3): seconds, or a number with ms, s, m or h
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
     /// Wait until nothing is queued or running (in the selected set, with --tag/--children)
     #[arg(short = 'W', long, conflicts_with = "id")]
     wait_idle: bool,
@@ -87,26 +80,18 @@ pub fn main() -> ExitCode {
     let args: Args = parse_args(exit::USAGE);
     match run(args) {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("flw: error: {}", crate::cli::error_chain(&e));
-            ExitCode::from(exit::BAD_INPUT)
-        }
+        Err(e) => exit::report("flw", &e),
     }
 }
 
 fn run(args: Args) -> Result<u8> {
     let ws = Workspace::open(&args.workspace)?;
-    let timeout = match args.timeout {
-        Some(t) if !(0.0..=1e7).contains(&t) || t.is_nan() => {
-            bail!("--timeout must be between 0 and 10000000 seconds, got {t}")
-        }
-        t => t.map(Duration::from_secs_f64),
-    };
+    let timeout = args.timeout;
     if args.tag.is_some() || args.children.is_some() {
         return set(&ws, &args, timeout);
     }
     if args.wait_idle {
-        return wait_idle(&ws, timeout);
+        return wait_idle(&ws, timeout, live_status(&args));
     }
     let id = match (&args.id, args.wait) {
         (Some(id), _) => Some(id.clone()),
@@ -122,10 +107,18 @@ fn run(args: Args) -> Result<u8> {
     }
 }
 
+/// Whether a wait shows its live status line: for a person at a terminal, not a program.
+fn live_status(args: &Args) -> bool {
+    !args.json && std::io::stderr().is_terminal()
+}
+
 fn id_from_stdin() -> Result<String> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        bail!("-w without an ID reads the id from stdin, but stdin is a terminal");
+        return Err(exit::UsageError(
+            "-w without an ID reads the id from stdin, but stdin is a terminal".into(),
+        )
+        .into());
     }
     let mut line = String::new();
     stdin
@@ -135,20 +128,44 @@ fn id_from_stdin() -> Result<String> {
     Ok(line.trim().to_owned())
 }
 
+/// Waits until `id` ends (or `timeout` passes); returns its last state (`None`: no such
+/// job).
+fn wait_for_job(
+    ws: &Workspace,
+    id: &JobId,
+    timeout: Option<Duration>,
+    live: bool,
+) -> Result<Option<State>> {
+    let mut waiting = Waiting::new("flw", live);
+    let mut last = None;
+    wait_until(ws, timeout, |ws| {
+        last = ws.state_of(id)?;
+        match last {
+            Some(state) if !state.is_terminal() => {
+                waiting.not_yet(ws, format!("{id}  {}", state.name()));
+                Ok(false)
+            }
+            _ => Ok(true),
+        }
+    })?;
+    waiting.end(None);
+    Ok(last)
+}
+
 fn result(ws: &Workspace, id: &JobId, args: &Args, timeout: Option<Duration>) -> Result<u8> {
     let state = if args.no_wait {
         ws.state_of(id)?
     } else {
-        wait_terminal(ws, id, timeout)?
+        wait_for_job(ws, id, timeout, live_status(args))?
     };
     let Some(state) = state else {
         eprintln!("flw: no job {id} in {}", ws.root().display());
-        return Ok(exit::NO_SUCH_JOB);
+        return Ok(exit::NOT_FOUND);
     };
     if args.json {
         println!("{}", job_json(ws, id, state));
         return Ok(match state {
-            State::Done => exit::DONE,
+            State::Done => exit::OK,
             State::Failed => exit::FAILED,
             _ => exit::NOT_READY,
         });
@@ -157,8 +174,12 @@ fn result(ws: &Workspace, id: &JobId, args: &Args, timeout: Option<Duration>) ->
         Some(JobOutcome::Done(artifact)) => {
             let mut out = std::io::stdout().lock();
             out.write_all(&artifact.bytes)?;
+            // The shell's prompt must not run into the result; a pipe gets it byte-exact.
+            if out.is_terminal() && !artifact.bytes.ends_with(b"\n") {
+                out.write_all(b"\n")?;
+            }
             out.flush()?;
-            Ok(exit::DONE)
+            Ok(exit::OK)
         }
         Some(JobOutcome::Cancelled) => {
             eprintln!("flw: job {id} was cancelled");
@@ -228,6 +249,10 @@ fn job_json(ws: &Workspace, id: &JobId, state: State) -> serde_json::Value {
 }
 
 fn overview(ws: &Workspace, json: bool) -> Result<u8> {
+    if json {
+        println!("{}", WorkspaceStatus::read(ws)?.to_json()?);
+        return Ok(exit::OK);
+    }
     let counts = ws.counts()?;
     let daemon = match probe(ws.root())? {
         DaemonStatus::NotRunning => "not running".to_owned(),
@@ -237,12 +262,6 @@ fn overview(ws: &Workspace, json: bool) -> Result<u8> {
             None => "ready".to_owned(),
         },
     };
-    if json {
-        let mut v = serde_json::to_value(counts)?;
-        v["daemon"] = daemon.into();
-        println!("{v}");
-        return Ok(exit::DONE);
-    }
     println!("workspace  {}  (daemon {daemon})", ws.root().display());
     println!(
         "queued {}  running {}  done {}  failed {}",
@@ -266,15 +285,31 @@ fn overview(ws: &Workspace, json: bool) -> Result<u8> {
         let prompt: String = prompt.chars().take(50).collect();
         println!("  {id}  {:<8} {secs}  {prompt}", state.name());
     }
-    Ok(exit::DONE)
+    Ok(exit::OK)
 }
 
-fn wait_idle(ws: &Workspace, timeout: Option<Duration>) -> Result<u8> {
+fn wait_idle(ws: &Workspace, timeout: Option<Duration>, live: bool) -> Result<u8> {
     let failed_before = ws.counts()?.failed;
+    let mut waiting = Waiting::new("flw", live);
+    let mut rate = TokenRate::default();
+    let mut line = String::new();
     let idle = wait_until(ws, timeout, |ws| {
-        let c = ws.counts()?;
-        Ok(c.queued == 0 && c.running == 0)
+        let jobs = ws.all_jobs()?;
+        rate.observe(ws, jobs.iter().map(|(id, state)| (id, *state)));
+        line = format!(
+            "{}{}",
+            counts_line(jobs.iter().map(|(_, s)| s)),
+            rate.shown()
+        );
+        let busy = jobs
+            .iter()
+            .any(|(_, s)| matches!(s, State::Queued | State::Running));
+        if busy {
+            waiting.not_yet(ws, line.clone());
+        }
+        Ok(!busy)
     })?;
+    waiting.end(Some(line));
     if !idle {
         eprintln!("flw: still busy after the timeout");
         return Ok(exit::NOT_READY);
@@ -287,7 +322,7 @@ fn wait_idle(ws: &Workspace, timeout: Option<Duration>) -> Result<u8> {
         );
         return Ok(exit::FAILED);
     }
-    Ok(exit::DONE)
+    Ok(exit::OK)
 }
 
 /// Jobs selected by tag or parent, with their states.
@@ -313,10 +348,36 @@ fn select(ws: &Workspace, args: &Args) -> nrvna_queue::Result<Vec<(JobId, State,
 }
 
 fn set(ws: &Workspace, args: &Args, timeout: Option<Duration>) -> Result<u8> {
+    if select(ws, args)?.is_empty() {
+        // Nothing to list or wait for: most likely a mistyped tag, id or workspace.
+        let what = match (&args.tag, &args.children) {
+            (Some(tag), _) => format!("tagged {tag}"),
+            (None, Some(parent)) => format!("has parent {parent}"),
+            (None, None) => "is selected".to_owned(),
+        };
+        eprintln!("flw: no job {what} in {}", ws.root().display());
+        return Ok(exit::NOT_FOUND);
+    }
     if args.wait_idle {
+        let mut waiting = Waiting::new("flw", live_status(args));
+        let mut rate = TokenRate::default();
+        let mut line = String::new();
         let idle = wait_until(ws, timeout, |ws| {
-            Ok(select(ws, args)?.iter().all(|(_, s, _)| s.is_terminal()))
+            let jobs = select(ws, args)?;
+            rate.observe(ws, jobs.iter().map(|(id, state, _)| (id, *state)));
+            line = format!(
+                "{} jobs: {}{}",
+                jobs.len(),
+                counts_line(jobs.iter().map(|(_, s, _)| s)),
+                rate.shown()
+            );
+            let ended = jobs.iter().all(|(_, s, _)| s.is_terminal());
+            if !ended {
+                waiting.not_yet(ws, line.clone());
+            }
+            Ok(ended)
         })?;
+        waiting.end(Some(line));
         if !idle {
             eprintln!("flw: the set is still busy after the timeout");
             return Ok(exit::NOT_READY);
@@ -336,5 +397,5 @@ fn set(ws: &Workspace, args: &Args, timeout: Option<Duration>) -> Result<u8> {
             writeln!(out, "{id}")?;
         }
     }
-    Ok(if any_failed { exit::FAILED } else { exit::DONE })
+    Ok(if any_failed { exit::FAILED } else { exit::OK })
 }

@@ -1,9 +1,10 @@
 //! One module per program: `nrvnad`, `wrk`, `flw`, `nrvna` (with `nrvna exec`, the agent
-//! runner, and its benchmark).
+//! runner, `nrvna ps`, and its benchmark).
 
 pub mod bench;
 pub mod exec;
 pub mod flw;
 pub mod nrvna;
 pub mod nrvnad;
+pub mod ps;
 pub mod wrk;

@@ -8,15 +8,20 @@ use clap::{Parser, Subcommand};
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
 use nrvna_queue::{CancelOutcome, JobId, Workspace};
 
-use crate::cli::{VersionFlag, init_logging, parse_args, report};
+use crate::cli::{VersionFlag, init_logging, parse_args};
+use crate::exit;
+use crate::status::WorkspaceStatus;
 
 const AFTER_HELP: &str = "\
 The everyday programs are separate binaries with the predecessor's contract:
   nrvnad MODEL WS [WORKERS]   the daemon (nrvnad --help)
   wrk WS PROMPT...            submit a job, print its id (wrk --help)
   flw WS [ID]                 wait for and print a result (flw --help)
+  nrvna ps WS                 the running and queued jobs (nrvna ps --help)
 
-Agents are WebAssembly components run in a sandbox: nrvna exec --help.";
+Agents are WebAssembly components run in a sandbox: nrvna exec --help.
+
+`nrvna status` exits 0 when the daemon is ready, 3 while it starts, 5 when none runs.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,7 +29,7 @@ Agents are WebAssembly components run in a sandbox: nrvna exec --help.";
     version,
     disable_version_flag = true,
     about = "nrvna: durable, filesystem-queued local LLM inference",
-    after_help = AFTER_HELP
+    after_help = format!("{AFTER_HELP}\n\n{}", exit::help(&exit::ALL))
 )]
 struct Args {
     #[command(flatten)]
@@ -42,11 +47,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The running and queued jobs: id, state, age, tokens, tokens/s, prompt
+    #[command(after_help = super::ps::AFTER_HELP)]
+    Ps(super::ps::PsArgs),
     /// Run an agent component (.wasm) in the sandbox; its jobs go to a workspace
     #[command(after_help = super::exec::after_help())]
     Exec(Box<super::exec::ExecArgs>),
     /// Cancel a job: a queued one at once, a running one at its daemon's next step
-    #[command(after_help = CANCEL_HELP)]
+    #[command(after_help = format!(
+        "{CANCEL_HELP}\n\n{}",
+        exit::help(&[exit::OK, exit::FAILED, exit::USAGE, exit::NOT_FOUND, exit::ALREADY_ENDED])
+    ))]
     Cancel {
         workspace: PathBuf,
         /// The job id (as wrk printed it)
@@ -72,16 +83,15 @@ Examples:
   nrvna bench --only queue --queue-jobs 20000";
 
 const CANCEL_HELP: &str = "\
-Exit codes: 0 cancelled (it was queued) or cancel requested (it is running; its daemon
-stops it and it ends in failed/ with status cancelled); 1 error (not a workspace, bad
-id); 3 the job had already ended; 4 no such job.";
+A queued job is cancelled at once; for a running one the cancel is requested, and its
+daemon stops it. Either way it ends in failed/ with status cancelled.";
 
 pub fn main() -> ExitCode {
     init_logging("warn");
-    let args: Args = parse_args(2);
+    let args: Args = parse_args(exit::USAGE);
     match run(args) {
         Ok(code) => code,
-        Err(e) => report("nrvna", &e, 1),
+        Err(e) => exit::report("nrvna", &e),
     }
 }
 
@@ -89,6 +99,7 @@ fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Exec(args) => super::exec::run(*args),
         Command::Cancel { workspace, id } => cancel(&workspace, &id),
+        Command::Ps(args) => super::ps::run(&args),
         Command::Bench(args) => {
             print!("{}", super::bench::run(args)?);
             Ok(ExitCode::SUCCESS)
@@ -98,32 +109,22 @@ fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { workspace, json } => {
-            let ws = Workspace::open(&workspace)?;
-            let counts = ws.counts()?;
-            let daemon = probe(ws.root())?;
-            let (name, pid, workers) = match &daemon {
-                DaemonStatus::NotRunning => ("not running", None, None),
-                DaemonStatus::Starting { pid } => ("starting", *pid, None),
-                DaemonStatus::Ready { pid, info } => {
-                    ("ready", *pid, info.as_ref().map(|i| i.workers))
-                }
-            };
+            let status = WorkspaceStatus::read(&Workspace::open(&workspace)?)?;
             if json {
-                let v = serde_json::json!({
-                    "daemon": name, "pid": pid, "workers": workers,
-                    "queued": counts.queued, "running": counts.running,
-                    "done": counts.done, "failed": counts.failed,
-                });
-                println!("{v}");
+                println!("{}", status.to_json()?);
             } else {
-                let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-                println!("daemon   {name}{pid}");
+                let pid = status
+                    .pid
+                    .map(|p| format!(" (pid {p})"))
+                    .unwrap_or_default();
+                println!("daemon   {}{pid}", status.daemon);
+                let counts = status.counts;
                 println!(
                     "jobs     queued {}  running {}  done {}  failed {}",
                     counts.queued, counts.running, counts.done, counts.failed
                 );
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitCode::from(exit::of_daemon(&status.probed)))
         }
     }
 }
@@ -148,11 +149,11 @@ fn cancel(workspace: &std::path::Path, id: &str) -> Result<ExitCode> {
         }
         CancelOutcome::AlreadyEnded(state) => {
             eprintln!("nrvna cancel: {id} has already ended ({})", state.name());
-            Ok(ExitCode::from(3))
+            Ok(ExitCode::from(exit::ALREADY_ENDED))
         }
         CancelOutcome::NotFound => {
             eprintln!("nrvna cancel: no job {id} in {}", ws.root().display());
-            Ok(ExitCode::from(4))
+            Ok(ExitCode::from(exit::NOT_FOUND))
         }
     }
 }

@@ -4,16 +4,29 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
-use nrvna_engine::check_model_file;
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
+use nrvna_sandbox::parse_duration;
 
-use crate::cli::{VersionFlag, init_logging, parse_from, report};
+use crate::cli::{VersionFlag, init_logging, parse_from};
 use crate::daemon::{self, AgentSettings, Banner, DaemonConfig, Ended, SignalCounter};
-use crate::grant_args::{GrantArgs, default_cache_dir};
+use crate::exit;
+use crate::grant_args::{GrantArgs, default_cache_dir, show_time};
 
 const AFTER_HELP: &str = "\
+Other commands:
+  nrvnad status WORKSPACE [--json]
+      Is a daemon running on WORKSPACE? Prints `ready (pid P, model M, workers N)`,
+      `starting (pid P)` or `not running`; --json prints one object
+      {\"running\",\"ready\",\"pid\",\"model\",\"workers\",\"started_at\"}.
+  nrvnad stop WORKSPACE [--timeout SECS]
+      Stops WORKSPACE's daemon: SIGTERM, then after --timeout seconds (20; 1-3600) a
+      second SIGTERM that requeues its running jobs, then SIGKILL. Prints `stopped`
+      once the process has exited.
+  nrvnad help
+      This help (so does nrvnad with no arguments).
+
 Examples:
   nrvnad ~/.cache/nrvna/models/SmolLM2-135M-Instruct.Q4_1.gguf ./ws 4 &
   nrvnad smollm2 ./ws --drain          work through the queue, then exit
@@ -22,8 +35,9 @@ Examples:
   nrvnad status ./ws                   ready / starting / not running
   nrvnad stop ./ws                     graceful stop, forced after --timeout
 
-Exit codes: 0 stopped cleanly or drained with no failures; 1 error, or --drain saw
-failed jobs; status: 0 ready, 2 starting, 1 not running.
+nrvnad exits 0 when stopped (by a signal, or `nrvnad stop`) or drained with no failed
+job, 1 on an error or when --drain saw failed jobs. `nrvnad status` exits 0 ready,
+3 starting, 5 not running; `nrvnad stop` 0 once stopped or when none was running.
 
 Signals: SIGINT/SIGTERM stop claiming jobs, let running ones finish for --grace
 seconds, then requeue them; a second signal requeues at once.";
@@ -38,7 +52,13 @@ seconds, then requeue them; a second signal requeues at once.";
         Jobs submitted with `wrk` are picked up within milliseconds (file-system \
         notifications), decoded together with continuous batching (one slot per worker), \
         and moved to output/ or failed/. One daemon per workspace.",
-    after_help = format!("{AFTER_HELP}\n\n{}", daemon::config::env_help())
+    after_help = format!(
+        "{AFTER_HELP}\n\n{}\n{}",
+        exit::help(&[exit::OK, exit::FAILED, exit::USAGE, exit::NOT_READY, exit::NO_DAEMON]),
+        daemon::config::env_help()
+    ),
+    // `-w -1` is an out-of-range number (named with the range), not a flag.
+    allow_negative_numbers = true
 )]
 struct Args {
     #[command(flatten)]
@@ -47,9 +67,9 @@ struct Args {
     model: String,
     /// Workspace directory (created if missing)
     workspace: PathBuf,
-    /// Jobs decoded together (same as -w)
-    #[arg(value_name = "WORKERS")]
-    workers_pos: Option<usize>,
+    /// Jobs decoded together, 1-64 (same as -w)
+    #[arg(value_name = "WORKERS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers_pos: Option<u16>,
     /// Jobs decoded together, 1-64 [default: NRVNA_WORKERS or 4]
     #[arg(short = 'w', long, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: Option<u16>,
@@ -59,15 +79,16 @@ struct Args {
     /// the chat model, mean-pooled]
     #[arg(long, value_name = "FILE")]
     embed_model: Option<String>,
-    /// Multimodal projector for vision models (accepted; vision is not implemented yet)
+    /// Multimodal projector for vision models. Refused for now: vision is not supported
+    /// yet
     #[arg(long, value_name = "FILE")]
     mmproj: Option<PathBuf>,
     /// Work until no job is queued or running, then exit (1 if any job failed)
     #[arg(long)]
     drain: bool,
     /// Seconds running jobs may finish after SIGINT/SIGTERM before being requeued
-    #[arg(long, default_value_t = 15, value_name = "SECS")]
-    grace: u64,
+    #[arg(long, default_value_t = 15, value_name = "SECS", value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    grace: u32,
     /// Agent jobs run at once (more wait their turn)
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     agent_jobs: u16,
@@ -83,6 +104,7 @@ struct Args {
     about = "Is a daemon running on this workspace?"
 )]
 struct StatusArgs {
+    /// Workspace directory
     workspace: PathBuf,
     /// One JSON object: {"running","ready","pid","model","workers","started_at"}
     #[arg(long)]
@@ -92,13 +114,15 @@ struct StatusArgs {
 #[derive(Parser, Debug)]
 #[command(
     name = "nrvnad stop",
+    allow_negative_numbers = true,
     about = "Stop the workspace's daemon: SIGTERM, then a second SIGTERM after --timeout, then SIGKILL"
 )]
 struct StopArgs {
+    /// Workspace directory
     workspace: PathBuf,
-    /// Seconds to wait for a graceful stop
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    timeout: u64,
+    /// How long to wait for a graceful stop: seconds, or a number with ms, s, m or h
+    #[arg(long, default_value = "20s", value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Duration,
 }
 
 pub fn main() -> ExitCode {
@@ -109,25 +133,34 @@ pub fn main() -> ExitCode {
         .get(1)
         .is_some_and(|a| std::path::Path::new(a).exists());
     let result = match sub {
-        "" => {
-            // Like the predecessor: no arguments prints help and succeeds.
-            let _ = <Args as clap::CommandFactory>::command().print_help();
+        // Like the predecessor: no arguments prints help and succeeds; so does `help`.
+        "" | "help" if !is_file => {
+            let _ = <Args as clap::CommandFactory>::command().print_long_help();
             return ExitCode::SUCCESS;
         }
-        "status" if !is_file => status(parse_from(argv[1..].iter().cloned(), 1)),
-        "stop" if !is_file => stop(parse_from(argv[1..].iter().cloned(), 1)),
-        _ => serve(parse_from(argv, 1)),
+        "status" if !is_file => status(parse_from(argv[1..].iter().cloned(), exit::USAGE)),
+        "stop" if !is_file => stop(parse_from(argv[1..].iter().cloned(), exit::USAGE)),
+        _ => serve(parse_from(argv, exit::USAGE)),
     };
-    result.unwrap_or_else(|e| report("nrvnad", &e, 1))
+    result.unwrap_or_else(|e| exit::report("nrvnad", &e))
 }
 
 fn serve(args: Args) -> Result<ExitCode> {
     let workers = match (args.workers, args.workers_pos) {
-        (Some(w), _) => Some(w as usize),
-        (None, Some(w)) if (1..=64).contains(&w) => Some(w),
-        (None, Some(w)) => bail!("WORKERS must be between 1 and 64, got {w}"),
+        (Some(flag), Some(pos)) => {
+            let reason =
+                format!("WORKERS {pos} and -w {flag} both given: give the worker count once");
+            return Err(exit::UsageError(reason).into());
+        }
+        (Some(w), None) | (None, Some(w)) => Some(usize::from(w)),
         (None, None) => None,
     };
+    if args.mmproj.is_some() {
+        bail!(
+            "--mmproj: vision is not supported yet, so a projector would never be used; \
+             start nrvnad without --mmproj"
+        );
+    }
     // Checks that need nothing loaded come first, so bad input fails fast.
     let mut config = DaemonConfig::new(
         args.workspace,
@@ -135,15 +168,8 @@ fn serve(args: Args) -> Result<ExitCode> {
         workers,
         args.embed_model.as_deref(),
     )?;
-    if let Some(mmproj) = &args.mmproj {
-        check_model_file(mmproj).context("--mmproj")?;
-        tracing::warn!(
-            "--mmproj {} accepted, but vision is not implemented yet",
-            mmproj.display()
-        );
-    }
     config.drain = args.drain;
-    config.grace = Duration::from_secs(args.grace);
+    config.grace = Duration::from_secs(args.grace.into());
     config.agents = Some(AgentSettings {
         grants: args.grants.to_grants()?,
         max_running: args.agent_jobs as usize,
@@ -158,7 +184,7 @@ fn serve(args: Args) -> Result<ExitCode> {
         }
         Ended::DrainedWithFailures(n) => {
             eprintln!("nrvnad: drained; {n} job(s) failed");
-            Ok(ExitCode::from(1))
+            Ok(ExitCode::from(exit::FAILED))
         }
     }
 }
@@ -195,11 +221,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
             },
         }
     }
-    Ok(ExitCode::from(match st {
-        DaemonStatus::Ready { .. } => 0,
-        DaemonStatus::Starting { .. } => 2,
-        DaemonStatus::NotRunning => 1,
-    }))
+    Ok(ExitCode::from(exit::of_daemon(&st)))
 }
 
 fn show(pid: Option<u32>) -> String {
@@ -231,7 +253,8 @@ fn stop(args: StopArgs) -> Result<ExitCode> {
     let stopped = |within: Duration| -> Result<bool> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if probe(&args.workspace)? == DaemonStatus::NotRunning {
+            // The lock goes before the process does: wait for both.
+            if probe(&args.workspace)? == DaemonStatus::NotRunning && process_gone(pid) {
                 return Ok(true);
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -239,13 +262,13 @@ fn stop(args: StopArgs) -> Result<ExitCode> {
         Ok(false)
     };
     let _ = kill_process(pid, Signal::TERM);
-    if stopped(Duration::from_secs(args.timeout))? {
+    if stopped(args.timeout)? {
         println!("stopped");
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!(
-        "nrvnad stop: still running after {}s; requeueing its jobs",
-        args.timeout
+        "nrvnad stop: still running after {}; requeueing its jobs",
+        show_time(args.timeout)
     );
     let _ = kill_process(pid, Signal::TERM);
     if stopped(Duration::from_secs(3))? {
@@ -259,4 +282,17 @@ fn stop(args: StopArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     bail!("pid {} did not stop", pid.as_raw_nonzero())
+}
+
+/// Whether `pid` has exited: no `/proc` entry, or only a zombie left for its parent.
+fn process_gone(pid: rustix::process::Pid) -> bool {
+    let stat = match std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())) {
+        Ok(stat) => stat,
+        Err(_) => return true,
+    };
+    // The state follows the parenthesised command name, which may itself hold ") ".
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    matches!(state, Some('Z' | 'X'))
 }

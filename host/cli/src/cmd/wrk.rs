@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use nrvna_queue::{JobId, Mode, OutputFormat, Sampling, Submission, Workspace};
+use nrvna_queue::{JobId, Limits, Mode, OutputFormat, Sampling, Submission, Workspace};
 
-use crate::cli::{VersionFlag, init_logging, parse_args, report};
+use crate::cli::{VersionFlag, init_logging, parse_args};
+use crate::exit;
 use nrvna_queue::{AGENT_FILE, AgentJob, GRAMMAR_FILE, SCHEMA_FILE};
 
 /// Largest schema or grammar file accepted.
@@ -16,8 +17,11 @@ const MAX_SPEC_BYTES: u64 = 1 << 20;
 
 const AFTER_HELP: &str = "\
 The prompt is the words after WS joined by spaces; `-`, or no words with stdin piped,
-reads the whole of stdin (one trailing newline removed). Put `--` before prompt words
-that start with a dash. No daemon needs to be running: jobs wait in input/ready/.
+reads the whole of stdin (one trailing newline removed). Words with a file or pipe on
+stdin as well: the words, a blank line, then stdin (`wrk WS \"Summarise\" < notes.txt`);
+an empty stdin adds nothing. A loop that feeds its own stdin to other commands should
+give wrk `< /dev/null`. Put `--` before prompt words that start with a dash. No daemon
+needs to be running: jobs wait in input/ready/.
 
 Examples:
   id=$(wrk ./ws \"Explain inotify in one paragraph\")
@@ -27,8 +31,7 @@ Examples:
   wrk ./ws --embed \"text to embed\"
   wrk ./ws --agent refine.wasm -- --rounds 2 \"Write a haiku\"   (an agent job)
 
-Exit codes: 0 submitted (the id is on stdout); 1 bad input or I/O error (nothing is
-left in the workspace).";
+On any exit but 0 nothing is left in the workspace.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,7 +39,12 @@ left in the workspace).";
     version,
     disable_version_flag = true,
     about = "Submit a job to an nrvna workspace and print its id",
-    after_help = AFTER_HELP
+    after_help = format!(
+        "{AFTER_HELP}\n\n{}",
+        exit::help(&[exit::OK, exit::FAILED, exit::USAGE])
+    ),
+    // `--max-tokens -1` is an out-of-range number (named with the range), not a flag.
+    allow_negative_numbers = true
 )]
 struct Args {
     #[command(flatten)]
@@ -55,10 +63,10 @@ struct Args {
     #[arg(long, value_name = "T")]
     temp: Option<f32>,
     /// Sampling seed, for reproducible output
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32))]
     seed: Option<u32>,
-    /// Top-k sampling (0 = off)
-    #[arg(long, value_name = "K")]
+    /// Top-k sampling, 0 (off) to 100000
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(0..=100_000))]
     top_k: Option<u32>,
     /// Top-p sampling, in (0, 1]
     #[arg(long, value_name = "P")]
@@ -69,7 +77,8 @@ struct Args {
     /// Parent job id (lineage only; `flw --children`)
     #[arg(long, value_name = "ID")]
     parent: Option<String>,
-    /// Attach an image (jpg, jpeg, png, gif, webp; ≤50 MiB); repeatable
+    /// Attach an image (jpg, jpeg, png, gif, webp; ≤50 MiB); repeatable. Refused for
+    /// now: vision is not supported yet
     #[arg(short = 'i', long = "image", value_name = "FILE")]
     images: Vec<PathBuf>,
     /// Produce an embedding (embedding.json) instead of text
@@ -92,13 +101,13 @@ struct Args {
 
 pub fn main() -> ExitCode {
     init_logging("warn");
-    let args: Args = parse_args(1);
+    let args: Args = parse_args(exit::USAGE);
     match submit(args) {
         Ok(id) => {
             println!("{id}");
             ExitCode::SUCCESS
         }
-        Err(e) => report("wrk", &e, 1),
+        Err(e) => exit::report("wrk", &e),
     }
 }
 
@@ -138,7 +147,6 @@ fn submit(args: Args) -> Result<JobId> {
         files.push((GRAMMAR_FILE.to_owned(), grammar.into_bytes()));
         output_format = Some(OutputFormat::Grammar);
     }
-    let ws = workspace(&args.workspace)?;
     let sub = Submission {
         prompt,
         mode,
@@ -157,8 +165,17 @@ fn submit(args: Args) -> Result<JobId> {
         files,
         agent: AgentJob::default(),
     };
-    Ok(ws.submit(sub)?)
+    if !sub.images.is_empty() {
+        // Name a bad image file first; then refuse, as no daemon can run the job.
+        sub.validate(&Limits::default())?;
+        bail!("-i/--image: {VISION_UNSUPPORTED}");
+    }
+    submit_to(&args.workspace, sub)
 }
+
+/// Why image input is refused until a daemon can run it.
+const VISION_UNSUPPORTED: &str = "vision is not supported yet: nrvnad cannot run image jobs, \
+     so the job would only fail; submit the prompt without images";
 
 /// An agent job: the component travels inside the job directory (the daemon may run it
 /// long after the file has changed), its arguments in meta.json.
@@ -196,7 +213,6 @@ fn submit_agent(args: &Args, component: &Path) -> Result<JobId> {
     };
     nrvna_sandbox::check_name(&name).map_err(|e| anyhow::anyhow!("agent name {name:?}: {e}"))?;
     let parent = parent(args)?;
-    let ws = workspace(&args.workspace)?;
     let sub = Submission {
         prompt: args.prompt.join(" "),
         mode: Mode::Agent,
@@ -209,7 +225,7 @@ fn submit_agent(args: &Args, component: &Path) -> Result<JobId> {
         },
         ..Submission::default()
     };
-    Ok(ws.submit(sub)?)
+    submit_to(&args.workspace, sub)
 }
 
 fn parent(args: &Args) -> Result<Option<JobId>> {
@@ -220,20 +236,57 @@ fn parent(args: &Args) -> Result<Option<JobId>> {
         .context("--parent")
 }
 
-fn workspace(path: &Path) -> Result<Workspace> {
-    Workspace::create(path).with_context(|| format!("cannot create workspace {}", path.display()))
+/// Validates `sub` before the workspace is created, so bad input leaves no new directory.
+fn submit_to(path: &Path, sub: Submission) -> Result<JobId> {
+    sub.validate(&Limits::default())?;
+    let existed = Workspace::open(path).is_ok();
+    let ws = Workspace::create(path)
+        .with_context(|| format!("cannot create workspace {}", path.display()))?;
+    // Said on stderr (stdout is only the id): a mistyped path otherwise queues unseen.
+    if !existed {
+        eprintln!("wrk: created workspace {}", path.display());
+    }
+    Ok(ws.submit(sub)?)
 }
 
-/// Prompt words, or stdin for `-` (or no words with stdin not a terminal).
+/// Prompt words, or stdin for `-` (or no words with stdin not a terminal). Words with
+/// input piped or redirected to stdin as well: the words, a blank line, then the input
+/// (as `ollama run` does); an empty stdin (`/dev/null`, a closed pipe) adds nothing.
 fn read_prompt(words: &[String]) -> Result<String> {
     let stdin = std::io::stdin();
-    let from_stdin = words == ["-"] || (words.is_empty() && !stdin.is_terminal());
-    if !from_stdin {
-        return Ok(words.join(" "));
+    if words == ["-"] || (words.is_empty() && !stdin.is_terminal()) {
+        return read_stdin();
     }
+    let prompt = words.join(" ");
+    if words.is_empty() || !stdin_is_piped(&stdin) {
+        return Ok(prompt);
+    }
+    let piped = read_stdin()?;
+    if piped.is_empty() {
+        return Ok(prompt);
+    }
+    Ok(format!("{prompt}\n\n{piped}"))
+}
+
+/// Whether stdin is a file, pipe or socket: input someone gave on purpose. A terminal or
+/// another device (`/dev/null`) is not read, so scripts that leave stdin alone do not
+/// block on it.
+fn stdin_is_piped(stdin: &std::io::Stdin) -> bool {
+    use rustix::fs::FileType;
+    match rustix::fs::fstat(stdin) {
+        Ok(stat) => matches!(
+            FileType::from_raw_mode(stat.st_mode),
+            FileType::RegularFile | FileType::Fifo | FileType::Socket
+        ),
+        Err(_) => false,
+    }
+}
+
+/// The whole of stdin as UTF-8, one trailing newline removed.
+fn read_stdin() -> Result<String> {
     let limit = nrvna_queue::Limits::default().max_prompt_bytes;
     let mut bytes = Vec::new();
-    stdin
+    std::io::stdin()
         .lock()
         .take(limit + 1)
         .read_to_end(&mut bytes)

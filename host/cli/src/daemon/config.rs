@@ -158,7 +158,9 @@ pub fn env_help() -> String {
     out.push_str(
         "  NRVNA_MODELS_DIR    where a bare model name is looked up     ~/.cache/nrvna/models\n\
          \x20 NRVNA_EMBED_MODEL   embedding model (--embed-model wins)     the chat model, mean-pooled\n\
-         \x20 NRVNA_LOG           log filter (error, warn, info, debug)    info",
+         \x20 NRVNA_LOG           log filter (error, warn, info, debug)    info\n\
+         \x20 XDG_CACHE_HOME      compiled agents cached in its nrvna/wasm ~/.cache\n\
+         \x20 NO_COLOR            set: no colour (else only on a terminal) unset",
     );
     out
 }

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use nrvna_engine::{Backend, CancelFlag, EngineError, Request, RequestKind, Response};
+use nrvna_engine::{Backend, CancelFlag, EngineError, Finish, Request, RequestKind, Response};
 use nrvna_queue::{
     ClaimedJob, EMBEDDING_FILE, GRAMMAR_FILE, Mode, Outcome, OutputFormat, RESPONSE_FILE,
     RESULT_FILE, State, Workspace,
@@ -47,7 +47,7 @@ pub fn run_job(
             text,
             prompt_tokens,
             generated_tokens,
-            ..
+            finish,
         }) => {
             let outcome = |artifact: &str| Outcome {
                 artifacts: vec![(artifact.to_owned(), text.clone().into_bytes())],
@@ -59,7 +59,7 @@ pub fn run_job(
                 && let Err(e) = serde_json::from_str::<serde_json::Value>(&text)
             {
                 Err((
-                    format!("output is not valid JSON ({e}); the raw output is in {RESPONSE_FILE}"),
+                    json_failure(&e, finish, generated_tokens),
                     outcome(RESPONSE_FILE),
                 ))
             } else {
@@ -99,6 +99,19 @@ pub fn run_job(
     settle(ws, job, settled)
 }
 
+/// Why a JSON-schema job's output does not parse: cut off by the token limit (the
+/// grammar never got to close the JSON), or something else the parser names.
+fn json_failure(error: &serde_json::Error, finish: Finish, generated_tokens: u32) -> String {
+    if finish == Finish::TokenLimit {
+        format!(
+            "output is not valid JSON: stopped at the token limit ({generated_tokens}) before \
+             the JSON closed; raise --max-tokens (the raw output is in {RESPONSE_FILE})"
+        )
+    } else {
+        format!("output is not valid JSON ({error}); the raw output is in {RESPONSE_FILE}")
+    }
+}
+
 fn partial_outcome(partial: &str) -> Outcome {
     if partial.is_empty() {
         Outcome::default()
@@ -115,11 +128,7 @@ fn build_request(ws: &Workspace, job: &ClaimedJob, cancel: CancelFlag) -> Result
         Mode::Text => RequestKind::Generate,
         Mode::Embed => RequestKind::Embed,
         Mode::Vision => {
-            return Err(
-                "vision jobs are not supported by this nrvnad yet: images need a \
-                        multimodal projector (--mmproj), which is accepted but not used"
-                    .into(),
-            );
+            return Err("vision jobs are not supported by this nrvnad yet".into());
         }
         Mode::Agent => return Err("agent jobs are run by the agent runtime, not the engine".into()),
     };

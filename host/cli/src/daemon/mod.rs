@@ -314,7 +314,17 @@ fn worker_loop(shared: &Arc<Shared>) {
 fn report_end(shared: &Shared, id: &JobId, end: &JobEnd, took: Duration) {
     let secs = Some(took.as_secs_f64());
     match end {
-        JobEnd::Done => job_line(id, "done", secs, ""),
+        JobEnd::Done => {
+            // A text job's rate is in its meta.json now; other jobs have none.
+            let rate = shared
+                .ws
+                .read_meta(State::Done, id)
+                .ok()
+                .and_then(|meta| meta.tokens_per_s)
+                .map(|rate| format!("{rate:.1} tok/s"))
+                .unwrap_or_default();
+            job_line(id, "done", secs, &rate)
+        }
         JobEnd::Failed(reason) => {
             shared.failures.fetch_add(1, Ordering::SeqCst);
             job_line(id, "failed", secs, reason);
@@ -334,14 +344,15 @@ fn unregister(shared: &Shared, id: &JobId) {
     }
 }
 
-/// One line per job event on stderr, as the predecessor prints them.
+/// One line per job event on stderr, as the predecessor prints them. `detail` is a
+/// reason (its first line, in brackets), or for `done` the job's tokens/s.
 fn job_line(id: &JobId, what: &str, secs: Option<f64>, detail: &str) {
     let time = chrono::Local::now().format("%H:%M:%S");
     let secs = secs.map(|s| format!("  {s:5.1}s")).unwrap_or_default();
-    let detail = if detail.is_empty() {
-        String::new()
-    } else {
-        format!("  [{}]", detail.lines().next().unwrap_or(""))
+    let detail = match detail.lines().next() {
+        None => String::new(),
+        Some(rate) if what == "done" => format!("  {rate}"),
+        Some(reason) => format!("  [{reason}]"),
     };
     eprintln!("    {time}  {id}  {what}{secs}{detail}");
 }
