@@ -20,6 +20,7 @@ mod examples;
 mod faults;
 mod first_hour;
 mod follow_and_status;
+mod grammar_input;
 mod patterns;
 mod sandbox;
 mod setup;

@@ -9,10 +9,12 @@
 pub mod bench;
 mod config;
 mod embed;
+mod gbnf;
 mod llama;
 mod load;
 mod model_file;
 mod model_thread;
+mod schema;
 #[cfg(any(test, feature = "scripted"))]
 pub mod scripted;
 mod text;
@@ -21,8 +23,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use config::{EngineConfig, SamplingDefaults};
+pub use gbnf::{GbnfError, MAX_NESTING, check_grammar};
 pub use llama::LlamaEngine;
 pub use model_file::{ModelFileError, check_model_file};
+pub use schema::check_schema;
 pub use text::strip_think_blocks;
 
 /// Set from another thread to stop a request; the engine drops it at its next step.
@@ -146,6 +150,9 @@ pub enum EngineError {
     Decode(String),
     #[error("invalid grammar: {0}")]
     Grammar(String),
+    /// A JSON Schema that cannot become a grammar.
+    #[error("{0}")]
+    Schema(String),
     #[error("{0}")]
     Unsupported(String),
     #[error("the engine has stopped")]
@@ -215,8 +222,28 @@ pub trait Backend: Send + Sync {
     fn info(&self) -> &ModelInfo;
 }
 
-/// Converts a JSON Schema into a GBNF grammar (llama.cpp's converter).
+/// Converts a JSON Schema into a GBNF grammar (llama.cpp's converter), first refusing
+/// what the converter cannot convert ([`check_schema`]) with what and where.
 pub fn schema_to_grammar(schema: &str) -> Result<String, EngineError> {
-    llama_cpp_2::json_schema_to_grammar(schema)
-        .map_err(|e| EngineError::Grammar(format!("cannot convert the JSON Schema: {e}")))
+    let value: serde_json::Value = serde_json::from_str(schema)
+        .map_err(|e| EngineError::Schema(format!("not valid JSON: {e}")))?;
+    check_schema(&value).map_err(EngineError::Schema)?;
+    llama_cpp_2::json_schema_to_grammar(schema).map_err(|_| {
+        EngineError::Schema(
+            "llama.cpp could not convert this JSON Schema (a keyword or construct its \
+             converter does not support)"
+                .into(),
+        )
+    })
+}
+
+/// Why llama.cpp refused `grammar` when the job ran: the checker's message, or, for a
+/// grammar the checker passes, what else llama.cpp checks that needs the model.
+pub fn grammar_failure(grammar: &str) -> String {
+    match check_grammar(grammar) {
+        Err(e) => e.to_string(),
+        Ok(()) => "llama.cpp refused it (a <token> that is not one token of this model, or \
+                   left recursion); the daemon's log has llama.cpp's message"
+            .into(),
+    }
 }

@@ -403,7 +403,7 @@ impl<'m> Scheduler<'m> {
         if let Some(grammar) = &req.grammar {
             chain.push(
                 LlamaSampler::grammar(self.model, grammar, "root")
-                    .map_err(|e| EngineError::Grammar(e.to_string()))?,
+                    .map_err(|_| EngineError::Grammar(crate::grammar_failure(grammar)))?,
             );
         }
         let temperature = req.temperature.unwrap_or(d.temperature);

@@ -138,12 +138,9 @@ fn submit(args: Args) -> Result<JobId> {
     }
     if let Some(path) = &args.grammar {
         let grammar = read_spec(path, "--grammar")?;
-        if !grammar.contains("root") {
-            bail!(
-                "--grammar {}: a GBNF grammar needs a `root` rule",
-                path.display()
-            );
-        }
+        // llama.cpp would refuse it only when the job runs; refuse it now, saying where.
+        nrvna_engine::check_grammar(&grammar)
+            .with_context(|| format!("--grammar {}", path.display()))?;
         files.push((GRAMMAR_FILE.to_owned(), grammar.into_bytes()));
         output_format = Some(OutputFormat::Grammar);
     }
