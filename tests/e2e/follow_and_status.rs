@@ -346,3 +346,39 @@ fn nrvna_ps_shows_running_and_queued_jobs() {
     assert!(redraws >= 3, "{redraws} redraws: {shown:?}");
     assert!(shown.contains(&second), "{shown}");
 }
+
+#[test]
+fn nrvna_ps_shows_a_running_jobs_tokens_so_far() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    let id = ws.submit(&[
+        "Write a long story about a lighthouse keeper.",
+        "--max-tokens",
+        "2000",
+    ]);
+    let ws_arg = ws.path.to_str().unwrap();
+    let mut seen = None;
+    let found = nrvna_tests::wait_for(Duration::from_secs(60), || {
+        let out = nrvna(&["ps", ws_arg, "--json"]);
+        seen = stdout(&out)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|row| row["id"] == id.as_str() && row["state"] == "running");
+        seen.as_ref()
+            .and_then(|row| row["generated_tokens"].as_u64())
+            .is_some_and(|n| n > 0)
+    });
+    assert!(found, "no running row with tokens so far: {seen:?}");
+    let row = seen.unwrap();
+    assert!(row["tokens_per_s"].as_f64().unwrap() > 0.0, "{row}");
+    // While it runs, its count lives outside the job directory and goes with the job.
+    let progress = ws.path.join(".progress").join(&id);
+    assert!(progress.is_file());
+    let out = nrvna(&["cancel", ws_arg, &id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(nrvna_tests::wait_for(Duration::from_secs(30), || {
+        ws.entries("failed").contains(&id)
+    }));
+    assert!(nrvna_tests::wait_for(Duration::from_secs(5), || !progress.exists()));
+    assert!(!ws.path.join("failed").join(&id).join(".progress").exists());
+}

@@ -20,7 +20,7 @@ pub mod scripted;
 mod text;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 pub use config::{EngineConfig, SamplingDefaults};
 pub use gbnf::{GbnfError, MAX_NESTING, check_grammar};
@@ -42,6 +42,23 @@ impl CancelFlag {
     }
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// How many tokens a running request has generated so far: the engine counts, the daemon
+/// reads it to show progress (`nrvna ps`).
+#[derive(Debug, Clone, Default)]
+pub struct TokenCount(Arc<AtomicU32>);
+
+impl TokenCount {
+    pub fn new() -> TokenCount {
+        TokenCount::default()
+    }
+    pub fn set(&self, tokens: u32) {
+        self.0.store(tokens, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -69,6 +86,8 @@ pub struct Request {
     /// GBNF grammar constraining generation (root rule `root`).
     pub grammar: Option<String>,
     pub cancel: CancelFlag,
+    /// Tokens generated so far, updated every step.
+    pub progress: TokenCount,
 }
 
 impl Request {
@@ -84,6 +103,7 @@ impl Request {
             top_p: None,
             grammar: None,
             cancel: CancelFlag::new(),
+            progress: TokenCount::new(),
         }
     }
 

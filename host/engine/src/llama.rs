@@ -18,7 +18,7 @@ use crate::model_thread::{ModelThread, Msg, Reply};
 use crate::text::strip_think_blocks;
 use crate::{
     Backend, CancelFlag, EngineConfig, EngineError, Finish, ModelInfo, Request, RequestKind,
-    Response, check_model_file,
+    Response, TokenCount, check_model_file,
 };
 
 /// A running llama.cpp engine. Cheap to share (`Arc`); dropping it stops the thread and
@@ -231,6 +231,7 @@ struct Slot {
     seq: i32,
     reply: Reply,
     cancel: CancelFlag,
+    progress: TokenCount,
     prompt: Vec<LlamaToken>,
     phase: Phase,
     /// Cells of the sequence in the KV cache: the position of the next token. While
@@ -387,6 +388,7 @@ impl<'m> Scheduler<'m> {
             seq,
             reply,
             cancel: req.cancel.clone(),
+            progress: req.progress.clone(),
             prompt,
             phase: Phase::Prefilling,
             pos: 0,
@@ -505,6 +507,7 @@ impl<'m> Scheduler<'m> {
             } else {
                 slot.out.extend(vocab.token_to_piece(token, false, None));
                 slot.generated += 1;
+                slot.progress.set(slot.generated);
                 if slot.generated >= slot.max_tokens {
                     Phase::Finished(Ending::Generated(Finish::TokenLimit))
                 } else if slot.pos >= limit {

@@ -224,6 +224,7 @@ impl ScriptedBackend {
             self.step_once(&request.cancel, &out)?;
             out.push_str(piece);
             generated += 1;
+            request.progress.set(generated);
             if generated >= max_tokens {
                 return Ok(Response::Text {
                     text: strip_think_blocks(&out),

@@ -27,5 +27,9 @@ pub const RESPONSE_FILE: &str = "response.txt";
 /// Cancel requests for running jobs: `nrvna cancel` drops `<ws>/.cancel/<id>`, the owning
 /// daemon stops the job and removes the file.
 pub const CANCEL_DIR: &str = ".cancel";
+/// Progress of running jobs: the daemon keeps `<ws>/.progress/<id>` holding the tokens a
+/// job has generated so far (plain decimal), refreshed about once a second and removed
+/// when the job ends. Outside the job directories, so it never travels with a job.
+pub const PROGRESS_DIR: &str = ".progress";
 /// Image file extensions a job accepts.
 pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "gif", "webp"];

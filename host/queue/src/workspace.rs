@@ -868,6 +868,33 @@ impl Workspace {
         Ok(CancelOutcome::Requested)
     }
 
+    /// Records that running job `id` has generated `tokens` so far (`.progress/<id>`).
+    /// Not fsynced: it is a display, rewritten every second, worthless after a crash.
+    pub fn set_progress(&self, id: &JobId, tokens: u32) -> Result<()> {
+        let dir = self.root.join(PROGRESS_DIR);
+        fs::create_dir_all(&dir).at(&dir)?;
+        write_atomic(&dir.join(id), tokens.to_string().as_bytes())
+    }
+
+    /// Tokens running job `id` has generated so far, if its daemon has said.
+    pub fn progress(&self, id: &JobId) -> Option<u32> {
+        let bytes = read_limited(&self.root.join(PROGRESS_DIR).join(id), 32).ok()?;
+        std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
+    }
+
+    /// Forgets a job's progress (it ended), or every job's (`None`: a daemon starting).
+    pub fn clear_progress(&self, id: Option<&JobId>) {
+        let dir = self.root.join(PROGRESS_DIR);
+        match id {
+            Some(id) => {
+                let _ = fs::remove_file(dir.join(id));
+            }
+            None => {
+                let _ = fs::remove_dir_all(dir);
+            }
+        }
+    }
+
     /// Pending cancel requests (ids in `.cancel/`).
     pub fn cancel_requests(&self) -> Vec<JobId> {
         fs::read_dir(self.root.join(CANCEL_DIR))

@@ -13,8 +13,9 @@ use serde::Serialize;
 
 pub const AFTER_HELP: &str = "\
 Running jobs first, then queued ones, each oldest first. AGE is the time since
-submission; TOKENS and TOK/S show once a daemon has recorded them in meta.json (`-`
-until then). PROMPT is the prompt's first 60 characters.
+submission; TOKENS is what a running job has generated so far (its daemon refreshes
+it about once a second) and TOK/S its rate since it started (`-` until the first
+token). PROMPT is the prompt's first 60 characters.
 
 Examples:
   nrvna ps ./ws                      the table, once
@@ -110,8 +111,12 @@ fn row(ws: &Workspace, state: State, id: &JobId, meta: &Meta, now: DateTime<Utc>
             .map(|t| (now - t.with_timezone(&Utc)).num_milliseconds().max(0) as f64 / 1000.0)
     };
     let running_for = meta.started_at.as_deref().and_then(seconds_since);
+    // A running job's count so far comes from its daemon's `.progress/` entry.
+    let generated_tokens = meta
+        .generated_tokens
+        .or_else(|| (state == State::Running).then(|| ws.progress(id)).flatten());
     let tokens_per_s = meta.tokens_per_s.or_else(|| {
-        let tokens = f64::from(meta.generated_tokens?);
+        let tokens = f64::from(generated_tokens?);
         running_for
             .filter(|secs| *secs > 0.0)
             .map(|secs| tokens / secs)
@@ -126,7 +131,7 @@ fn row(ws: &Workspace, state: State, id: &JobId, meta: &Meta, now: DateTime<Utc>
         submitted_at: Some(meta.submitted_at.clone()).filter(|s| !s.is_empty()),
         started_at: meta.started_at.clone(),
         age_s: seconds_since(&meta.submitted_at),
-        generated_tokens: meta.generated_tokens,
+        generated_tokens,
         tokens_per_s,
         prompt: prompt.chars().take(PROMPT_EXCERPT_CHARS).collect(),
     }

@@ -2,7 +2,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use nrvna_engine::{Backend, CancelFlag, EngineError, Finish, Request, RequestKind, Response};
+use nrvna_engine::{
+    Backend, CancelFlag, EngineError, Finish, Request, RequestKind, Response, TokenCount,
+};
 use nrvna_queue::{
     ClaimedJob, EMBEDDING_FILE, GRAMMAR_FILE, Mode, Outcome, OutputFormat, RESPONSE_FILE,
     RESULT_FILE, State, Workspace,
@@ -25,9 +27,10 @@ pub fn run_job(
     engine: &dyn Backend,
     job: &ClaimedJob,
     cancel: CancelFlag,
+    progress: TokenCount,
     interrupted: &AtomicBool,
 ) -> JobEnd {
-    let request = match build_request(ws, job, cancel) {
+    let request = match build_request(ws, job, cancel, progress) {
         Ok(r) => r,
         Err(reason) => return settle(ws, job, Err((reason, Outcome::default()))),
     };
@@ -123,7 +126,12 @@ fn partial_outcome(partial: &str) -> Outcome {
     }
 }
 
-fn build_request(ws: &Workspace, job: &ClaimedJob, cancel: CancelFlag) -> Result<Request, String> {
+fn build_request(
+    ws: &Workspace,
+    job: &ClaimedJob,
+    cancel: CancelFlag,
+    progress: TokenCount,
+) -> Result<Request, String> {
     let kind = match job.meta.mode {
         Mode::Text => RequestKind::Generate,
         Mode::Embed => RequestKind::Embed,
@@ -155,6 +163,7 @@ fn build_request(ws: &Workspace, job: &ClaimedJob, cancel: CancelFlag) -> Result
         top_p: s.top_p,
         grammar,
         cancel,
+        progress,
     })
 }
 

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use nrvna_engine::{Backend, CancelFlag};
+use nrvna_engine::{Backend, CancelFlag, TokenCount};
 use nrvna_queue::lifecycle::{DaemonInfo, DaemonLock};
 use nrvna_queue::watch::DirWatcher;
 use nrvna_queue::{Claim, JobId, Mode, State, Workspace};
@@ -51,11 +51,16 @@ pub struct DaemonOptions {
     pub agents: Option<AgentHost>,
 }
 
-/// A job being worked on, so shutdown can interrupt it.
+/// A job being worked on, so shutdown can interrupt it and `nrvna ps` can see it.
 struct InFlight {
     cancel: CancelFlag,
     interrupted: Arc<AtomicBool>,
+    /// Tokens the engine has generated for it so far.
+    progress: TokenCount,
 }
+
+/// How often a running job's token count is written to `.progress/`.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 struct Shared {
     ws: Workspace,
@@ -215,8 +220,30 @@ fn interrupt_all(shared: &Shared) {
     }
 }
 
+/// Writes the token counts of running jobs that changed since they were last written.
+fn publish_progress(shared: &Shared, written: &mut HashMap<JobId, u32>) {
+    let counts: Vec<(JobId, u32)> = match shared.in_flight.lock() {
+        Ok(map) => map
+            .iter()
+            .map(|(id, job)| (id.clone(), job.progress.get()))
+            .collect(),
+        Err(_) => return,
+    };
+    written.retain(|id, _| counts.iter().any(|(running, _)| running == id));
+    for (id, tokens) in counts {
+        if tokens > 0 && written.get(&id) != Some(&tokens) {
+            // A display only: a failure here must not disturb the job.
+            if shared.ws.set_progress(&id, tokens).is_ok() {
+                written.insert(id, tokens);
+            }
+        }
+    }
+}
+
 fn watch_loop(shared: &Shared, watcher: &DirWatcher) {
     let mut last_sweep = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut progress_written = HashMap::new();
     while !shared.stopping.load(Ordering::SeqCst) {
         let paths = watcher.wait(Duration::from_millis(250));
         let mut ids = Vec::new();
@@ -230,6 +257,10 @@ fn watch_loop(shared: &Shared, watcher: &DirWatcher) {
         }
         shared.pending.push_all(ids);
         apply_cancel_requests(shared);
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            publish_progress(shared, &mut progress_written);
+            last_progress = Instant::now();
+        }
         if sweep {
             match shared.ws.sweep_ready() {
                 Ok(ids) => shared.pending.push_all(ids),
@@ -248,12 +279,14 @@ fn worker_loop(shared: &Arc<Shared>) {
         // Register before claiming so a shutdown can never miss a job in flight.
         let cancel = CancelFlag::new();
         let interrupted = Arc::new(AtomicBool::new(false));
+        let progress = TokenCount::new();
         if let Ok(mut map) = shared.in_flight.lock() {
             map.insert(
                 id.clone(),
                 InFlight {
                     cancel: cancel.clone(),
                     interrupted: interrupted.clone(),
+                    progress: progress.clone(),
                 },
             );
         }
@@ -290,6 +323,7 @@ fn worker_loop(shared: &Arc<Shared>) {
                     shared.engine.as_ref(),
                     &job,
                     cancel,
+                    progress,
                     &interrupted,
                 );
                 report_end(shared, &id, &end, started.elapsed());
@@ -342,6 +376,7 @@ fn unregister(shared: &Shared, id: &JobId) {
     if let Ok(mut map) = shared.in_flight.lock() {
         map.remove(id);
     }
+    shared.ws.clear_progress(Some(id));
 }
 
 /// One line per job event on stderr, as the predecessor prints them. `detail` is a

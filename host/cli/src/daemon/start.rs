@@ -115,6 +115,8 @@ pub fn start(config: DaemonConfig, banner: Banner) -> Result<Daemon> {
 
 /// Start-up housekeeping of a daemon that holds the lock.
 fn recover(ws: &Workspace, max_attempts: u32) -> Result<()> {
+    // Progress a dead daemon left describes jobs nobody runs now.
+    ws.clear_progress(None);
     let removed = ws.clean_stale_staging(STALE_STAGING)?;
     if removed > 0 {
         tracing::info!("removed {removed} abandoned submission(s) from input/writing");

@@ -213,7 +213,15 @@ fn claimed(ws: &Workspace, prompt: &str) -> ClaimedJob {
 
 /// Runs a claimed job to its end on `engine`, as a worker does.
 fn run_claimed(ws: &Workspace, engine: &ScriptedBackend, job: &ClaimedJob) -> JobEnd {
-    run_job(ws, engine, job, CancelFlag::new(), &AtomicBool::new(false))
+    let progress = nrvna_engine::TokenCount::new();
+    run_job(
+        ws,
+        engine,
+        job,
+        CancelFlag::new(),
+        progress,
+        &AtomicBool::new(false),
+    )
 }
 
 /// Puts a directory where the daemon writes file `name` of the job, so writing it fails.
