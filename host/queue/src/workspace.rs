@@ -113,40 +113,39 @@ impl Submission {
     /// Checks the submission against `limits` without touching any workspace, so a
     /// submitter can refuse bad input before it creates one.
     pub fn validate(&self, limits: &Limits) -> Result<()> {
-        let sub = self;
         // Agent jobs may have no arguments; embed jobs may embed images alone.
         let may_be_empty =
-            sub.mode == Mode::Agent || (sub.mode == Mode::Embed && !sub.images.is_empty());
-        if sub.prompt.is_empty() && !may_be_empty {
+            self.mode == Mode::Agent || (self.mode == Mode::Embed && !self.images.is_empty());
+        if self.prompt.is_empty() && !may_be_empty {
             return Err(QueueError::EmptyPrompt);
         }
-        let size = sub.prompt.len() as u64;
+        let size = self.prompt.len() as u64;
         if size > limits.max_prompt_bytes {
             return Err(QueueError::PromptTooLarge {
                 size,
                 limit: limits.max_prompt_bytes,
             });
         }
-        if sub.tags.len() > limits.max_tags {
+        if self.tags.len() > limits.max_tags {
             return Err(QueueError::TooManyTags {
-                count: sub.tags.len(),
+                count: self.tags.len(),
                 limit: limits.max_tags,
             });
         }
-        for tag in &sub.tags {
+        for tag in &self.tags {
             validate_tag(tag)?;
         }
-        if sub.images.len() > limits.max_images {
+        if self.images.len() > limits.max_images {
             return Err(QueueError::InvalidOption {
                 what: "number of images",
                 expected: format!("at most {}", limits.max_images),
-                got: sub.images.len().to_string(),
+                got: self.images.len().to_string(),
             });
         }
-        for image in &sub.images {
+        for image in &self.images {
             validate_image(image, limits)?;
         }
-        for (name, bytes) in &sub.files {
+        for (name, bytes) in &self.files {
             if !is_plain_file_name(name) || name == PROMPT_FILE || name == META_FILE {
                 return Err(QueueError::InvalidOption {
                     what: "attachment name",
@@ -162,7 +161,7 @@ impl Submission {
                 });
             }
         }
-        if let Some(t) = sub.sampling.temperature
+        if let Some(t) = self.sampling.temperature
             && !(0.0..=5.0).contains(&t)
         {
             return Err(QueueError::InvalidOption {
@@ -171,7 +170,7 @@ impl Submission {
                 got: t.to_string(),
             });
         }
-        if let Some(p) = sub.sampling.top_p
+        if let Some(p) = self.sampling.top_p
             && (p.is_nan() || p <= 0.0 || p > 1.0)
         {
             return Err(QueueError::InvalidOption {
@@ -180,7 +179,7 @@ impl Submission {
                 got: p.to_string(),
             });
         }
-        if sub.sampling.max_tokens == Some(0) {
+        if self.sampling.max_tokens == Some(0) {
             return Err(QueueError::InvalidOption {
                 what: "max tokens",
                 expected: "at least 1".into(),
@@ -218,12 +217,12 @@ fn validate_image(path: &Path, limits: &Limits) -> Result<()> {
             limits.max_image_bytes
         )));
     }
-    let mut head = [0u8; 12];
-    let read = File::open(path)
-        .and_then(|mut f| read_up_to(&mut f, &mut head))
+    let mut head = Vec::with_capacity(12);
+    File::open(path)
+        .and_then(|f| f.take(12).read_to_end(&mut head))
         .map_err(|e| bad(e.to_string()))?;
     // The extension names the format; the first bytes must agree with it.
-    match image_format(&head[..read]) {
+    match image_format(&head) {
         Some(format) if image_format_of_extension(&ext) == Some(format) => Ok(()),
         Some(format) => Err(bad(format!(
             "the extension says {ext} but the content is a {format} image"
@@ -233,18 +232,6 @@ fn validate_image(path: &Path, limits: &Limits) -> Result<()> {
             IMAGE_EXTENSIONS.join(", ")
         ))),
     }
-}
-
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }
 
 /// The image format the first bytes of a file announce (its magic number).
