@@ -83,10 +83,27 @@ pub fn wait_terminal(
     id: &JobId,
     timeout: Option<Duration>,
 ) -> Result<Option<State>> {
+    wait_terminal_with(ws, id, timeout, |_| {})
+}
+
+/// [`wait_terminal`], calling `pending` with the job's state at each look that has to
+/// wait on (for a waiter that shows progress).
+pub fn wait_terminal_with(
+    ws: &Workspace,
+    id: &JobId,
+    timeout: Option<Duration>,
+    mut pending: impl FnMut(State),
+) -> Result<Option<State>> {
     let mut last = None;
     wait_until(ws, timeout, |ws| {
         last = ws.state_of(id)?;
-        Ok(last.is_none_or(State::is_terminal))
+        match last {
+            Some(state) if !state.is_terminal() => {
+                pending(state);
+                Ok(false)
+            }
+            _ => Ok(true),
+        }
     })?;
     Ok(last)
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
-use nrvna_queue::watch::wait_until;
+use nrvna_queue::watch::{wait_terminal_with, wait_until};
 use nrvna_queue::{ArtifactKind, JobId, JobOutcome, Meta, PROMPT_FILE, State, Workspace};
 use nrvna_sandbox::parse_duration;
 
@@ -137,16 +137,8 @@ fn wait_for_job(
     live: bool,
 ) -> Result<Option<State>> {
     let mut waiting = Waiting::new("flw", live);
-    let mut last = None;
-    wait_until(ws, timeout, |ws| {
-        last = ws.state_of(id)?;
-        match last {
-            Some(state) if !state.is_terminal() => {
-                waiting.not_yet(ws, format!("{id}  {}", state.name()));
-                Ok(false)
-            }
-            _ => Ok(true),
-        }
+    let last = wait_terminal_with(ws, id, timeout, |state| {
+        waiting.not_yet(ws, format!("{id}  {}", state.name()))
     })?;
     waiting.end(None);
     Ok(last)

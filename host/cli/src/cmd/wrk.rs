@@ -6,11 +6,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use nrvna_queue::{JobId, Limits, Mode, OutputFormat, Sampling, Submission, Workspace};
+use nrvna_queue::{
+    AGENT_FILE, AgentJob, GRAMMAR_FILE, JobId, Limits, Mode, OutputFormat, SCHEMA_FILE, Sampling,
+    Submission, Workspace,
+};
 
 use crate::cli::{VersionFlag, init_logging, parse_args};
 use crate::exit;
-use nrvna_queue::{AGENT_FILE, AgentJob, GRAMMAR_FILE, SCHEMA_FILE};
 
 /// Largest schema or grammar file accepted.
 const MAX_SPEC_BYTES: u64 = 1 << 20;
