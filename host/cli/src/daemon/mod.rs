@@ -165,6 +165,8 @@ fn run(
         let _ = w.join();
     }
     let _ = watch_thread.join();
+    // Nothing runs any more: no job's progress is current.
+    shared.ws.clear_progress(None);
     drop(lock);
     let failures = shared.failures.load(Ordering::SeqCst);
     if opts.drain && failures > 0 {
@@ -220,7 +222,9 @@ fn interrupt_all(shared: &Shared) {
     }
 }
 
-/// Writes the token counts of running jobs that changed since they were last written.
+/// Writes the token counts of running jobs that changed since they were last written,
+/// and removes the entries of jobs that have ended. Only the watch thread touches
+/// `.progress/`, so an entry is never written back after its job's end removed it.
 fn publish_progress(shared: &Shared, written: &mut HashMap<JobId, u32>) {
     let counts: Vec<(JobId, u32)> = match shared.in_flight.lock() {
         Ok(map) => map
@@ -229,7 +233,13 @@ fn publish_progress(shared: &Shared, written: &mut HashMap<JobId, u32>) {
             .collect(),
         Err(_) => return,
     };
-    written.retain(|id, _| counts.iter().any(|(running, _)| running == id));
+    written.retain(|id, _| {
+        let running = counts.iter().any(|(running, _)| running == id);
+        if !running {
+            shared.ws.clear_progress(Some(id));
+        }
+        running
+    });
     for (id, tokens) in counts {
         if tokens > 0 && written.get(&id) != Some(&tokens) {
             // A display only: a failure here must not disturb the job.
@@ -376,7 +386,6 @@ fn unregister(shared: &Shared, id: &JobId) {
     if let Ok(mut map) = shared.in_flight.lock() {
         map.remove(id);
     }
-    shared.ws.clear_progress(Some(id));
 }
 
 /// One line per job event on stderr, as the predecessor prints them. `detail` is a
