@@ -180,7 +180,7 @@ fn nrvnad_help_lists_its_commands_and_every_variable() {
     let help = stdout(&out);
     for needle in [
         "nrvnad status WORKSPACE [--json]",
-        "nrvnad stop WORKSPACE [--timeout SECS]",
+        "nrvnad stop WORKSPACE [--timeout DURATION]",
         "NRVNA_MODELS_DIR",
         "XDG_CACHE_HOME",
         "NO_COLOR",

@@ -20,10 +20,10 @@ Other commands:
       Is a daemon running on WORKSPACE? Prints `ready (pid P, model M, workers N)`,
       `starting (pid P)` or `not running`; --json prints one object
       {\"running\",\"ready\",\"pid\",\"model\",\"workers\",\"started_at\"}.
-  nrvnad stop WORKSPACE [--timeout SECS]
-      Stops WORKSPACE's daemon: SIGTERM, then after --timeout seconds (20; 1-3600) a
-      second SIGTERM that requeues its running jobs, then SIGKILL. Prints `stopped`
-      once the process has exited.
+  nrvnad stop WORKSPACE [--timeout DURATION]
+      Stops WORKSPACE's daemon: SIGTERM, then after --timeout (20s; seconds, or a
+      number with ms, s, m or h) a second SIGTERM that requeues its running jobs,
+      then SIGKILL. Prints `stopped` once the process has exited.
   nrvnad help
       This help (so does nrvnad with no arguments).
 
