@@ -195,7 +195,8 @@ impl BenchDaemon {
         )
     }
 
-    /// A daemon with `env` set (on top of the caller's environment).
+    /// A daemon with `env` set (on top of the caller's environment, less its OpenMP wait
+    /// policy: the daemon picks its own unless `env` names one).
     fn start_with(model: &Path, workers: usize, env: &[(&str, String)]) -> Result<BenchDaemon> {
         let dir = tempfile::tempdir()?;
         let ws = dir.path().join("ws");
@@ -203,6 +204,8 @@ impl BenchDaemon {
             .arg(model)
             .arg(&ws)
             .arg(workers.to_string())
+            .env_remove("OMP_WAIT_POLICY")
+            .env_remove("GOMP_SPINCOUNT")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("NRVNA_LOG", "warn")
             .stdin(Stdio::null())

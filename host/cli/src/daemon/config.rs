@@ -166,6 +166,7 @@ pub fn env_help() -> String {
         "  NRVNA_MODELS_DIR    where a bare model name is looked up     ~/.cache/nrvna/models\n\
          \x20 NRVNA_EMBED_MODEL   embedding model (--embed-model wins)     the chat model, mean-pooled\n\
          \x20 NRVNA_LOG           log filter (error, warn, info, debug)    info\n\
+         \x20 OMP_WAIT_POLICY     how decode threads wait (active: spin)   passive\n\
          \x20 XDG_CACHE_HOME      compiled agents cached in its nrvna/wasm ~/.cache\n\
          \x20 NO_COLOR            set: no colour (else only on a terminal) unset",
     );
@@ -284,6 +285,7 @@ mod tests {
             "NRVNA_FSYNC",
             "NRVNA_LLAMA_LOG",
             "NRVNA_PREFIX_CACHE",
+            "OMP_WAIT_POLICY",
             "NRVNA_MAX_ATTEMPTS",
             "NRVNA_EMBED_MODEL",
         ] {

@@ -1,7 +1,9 @@
 //! `nrvna bench --only load`: the same batch (16 jobs × 32 tokens on 4 workers) on a
 //! quiet machine and beside two `nice -n 19` busy loops that the bench starts and stops
-//! itself, for the default thread count and for every fixed `NRVNA_THREADS` from 1 to
-//! the core count; and how long a `wrk` submit takes while the batch decodes.
+//! itself, for today's default (all cores, threads waiting passively at barriers), the
+//! old one (all cores, libgomp's default ~3 ms spin) and every fixed `NRVNA_THREADS` from
+//! 1 to the core count with the old spin (what one could choose before); and how long a
+//! `wrk` submit takes while the batch decodes.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -10,6 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use super::{BENCH_CTX, BenchDaemon, PROMPT, percentile};
+use crate::thread_wait::DEFAULT_POLICY;
 
 const JOBS: usize = 16;
 const TOKENS: u32 = 32;
@@ -56,15 +59,47 @@ struct LoadRun {
     submits_busy: Vec<f64>,
 }
 
+/// How the daemon runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Variant {
+    /// As shipped: all cores, passive wait (`thread_wait`).
+    Default,
+    /// All cores, libgomp's default spin: the daemon before passive waits.
+    OldDefault,
+    /// `NRVNA_THREADS=n`, libgomp's default spin.
+    Fixed(usize),
+}
+
+impl Variant {
+    fn name(self) -> String {
+        match self {
+            Variant::Default => "default (all cores, passive wait)".into(),
+            Variant::OldDefault => "old default (all cores, spinning)".into(),
+            Variant::Fixed(n) => format!("{n}, spinning"),
+        }
+    }
+
+    /// Environment for its daemon.
+    fn env(self) -> Vec<(&'static str, String)> {
+        let spin = ("GOMP_SPINCOUNT", LIBGOMP_DEFAULT_SPIN.to_string());
+        match self {
+            Variant::Default => vec![("OMP_WAIT_POLICY", DEFAULT_POLICY.into())],
+            Variant::OldDefault => vec![spin],
+            Variant::Fixed(n) => vec![spin, ("NRVNA_THREADS", n.to_string())],
+        }
+    }
+}
+
+/// libgomp's spin count when no policy is set (about 3 ms).
+const LIBGOMP_DEFAULT_SPIN: u64 = 300_000;
+
 /// Submits the batch to a fresh daemon and waits for all of it.
-fn batch(model: &Path, threads: Option<usize>) -> Result<LoadRun> {
+fn batch(model: &Path, variant: Variant) -> Result<LoadRun> {
     let mut env = vec![
         ("NRVNA_CTX", BENCH_CTX.to_string()),
         ("NRVNA_PREDICT", TOKENS.to_string()),
     ];
-    if let Some(t) = threads {
-        env.push(("NRVNA_THREADS", t.to_string()));
-    }
+    env.extend(variant.env());
     let d = BenchDaemon::start_with(model, WORKERS, &env)?;
     let max = TOKENS.to_string();
     let started = Instant::now();
@@ -104,57 +139,58 @@ pub(super) fn section(model: &Path, repeat: u32) -> Result<String> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    // None: the daemon's default.
-    let variants: Vec<Option<usize>> = std::iter::once(None).chain((1..=cores).map(Some)).collect();
+    let variants: Vec<Variant> = [Variant::Default, Variant::OldDefault]
+        .into_iter()
+        .chain((1..=cores).map(Variant::Fixed))
+        .collect();
     let mut quiet = vec![f64::INFINITY; variants.len()];
     let mut loaded = vec![f64::INFINITY; variants.len()];
     let mut busy_submits = Vec::new();
     let idle = idle_submits(model)?;
     // Quiet and loaded in turn, every variant in each, so all sample the same stretch.
     for _ in 0..repeat {
-        for (i, &threads) in variants.iter().enumerate() {
-            let run = batch(model, threads)?;
+        for (i, &variant) in variants.iter().enumerate() {
+            let run = batch(model, variant)?;
             quiet[i] = quiet[i].min(run.seconds);
-            if threads.is_none() {
+            if variant == Variant::Default {
                 busy_submits.extend(run.submits_busy);
             }
         }
         let _load = BusyLoops::start(BUSY_LOOPS)?;
-        for (i, &threads) in variants.iter().enumerate() {
-            loaded[i] = loaded[i].min(batch(model, threads)?.seconds);
+        for (i, &variant) in variants.iter().enumerate() {
+            loaded[i] = loaded[i].min(batch(model, variant)?.seconds);
         }
         eprintln!("bench: load round done");
     }
-    let name = |t: Option<usize>| t.map_or("default".to_owned(), |t| t.to_string());
     let mut out = format!(
         "CPU sharing: {JOBS} jobs × {TOKENS} tokens on {WORKERS} workers, quiet and beside \
          {BUSY_LOOPS} `nice -n 19` busy loops, each in a session of its own:\n\n\
-         | NRVNA_THREADS | quiet s | loaded s | loaded ÷ quiet |\n|---|---:|---:|---:|\n"
+         | threads | quiet s | loaded s | loaded ÷ quiet |\n|---|---:|---:|---:|\n"
     );
-    for (i, &t) in variants.iter().enumerate() {
+    for (i, &variant) in variants.iter().enumerate() {
         out.push_str(&format!(
             "| {} | {:.2} | {:.2} | {:.2} |\n",
-            name(t),
+            variant.name(),
             quiet[i],
             loaded[i],
             loaded[i] / quiet[i]
         ));
     }
-    let best_loaded = (1..variants.len())
+    // Fixed counts are the rows after the two defaults.
+    let best_loaded = (2..variants.len())
         .min_by(|&a, &b| loaded[a].total_cmp(&loaded[b]))
-        .unwrap_or(0);
-    let all_cores = variants.len() - 1;
+        .unwrap_or(1);
     out.push_str(&format!(
         "\nunder load, the default keeps **{:.2}×** the throughput of the best fixed count \
-         (NRVNA_THREADS={}; goal ≥ 0.8×); quiet, the default ÷ all {cores} cores (the old \
-         default): **{:.2}×** the time (goal ≤ 1.05×).\n\
+         (NRVNA_THREADS={}; goal ≥ 0.8×); quiet, the default takes **{:.2}×** the time of \
+         the old default (all {cores} cores, spinning; goal ≤ 1.05×).\n\
          `wrk` submit while the default batch decodes: p50 {:.1} ms, p95 {:.1} ms; with the \
          daemon idle: p50 {:.1} ms.\n\
          best of {repeat} runs each; quiet and loaded in turn; wall time from the first \
          submit to the last job done.\n\n",
         loaded[best_loaded] / loaded[0],
-        name(variants[best_loaded]),
-        quiet[0] / quiet[all_cores],
+        variants[best_loaded].name(),
+        quiet[0] / quiet[1],
         percentile(&mut busy_submits.clone(), 0.5) * 1e3,
         percentile(&mut busy_submits, 0.95) * 1e3,
         percentile(&mut idle.clone(), 0.5) * 1e3,
