@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use nrvna_tests::{Daemon, TestWs, bin, code, model, run, stderr};
+use nrvna_tests::{Daemon, TestWs, bin, code, model, run, stderr, wait_for};
 
 const OFF: (&str, &str) = ("NRVNA_PREFIX_CACHE", "0");
 
@@ -151,4 +151,43 @@ fn a_refused_job_leaves_the_cache_as_it_was() {
     let next_text = text(&ws, &next);
     assert!(tokens(&ws, &next, "cached_tokens") > 0);
     assert_eq!(vec![next_text], reference(&[(LAKES, 16)], &[]));
+}
+
+#[test]
+fn a_job_copies_the_prefix_a_running_job_holds() {
+    // Long enough that copying beats prefilling (64 tokens more than any free slot holds).
+    let prompt = format!(
+        "{} Now answer in one sentence: which of these is the oldest river?",
+        "The Nile, the Amazon, the Yangtze, the Danube, the Rhine and the Mississippi are \
+         rivers on different continents, each with its own history and towns on its banks."
+            .repeat(4)
+    );
+    let ws = TestWs::new();
+    let d = Daemon::start(&ws.path, &model(), 2, &[], &[("NRVNA_LOG", "debug")]);
+    // Running, its prompt decoded (it has generated tokens), when the second job arrives.
+    let running = greedy(&ws, &prompt, 400);
+    let progress = ws.path.join(".progress").join(&running);
+    assert!(wait_for(Duration::from_secs(120), || {
+        std::fs::read_to_string(&progress)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .is_some_and(|n| n > 0)
+    }));
+    let copier = greedy(&ws, &prompt, 16);
+    let copier_text = text(&ws, &copier);
+    let prompt_tokens = tokens(&ws, &copier, "prompt_tokens");
+    assert!(prompt_tokens > 100, "{prompt_tokens}");
+    assert_eq!(
+        tokens(&ws, &copier, "cached_tokens"),
+        prompt_tokens - 1,
+        "the prompt was not copied from the running job\n{}",
+        d.log_text()
+    );
+    assert!(
+        d.log_text().contains("prompt tokens from sequence"),
+        "no copy logged:\n{}",
+        d.log_text()
+    );
+    text(&ws, &running);
+    assert_eq!(vec![copier_text], reference(&[(prompt.as_str(), 16)], &[]));
 }

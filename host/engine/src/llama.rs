@@ -382,8 +382,13 @@ impl<'m> Scheduler<'m> {
             // A job refused here never touches the KV cache.
             match self.prepare(&req, reply.clone()) {
                 Ok(mut slot) => {
-                    self.seat(&mut slot);
-                    self.slots.push(slot);
+                    if self.seat(&mut slot) {
+                        self.slots.push(slot);
+                    } else {
+                        let _ = reply.send(Err(EngineError::Decode(
+                            "no free sequence for an admitted job (an engine bug)".into(),
+                        )));
+                    }
                 }
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -393,8 +398,9 @@ impl<'m> Scheduler<'m> {
     }
 
     /// Gives `slot` a free sequence, keeping (or copying in) the cells of the longest
-    /// prefix of its prompt the cache holds and dropping every cell past it.
-    fn seat(&mut self, slot: &mut Slot) {
+    /// prefix of its prompt the cache holds and dropping every cell past it. `false`
+    /// when no sequence is free (admit checks that one is).
+    fn seat(&mut self, slot: &mut Slot) -> bool {
         let free: Vec<Held<'_, LlamaToken>> = (0..self.info.slots as i32)
             .filter(|s| self.slots.iter().all(|x| x.seq != *s))
             .map(|seq| {
@@ -422,7 +428,7 @@ impl<'m> Scheduler<'m> {
             mut reuse,
         }) = place(prompt, &free, &busy, self.config.prefix_cache)
         else {
-            return; // unreachable: admit checked that a sequence is free
+            return false;
         };
         drop((free, busy));
         if let Some(source) = copy_from {
@@ -430,6 +436,9 @@ impl<'m> Scheduler<'m> {
             // decode, before the batch runs), then the cells past the prefix go.
             let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
             let _ = self.ctx.copy_kv_cache_seq(source, seq, None, None);
+            tracing::debug!(
+                "prefix: sequence {seq} copied {reuse} prompt tokens from sequence {source}"
+            );
         }
         // Every cell past the shared prefix goes; if llama.cpp cannot cut the sequence
         // there, nothing of it is kept.
@@ -444,6 +453,7 @@ impl<'m> Scheduler<'m> {
         slot.seq = seq;
         slot.pos = reuse as i32;
         slot.cached = reuse;
+        true
     }
 
     fn prepare(&self, req: &Request, reply: Reply) -> Result<Slot, EngineError> {
