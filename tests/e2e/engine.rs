@@ -52,6 +52,16 @@ fn a_batch_of_sixteen_gives_each_job_the_text_it_gets_alone() {
     for (i, (b, s)) in batched.iter().zip(&solo).enumerate() {
         assert_eq!(b, s, "job {i} differs between the batch and a solo run");
     }
+    // One after another in one slot, each job reused its predecessor's cells for the
+    // prompt head they share (prefix reuse is on by default), and still got its text.
+    let reused = solo_ids
+        .iter()
+        .filter(|id| solo_ws.meta("output", id)["cached_tokens"].as_u64() > Some(0))
+        .count();
+    assert_eq!(
+        reused, 15,
+        "jobs 2-16 of the solo run reuse a cached prefix"
+    );
     // And the token limits held per job.
     for (i, id) in batched_ids.iter().enumerate() {
         let generated = batched_ws.meta("output", id)["generated_tokens"]

@@ -22,6 +22,7 @@ mod first_hour;
 mod follow_and_status;
 mod grammar_input;
 mod patterns;
+mod prefix_cache;
 mod sandbox;
 mod setup;
 mod startup;

@@ -269,6 +269,72 @@ fn docs_wit_md_covers_every_wit_item() {
     );
 }
 
+// ----- prefix reuse --------------------------------------------------------------------
+
+/// `loop` and `refine` re-send earlier replies in every prompt: with prefix reuse on,
+/// their later jobs reuse cached cells, and greedy decoding gives every step the text it
+/// gets with reuse off.
+#[test]
+fn loop_and_refine_give_the_same_texts_with_prefix_reuse_on_and_off() {
+    let run = |reuse: &str| -> (Value, Value, u64) {
+        let ws = TestWs::new();
+        let _d = Daemon::start(&ws.path, &model(), 1, &[], &[("NRVNA_PREFIX_CACHE", reuse)]);
+        let looped = ok_json(&exec(
+            &ws,
+            LOOP,
+            &[],
+            &[
+                "--rounds",
+                "3",
+                "--stop",
+                "QZXV-STOP",
+                "--temp",
+                "0",
+                "--max-tokens",
+                "24",
+                "--json",
+                "Write a short story about a lighthouse",
+            ],
+        ));
+        let refined = ok_json(&exec(
+            &ws,
+            REFINE,
+            &[],
+            &[
+                "--rounds",
+                "1",
+                "--max-tokens",
+                "16",
+                "--temp",
+                "0",
+                "--json",
+                "Write a haiku about rain",
+            ],
+        ));
+        let cached = jobs(&ws)
+            .iter()
+            .map(|(_, _, meta)| meta["cached_tokens"].as_u64().unwrap_or(0))
+            .sum();
+        (looped, refined, cached)
+    };
+    let (loop_on, refine_on, cached_on) = run("1");
+    let (loop_off, refine_off, cached_off) = run("0");
+    assert_eq!(cached_off, 0);
+    assert!(cached_on > 0, "nothing was reused");
+    let texts = |v: &Value| -> Vec<Value> {
+        v["rounds"]
+            .as_array()
+            .expect("rounds")
+            .iter()
+            .map(|r| r["text"].clone())
+            .collect()
+    };
+    assert_eq!(texts(&loop_on).len(), 3, "{loop_on}");
+    assert_eq!(texts(&loop_on), texts(&loop_off));
+    assert_eq!(refine_on["final"], refine_off["final"]);
+    assert_eq!(refine_on["rounds"], refine_off["rounds"]);
+}
+
 // ----- refine --------------------------------------------------------------------------
 
 #[test]

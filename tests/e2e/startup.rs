@@ -44,6 +44,7 @@ fn both_programs_refuse_the_same_bad_variables() {
     for (var, value, range) in [
         ("NRVNA_FSYNC", "yes", "0 to 1"),
         ("NRVNA_LLAMA_LOG", "2", "0 to 1"),
+        ("NRVNA_PREFIX_CACHE", "on", "0 to 1"),
         ("NRVNA_MAX_ATTEMPTS", "0", "1 to 100"),
     ] {
         let ws = TestWs::new();
@@ -74,6 +75,7 @@ fn the_daemon_help_lists_every_variable_it_reads() {
         "NRVNA_MAX_ATTEMPTS",
         "NRVNA_EMBED_MODEL",
         "NRVNA_THREADS",
+        "NRVNA_PREFIX_CACHE",
     ] {
         assert!(help.contains(var), "{var} missing from nrvnad --help");
     }

@@ -9,4 +9,5 @@ pub mod exit;
 pub mod grant_args;
 pub mod settings;
 pub mod status;
+pub mod thread_wait;
 pub mod waiting;

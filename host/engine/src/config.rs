@@ -43,6 +43,9 @@ pub struct EngineConfig {
     /// CPU threads for decoding; `None`: all available cores.
     pub threads: Option<u32>,
     pub sampling: SamplingDefaults,
+    /// Keep an ended job's KV cells for the next job whose prompt starts the same way
+    /// (NRVNA_PREFIX_CACHE; off: every job prefills its whole prompt).
+    pub prefix_cache: bool,
     /// A dedicated embedding model (GGUF) that serves every embedding request on its own
     /// thread and context; `None`: the chat model serves them, mean-pooled.
     pub embed_model: Option<PathBuf>,
@@ -59,6 +62,7 @@ impl EngineConfig {
             gpu_layers: 0,
             threads: None,
             sampling: SamplingDefaults::default(),
+            prefix_cache: true,
             embed_model: None,
         }
     }

@@ -14,6 +14,7 @@ mod llama;
 mod load;
 mod model_file;
 mod model_thread;
+mod prefix;
 mod schema;
 #[cfg(any(test, feature = "scripted"))]
 pub mod scripted;
@@ -128,6 +129,9 @@ pub enum Response {
         /// Output with think blocks stripped.
         text: String,
         prompt_tokens: u32,
+        /// Prompt tokens whose KV cells were reused from an earlier job (prefix reuse)
+        /// instead of being computed.
+        cached_tokens: u32,
         generated_tokens: u32,
         finish: Finish,
     },

@@ -15,6 +15,7 @@ use llama_cpp_2::token::LlamaToken;
 use crate::embed::{ChatModelEmbedder, Embedder};
 use crate::load::{LoadedModel, ModelRole, decode_threads};
 use crate::model_thread::{ModelThread, Msg, Reply};
+use crate::prefix::{Held, Placement, place};
 use crate::text::strip_think_blocks;
 use crate::{
     Backend, CancelFlag, EngineConfig, EngineError, Finish, ModelInfo, Request, RequestKind,
@@ -125,6 +126,8 @@ fn engine_main(
             config.batch,
             threads,
         ),
+        cached: vec![CachedSeq::default(); info.slots],
+        clock: 0,
         config,
         info,
         slots: Vec::new(),
@@ -226,13 +229,27 @@ enum Ending {
     ContextFull,
 }
 
+/// What a free sequence's KV cells hold, kept for the next job's prefix reuse.
+#[derive(Debug, Clone, Default)]
+struct CachedSeq {
+    /// The tokens at positions `0..len` of the sequence (empty: no cells).
+    tokens: Vec<LlamaToken>,
+    /// When its last job ended, on the scheduler's clock.
+    last_used: u64,
+}
+
 /// One running job in a sequence slot.
 struct Slot {
     seq: i32,
     reply: Reply,
     cancel: CancelFlag,
     progress: TokenCount,
-    prompt: Vec<LlamaToken>,
+    /// The prompt, then each generated token as it is sampled. Between steps the first
+    /// `pos` of them are exactly the sequence's KV cells.
+    tokens: Vec<LlamaToken>,
+    prompt_len: usize,
+    /// Prompt tokens whose cells came from the cache instead of prefill.
+    cached: usize,
     phase: Phase,
     /// Cells of the sequence in the KV cache: the position of the next token. While
     /// prefilling, the prompt tokens already in.
@@ -253,7 +270,8 @@ impl Slot {
         match ending {
             Ending::Generated(finish) => Ok(Response::Text {
                 text: self.partial(),
-                prompt_tokens: self.prompt.len() as u32,
+                prompt_tokens: self.prompt_len as u32,
+                cached_tokens: self.cached as u32,
                 generated_tokens: self.generated,
                 finish,
             }),
@@ -298,6 +316,10 @@ struct Scheduler<'m> {
     info: ModelInfo,
     slots: Vec<Slot>,
     waiting: VecDeque<(Box<Request>, Reply)>,
+    /// Per sequence: the cells a free sequence still holds (running ones: empty).
+    cached: Vec<CachedSeq>,
+    /// Counts released jobs, to find the least recently used sequence.
+    clock: u64,
 }
 
 impl<'m> Scheduler<'m> {
@@ -353,14 +375,21 @@ impl<'m> Scheduler<'m> {
                 let _ = reply.send(self.fallback_embedder.run(&req));
                 continue;
             }
-            let Some(seq) =
-                (0..self.info.slots as i32).find(|s| self.slots.iter().all(|x| x.seq != *s))
-            else {
+            if self.slots.len() >= self.info.slots {
                 self.waiting.push_front((req, reply));
                 return;
-            };
-            match self.prepare(seq, &req, reply.clone()) {
-                Ok(slot) => self.slots.push(slot),
+            }
+            // A job refused here never touches the KV cache.
+            match self.prepare(&req, reply.clone()) {
+                Ok(mut slot) => {
+                    if self.seat(&mut slot) {
+                        self.slots.push(slot);
+                    } else {
+                        let _ = reply.send(Err(EngineError::Decode(
+                            "no free sequence for an admitted job (an engine bug)".into(),
+                        )));
+                    }
+                }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
@@ -368,7 +397,66 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    fn prepare(&self, seq: i32, req: &Request, reply: Reply) -> Result<Slot, EngineError> {
+    /// Gives `slot` a free sequence, keeping (or copying in) the cells of the longest
+    /// prefix of its prompt the cache holds and dropping every cell past it. `false`
+    /// when no sequence is free (admit checks that one is).
+    fn seat(&mut self, slot: &mut Slot) -> bool {
+        let free: Vec<Held<'_, LlamaToken>> = (0..self.info.slots as i32)
+            .filter(|s| self.slots.iter().all(|x| x.seq != *s))
+            .map(|seq| {
+                let c = &self.cached[seq as usize];
+                Held {
+                    seq,
+                    tokens: &c.tokens,
+                    last_used: c.last_used,
+                }
+            })
+            .collect();
+        let busy: Vec<Held<'_, LlamaToken>> = self
+            .slots
+            .iter()
+            .map(|s| Held {
+                seq: s.seq,
+                tokens: &s.tokens[..s.pos as usize],
+                last_used: 0,
+            })
+            .collect();
+        let prompt = &slot.tokens[..slot.prompt_len];
+        let Some(Placement {
+            seq,
+            copy_from,
+            mut reuse,
+        }) = place(prompt, &free, &busy, self.config.prefix_cache)
+        else {
+            return false;
+        };
+        drop((free, busy));
+        if let Some(source) = copy_from {
+            // One KV buffer per sequence: llama.cpp copies the whole buffer (at the next
+            // decode, before the batch runs), then the cells past the prefix go.
+            let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+            let _ = self.ctx.copy_kv_cache_seq(source, seq, None, None);
+            tracing::debug!(
+                "prefix: sequence {seq} copied {reuse} prompt tokens from sequence {source}"
+            );
+        }
+        // Every cell past the shared prefix goes; if llama.cpp cannot cut the sequence
+        // there, nothing of it is kept.
+        let cut = self
+            .ctx
+            .clear_kv_cache_seq(Some(seq as u32), Some(reuse as u32), None);
+        if !matches!(cut, Ok(true)) {
+            let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+            reuse = 0;
+        }
+        self.cached[seq as usize].tokens.clear();
+        slot.seq = seq;
+        slot.pos = reuse as i32;
+        slot.cached = reuse;
+        true
+    }
+
+    fn prepare(&self, req: &Request, reply: Reply) -> Result<Slot, EngineError> {
         let prompt_text = chat_prompt(self.model, req.system.as_deref(), &req.prompt)?;
         let prompt = self
             .model
@@ -385,11 +473,13 @@ impl<'m> Scheduler<'m> {
         let sampler = self.sampler(req)?;
         let defaults = &self.config.sampling;
         Ok(Slot {
-            seq,
+            seq: -1,
             reply,
             cancel: req.cancel.clone(),
             progress: req.progress.clone(),
-            prompt,
+            prompt_len: prompt.len(),
+            tokens: prompt,
+            cached: 0,
             phase: Phase::Prefilling,
             pos: 0,
             sampler,
@@ -431,7 +521,8 @@ impl<'m> Scheduler<'m> {
             if self.slots[i].cancel.is_cancelled() {
                 let slot = self.slots.swap_remove(i);
                 let partial = slot.partial();
-                self.release(slot, Err(EngineError::Cancelled { partial }));
+                // Between steps: every cell it has is decoded and matches its tokens.
+                self.release(slot, Err(EngineError::Cancelled { partial }), Cells::Keep);
             } else {
                 i += 1;
             }
@@ -471,9 +562,9 @@ impl<'m> Scheduler<'m> {
                 continue;
             }
             let done = slot.pos as usize;
-            let take = (slot.prompt.len() - done).min(prefill);
-            for &token in &slot.prompt[done..done + take] {
-                let last = slot.pos as usize + 1 == slot.prompt.len();
+            let take = (slot.prompt_len - done).min(prefill);
+            for &token in &slot.tokens[done..done + take] {
+                let last = slot.pos as usize + 1 == slot.prompt_len;
                 if batch.add(token, slot.pos, &[slot.seq], last).is_err() {
                     break;
                 }
@@ -491,8 +582,13 @@ impl<'m> Scheduler<'m> {
         }
         if let Err(e) = self.ctx.decode(batch) {
             // Which sequence broke is not reported: fail every job in this batch.
+            // What the failed decode left in the cache is unknown: no cell is kept.
             let msg = e.to_string();
             self.fail_all(|| EngineError::Decode(msg.clone()));
+            self.ctx.clear_kv_cache();
+            for c in &mut self.cached {
+                c.tokens.clear();
+            }
             return;
         }
         let vocab = self.model.vocab();
@@ -506,6 +602,7 @@ impl<'m> Scheduler<'m> {
                 Phase::Finished(Ending::Generated(Finish::EndOfGeneration))
             } else {
                 slot.out.extend(vocab.token_to_piece(token, false, None));
+                slot.tokens.push(token);
                 slot.generated += 1;
                 slot.progress.set(slot.generated);
                 if slot.generated >= slot.max_tokens {
@@ -529,23 +626,43 @@ impl<'m> Scheduler<'m> {
             };
             let slot = self.slots.swap_remove(i);
             let result = slot.result(ending, self.info.ctx_per_slot);
-            self.release(slot, result);
+            self.release(slot, result, Cells::Keep);
         }
     }
 
     fn fail_all(&mut self, err: impl Fn() -> EngineError) {
         for slot in std::mem::take(&mut self.slots) {
-            self.release(slot, Err(err()));
+            self.release(slot, Err(err()), Cells::Drop);
         }
     }
 
-    /// Frees the slot's KV cells and answers its caller.
-    fn release(&mut self, slot: Slot, result: Result<Response, EngineError>) {
-        let _ = self
-            .ctx
-            .clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+    /// Answers the slot's caller and frees its sequence: its cells stay for the next job
+    /// when prefix reuse is on and they are known to match its tokens, else they go.
+    fn release(&mut self, slot: Slot, result: Result<Response, EngineError>, cells: Cells) {
+        let cached = &mut self.cached[slot.seq as usize];
+        self.clock += 1;
+        cached.last_used = self.clock;
+        cached.tokens.clear();
+        if cells == Cells::Keep && self.config.prefix_cache {
+            cached
+                .tokens
+                .extend_from_slice(&slot.tokens[..slot.pos as usize]);
+        } else {
+            let _ = self
+                .ctx
+                .clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+        }
         let _ = slot.reply.send(result);
     }
+}
+
+/// What happens to a released job's KV cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cells {
+    /// They hold exactly the job's decoded tokens: kept for prefix reuse.
+    Keep,
+    /// Their content is unknown (a failed decode): cleared.
+    Drop,
 }
 
 #[cfg(test)]

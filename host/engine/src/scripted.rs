@@ -229,6 +229,7 @@ impl ScriptedBackend {
                 return Ok(Response::Text {
                     text: strip_think_blocks(&out),
                     prompt_tokens,
+                    cached_tokens: 0,
                     generated_tokens: generated,
                     finish: Finish::TokenLimit,
                 });
@@ -249,6 +250,7 @@ impl ScriptedBackend {
                 Ok(Response::Text {
                     text: strip_think_blocks(&out),
                     prompt_tokens,
+                    cached_tokens: 0,
                     generated_tokens: generated,
                     finish: Finish::EndOfGeneration,
                 })
@@ -304,6 +306,7 @@ mod tests {
             Response::Text {
                 text: "say it back".into(),
                 prompt_tokens: 3,
+                cached_tokens: 0,
                 generated_tokens: 3,
                 finish: Finish::EndOfGeneration,
             }

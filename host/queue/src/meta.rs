@@ -126,6 +126,10 @@ pub struct Meta {
     pub status: Option<JobStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_tokens: Option<u32>,
+    /// Of `prompt_tokens`, those whose KV cells the engine reused from an earlier job
+    /// (prefix reuse) instead of computing them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generated_tokens: Option<u32>,
     /// Generated tokens per second from claim to completion, set when a text job is done.

@@ -295,6 +295,8 @@ pub struct Outcome {
     /// Files to write into the job directory before it moves (name, bytes).
     pub artifacts: Vec<(String, Vec<u8>)>,
     pub prompt_tokens: Option<u32>,
+    /// Prompt tokens the engine served from its prefix cache.
+    pub cached_tokens: Option<u32>,
     pub generated_tokens: Option<u32>,
     /// Name of the model the job ran on.
     pub model: Option<String>,
@@ -931,6 +933,9 @@ impl Workspace {
         meta.artifacts = artifacts;
         if outcome.prompt_tokens.is_some() {
             meta.prompt_tokens = outcome.prompt_tokens;
+        }
+        if outcome.cached_tokens.is_some() {
+            meta.cached_tokens = outcome.cached_tokens;
         }
         if outcome.generated_tokens.is_some() {
             meta.generated_tokens = outcome.generated_tokens;

@@ -47,6 +47,7 @@ fn a_job_walks_through_every_state() {
         Outcome {
             artifacts: vec![("result.txt".into(), b"hi there".to_vec())],
             prompt_tokens: Some(3),
+            cached_tokens: Some(1),
             generated_tokens: Some(2),
             model: Some("m".into()),
         },
@@ -57,6 +58,7 @@ fn a_job_walks_through_every_state() {
     assert_eq!(meta.status.map(JobStatus::as_str), Some("done"));
     assert_eq!(meta.artifacts, vec!["result.txt"]);
     assert_eq!(meta.generated_tokens, Some(2));
+    assert_eq!(meta.cached_tokens, Some(1));
     assert_eq!(meta.model.as_deref(), Some("m"));
     assert!(meta.completed_at.is_some() && meta.duration_s.is_some());
     assert_eq!(

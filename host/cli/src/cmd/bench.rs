@@ -20,6 +20,9 @@ use nrvna_queue::{Claim, Outcome, State, Submission, Workspace};
 
 use crate::cli::{DEFAULT_MODEL_FILE, resolve_model};
 
+mod load;
+mod prefix;
+
 const PROMPT: &str = "Write a long story about a dragon who learns to bake bread.";
 /// Per-job context for the benchmark: the prompt plus 64 tokens fit with room to spare.
 const BENCH_CTX: u32 = 512;
@@ -51,12 +54,13 @@ pub struct BenchArgs {
     /// Directory for the queue-alone workspaces [default: the system temp dir]
     #[arg(long, value_name = "DIR")]
     queue_dir: Option<PathBuf>,
-    /// Sections to run: engine, pickup, queue
+    /// Sections to run: engine, pickup, queue, prefix (prompt-prefix reuse on and off),
+    /// load (throughput with and without two `nice -n 19` busy loops beside it)
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "engine,pickup,queue",
-        value_parser = ["engine", "pickup", "queue"]
+        value_parser = ["engine", "pickup", "queue", "prefix", "load"]
     )]
     only: Vec<String>,
 }
@@ -81,6 +85,12 @@ pub fn run(args: BenchArgs) -> Result<String> {
     }
     if wants("pickup") {
         out.push_str(&idle_pickup(&model)?);
+    }
+    if wants("prefix") {
+        out.push_str(&prefix::section(&model, args.repeat)?);
+    }
+    if wants("load") {
+        out.push_str(&load::section(&model, args.repeat)?);
     }
     if wants("queue") {
         out.push_str(&queue_alone(
@@ -175,14 +185,28 @@ struct BenchDaemon {
 
 impl BenchDaemon {
     fn start(model: &Path, workers: usize, predict: u32) -> Result<BenchDaemon> {
+        BenchDaemon::start_with(
+            model,
+            workers,
+            &[
+                ("NRVNA_CTX", BENCH_CTX.to_string()),
+                ("NRVNA_PREDICT", predict.to_string()),
+            ],
+        )
+    }
+
+    /// A daemon with `env` set (on top of the caller's environment, less its OpenMP wait
+    /// policy: the daemon picks its own unless `env` names one).
+    fn start_with(model: &Path, workers: usize, env: &[(&str, String)]) -> Result<BenchDaemon> {
         let dir = tempfile::tempdir()?;
         let ws = dir.path().join("ws");
         let child = Command::new(sibling("nrvnad")?)
             .arg(model)
             .arg(&ws)
             .arg(workers.to_string())
-            .env("NRVNA_CTX", BENCH_CTX.to_string())
-            .env("NRVNA_PREDICT", predict.to_string())
+            .env_remove("OMP_WAIT_POLICY")
+            .env_remove("GOMP_SPINCOUNT")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("NRVNA_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -111,6 +111,10 @@ fn parse_level(s: &str) -> Result<LogLevel, String> {
 }
 
 pub fn run(args: ExecArgs) -> Result<ExitCode> {
+    if args.model.is_some() {
+        // Before anything is done: the in-process daemon runs the engine.
+        crate::thread_wait::reexec_with_passive_wait();
+    }
     let mut grants = args.grants.to_grants()?;
     if only_asks_for_help(&args) {
         // It runs on a temporary workspace no daemon serves: a job would wait forever,

@@ -101,6 +101,8 @@ fn run(args: Args) -> Result<ExitCode> {
         Command::Cancel { workspace, id } => cancel(&workspace, &id),
         Command::Ps(args) => super::ps::run(&args),
         Command::Bench(args) => {
+            // The raw loop runs the engine here: it waits as the daemon does.
+            crate::thread_wait::reexec_with_passive_wait();
             print!("{}", super::bench::run(args)?);
             Ok(ExitCode::SUCCESS)
         }

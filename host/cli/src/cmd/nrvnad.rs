@@ -146,6 +146,7 @@ pub fn main() -> ExitCode {
 }
 
 fn serve(args: Args) -> Result<ExitCode> {
+    crate::thread_wait::reexec_with_passive_wait();
     let workers = match (args.workers, args.workers_pos) {
         (Some(flag), Some(pos)) => {
             let reason =

@@ -117,6 +117,12 @@ pub mod vars {
         min: 0,
         max: 1,
     };
+    pub const PREFIX_CACHE: NumVar<u8> = NumVar {
+        name: "NRVNA_PREFIX_CACHE",
+        what: "reuse cached prompt prefixes across jobs",
+        min: 0,
+        max: 1,
+    };
     pub const LLAMA_LOG: NumVar<u8> = NumVar {
         name: "NRVNA_LLAMA_LOG",
         what: "show llama.cpp's own log on stderr",
@@ -147,6 +153,7 @@ pub fn env_help() -> String {
         vars::THREADS.help_row("all"),
         vars::WORKERS.help_row(DEFAULT_WORKERS),
         vars::MAX_ATTEMPTS.help_row(DEFAULT_MAX_ATTEMPTS),
+        vars::PREFIX_CACHE.help_row(u8::from(engine.prefix_cache)),
         vars::FSYNC.help_row(1),
         vars::LLAMA_LOG.help_row(0),
     ];
@@ -159,6 +166,7 @@ pub fn env_help() -> String {
         "  NRVNA_MODELS_DIR    where a bare model name is looked up     ~/.cache/nrvna/models\n\
          \x20 NRVNA_EMBED_MODEL   embedding model (--embed-model wins)     the chat model, mean-pooled\n\
          \x20 NRVNA_LOG           log filter (error, warn, info, debug)    info\n\
+         \x20 OMP_WAIT_POLICY     how decode threads wait (active: spin)   passive\n\
          \x20 XDG_CACHE_HOME      compiled agents cached in its nrvna/wasm ~/.cache\n\
          \x20 NO_COLOR            set: no colour (else only on a terminal) unset",
     );
@@ -251,6 +259,7 @@ fn engine_config(model: PathBuf, workers: usize) -> Result<EngineConfig> {
     config.batch = vars::BATCH.read_or(config.batch)?;
     config.gpu_layers = vars::GPU_LAYERS.read_or(config.gpu_layers)?;
     config.threads = vars::THREADS.read()?.or(config.threads);
+    config.prefix_cache = vars::PREFIX_CACHE.read_or(u8::from(config.prefix_cache))? == 1;
     let s = &config.sampling;
     config.sampling = SamplingDefaults {
         max_tokens: vars::PREDICT.read_or(s.max_tokens)?,
@@ -275,6 +284,8 @@ mod tests {
             "NRVNA_CTX",
             "NRVNA_FSYNC",
             "NRVNA_LLAMA_LOG",
+            "NRVNA_PREFIX_CACHE",
+            "OMP_WAIT_POLICY",
             "NRVNA_MAX_ATTEMPTS",
             "NRVNA_EMBED_MODEL",
         ] {

@@ -49,12 +49,14 @@ pub fn run_job(
         Ok(Response::Text {
             text,
             prompt_tokens,
+            cached_tokens,
             generated_tokens,
             finish,
         }) => {
             let outcome = |artifact: &str| Outcome {
                 artifacts: vec![(artifact.to_owned(), text.clone().into_bytes())],
                 prompt_tokens: Some(prompt_tokens),
+                cached_tokens: Some(cached_tokens),
                 generated_tokens: Some(generated_tokens),
                 model: model.clone(),
             };
@@ -79,6 +81,7 @@ pub fn run_job(
                 prompt_tokens: Some(prompt_tokens),
                 generated_tokens: None,
                 model,
+                ..Outcome::default()
             })
         }
         Err(EngineError::Cancelled { partial }) => {

@@ -677,7 +677,7 @@ mod tests {
                 artifacts: vec![(RESULT_FILE.into(), b"done text".to_vec())],
                 prompt_tokens: Some(5),
                 generated_tokens: Some(2),
-                model: None,
+                ..Outcome::default()
             },
         )
         .unwrap();
