@@ -30,6 +30,8 @@ pub(crate) struct Kv {
     /// The directory under the agent's: `kv` for the guest's own keys, `submitted` for
     /// the host's record of idempotent submissions (the guest cannot write there).
     space: &'static str,
+    /// Bytes all its keys may hold together (`None`: no limit but the key and value ones).
+    max_bytes: Option<u64>,
 }
 
 impl Kv {
@@ -39,7 +41,14 @@ impl Kv {
             ws_root,
             agent,
             space: "kv",
+            max_bytes: None,
         }
+    }
+
+    /// The same store, holding at most `bytes` in all its keys.
+    pub(crate) fn with_byte_limit(mut self, bytes: u64) -> Kv {
+        self.max_bytes = Some(bytes);
+        self
     }
 
     /// The record of `submit` keys: key → the route and id of the job it queued.
@@ -48,6 +57,7 @@ impl Kv {
             ws_root,
             agent,
             space: "submitted",
+            max_bytes: None,
         }
     }
 
@@ -119,6 +129,24 @@ impl Kv {
             Err(e) if e.kind() == ErrorKind::NotFound => false,
             Err(e) => return Err(io(e)),
         };
+        if let Some(limit) = self.max_bytes {
+            // What the other keys hold, plus the new value (a replaced value is freed).
+            let others: u64 = key_names(&dir)?
+                .iter()
+                .filter(|other| **other != name)
+                .filter_map(|other| dir.symlink_metadata(other).ok())
+                .map(|md| md.len())
+                .sum();
+            if others.saturating_add(value.len() as u64) > limit {
+                return Err(JobError::Quota(format!(
+                    "kv bytes: agent {:?} keeps {others} bytes in its other keys; {} more \
+                     for {} would pass the limit of {limit} bytes (--max-kv-bytes)",
+                    self.agent,
+                    value.len(),
+                    quoted(key, MAX_KEY_LEN)
+                )));
+            }
+        }
         if !exists {
             let names = key_names(&dir)?;
             let count = names.len();

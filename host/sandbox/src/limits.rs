@@ -39,6 +39,13 @@ pub struct Limits {
     pub hostcall_bytes: u64,
     /// Bytes of log (the `log` interface plus stdout and stderr) before lines are dropped.
     pub log_bytes: u64,
+    /// Handles (open files and directories, streams, pollables) the run's sandboxes may
+    /// hold together: a nested `agents.call` gets what its callers leave.
+    pub max_handles: u64,
+    /// Bytes one agent may keep in its `kv` storage (all its keys, across runs).
+    pub kv_bytes: u64,
+    /// Bytes of images the run's jobs may name in all (each is copied into the workspace).
+    pub image_bytes: u64,
 }
 
 impl Limits {
@@ -54,6 +61,9 @@ impl Limits {
         max_depth: 16,
         hostcall_bytes: 16 << 20,
         log_bytes: 1 << 20,
+        max_handles: 1024,
+        kv_bytes: 64 << 20,
+        image_bytes: 256 << 20,
     };
 }
 
@@ -91,6 +101,7 @@ pub(crate) struct RunBudget {
     memory_peak: AtomicU64,
     jobs_submitted: AtomicU64,
     agent_calls: AtomicU64,
+    image_bytes: AtomicU64,
 }
 
 impl RunBudget {
@@ -105,6 +116,7 @@ impl RunBudget {
             memory_peak: AtomicU64::new(0),
             jobs_submitted: AtomicU64::new(0),
             agent_calls: AtomicU64::new(0),
+            image_bytes: AtomicU64::new(0),
         }
     }
 
@@ -158,6 +170,13 @@ impl RunBudget {
         }
     }
 
+    /// Linear memory the run may still grow by: what it can still receive from the host.
+    pub(crate) fn memory_left(&self) -> u64 {
+        self.limits
+            .memory_bytes
+            .saturating_sub(self.memory_used.load(Ordering::SeqCst))
+    }
+
     fn release_memory(&self, bytes: u64) {
         let _ = self
             .memory_used
@@ -184,6 +203,30 @@ impl RunBudget {
                 ),
             )
         })
+    }
+
+    /// Handles a sandbox may hold when its callers (the sandboxes above it in the
+    /// `agents.call` chain, all suspended in that call) hold `above`.
+    pub(crate) fn handles_left(&self, above: u64) -> usize {
+        usize::try_from(self.limits.max_handles.saturating_sub(above)).unwrap_or(usize::MAX)
+    }
+
+    /// The limit `e` reports, if it is a sandbox's handle table being full: the run's
+    /// sandboxes together hold [`Limits::max_handles`].
+    pub(crate) fn handles_limit_hit(&self, e: &wasmtime::Error) -> Option<LimitHit> {
+        use wasmtime::component::ResourceTableError;
+        e.chain()
+            .any(|c| matches!(c.downcast_ref(), Some(ResourceTableError::Full)))
+            .then(|| {
+                LimitHit::new(
+                    LimitKind::Handles,
+                    format!(
+                        "the run's sandboxes (nested agents included) hold {} handles (open \
+                         files, directories, streams) together",
+                        self.limits.max_handles
+                    ),
+                )
+            })
     }
 
     /// The run outlived its wall-clock limit.
@@ -228,6 +271,29 @@ impl RunBudget {
             )));
         }
         Ok(())
+    }
+
+    /// Charges an image of `bytes` a job names to the run, or refuses it (charging
+    /// nothing) past [`Limits::image_bytes`]. `shown` names the image in the message.
+    pub(crate) fn charge_image(&self, bytes: u64, shown: &str) -> Result<(), JobError> {
+        let limit = self.limits.image_bytes;
+        self.image_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(bytes).filter(|next| *next <= limit)
+            })
+            .map(|_| ())
+            .map_err(|used| {
+                JobError::Quota(format!(
+                    "image bytes: this run's jobs have named {used} bytes of images; image \
+                     {shown} ({bytes} bytes) would pass the limit of {limit} bytes \
+                     (--max-image-bytes)"
+                ))
+            })
+    }
+
+    /// Bytes one agent may keep in `kv`.
+    pub(crate) fn kv_bytes(&self) -> u64 {
+        self.limits.kv_bytes
     }
 
     /// The in-flight quota, for deciding whether a recount is worth it.
@@ -357,7 +423,7 @@ fn mib(bytes: u64) -> String {
     format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
-fn show_duration(d: Duration) -> String {
+pub(crate) fn show_duration(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
     } else {

@@ -34,6 +34,8 @@ pub(crate) struct HostState {
     pub(crate) agent_name: Arc<str>,
     /// `agents.call` nesting: 0 for the run's own component.
     pub(crate) depth: u32,
+    /// Handles the sandboxes calling this one hold (see [`crate::Limits::max_handles`]).
+    pub(crate) handles_above: u64,
     /// Its storage (`kv`).
     pub(crate) kv: Kv,
 }
