@@ -278,6 +278,31 @@ fn a_fifo_hangs_neither_the_run_nor_the_process() {
     assert_daemon_serves(&ws);
 }
 
+#[test]
+fn a_fifo_read_by_an_agent_job_ends_the_job_and_not_the_daemon() {
+    let ws = TestWs::new();
+    let (data, grant) = data_dir(&ws);
+    mkfifo(&data.join("pipe"));
+    let d = Daemon::start(
+        &ws.path,
+        &model(),
+        1,
+        &["--dir", &grant, "--timeout", "2s"],
+        &[],
+    );
+    let agent = hostile_job(&ws, &["read", "/data/pipe"]);
+    let plain = plain_job(&ws);
+    let (rc, _, err) = ws.follow(&agent);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("wall-clock time limit reached"), "{err}");
+    assert_plain_job_done(&ws, &plain);
+    assert_daemon_serves(&ws);
+    // The thread still blocked in open() does not keep nrvnad from stopping.
+    let started = Instant::now();
+    let _ = d.stop();
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
 // ----- 8. logs -------------------------------------------------------------------------------
 
 #[test]
@@ -323,6 +348,28 @@ fn the_log_budget_counts_what_is_written() {
 // ----- smaller things ------------------------------------------------------------------------
 
 #[test]
+fn returning_from_agents_call_costs_the_caller_no_cpu() {
+    // 16 sandboxes, each sleeping 20 ms (one tick each, as any long host call costs) and
+    // then waiting for the next: the returns are not guest CPU time. Charged a tick each,
+    // they took the run past 25 ticks.
+    let ws = TestWs::new();
+    let (_data, grant) = data_dir(&ws);
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--dir", &grant, "--cpu", "250ms"],
+        &["hold-files", "/data", "1", "15", "20"],
+    );
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert_eq!(
+        stdout(&out).matches(": held 1").count(),
+        16,
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
 fn a_limit_in_a_nested_agent_stops_the_whole_run() {
     // The parent swallows whatever its child returns; a limit is not its to swallow.
     let ws = TestWs::new();
@@ -344,6 +391,30 @@ fn a_limit_in_a_nested_agent_stops_the_whole_run() {
 }
 
 // ----- 5. results built for the guest --------------------------------------------------------
+
+#[test]
+fn huge_ids_and_keys_are_cut_before_any_per_byte_work() {
+    // 20 status calls and a kv.get with 15 MiB of control characters: each error is short
+    // and cheap, well inside 5 s of wall clock.
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    let bytes = (15 << 20).to_string();
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--timeout", "5s", "--cpu", "1s", "--memory", "200M"],
+        &["huge-ids", "20", &bytes],
+    );
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let longest: usize = stdout(&out)
+        .trim()
+        .strip_prefix("longest error ")
+        .and_then(|n| n.strip_suffix(" bytes"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX);
+    assert!(longest < 4000, "{}", show(&out));
+    assert_daemon_serves(&ws);
+}
 
 #[test]
 fn wait_all_returns_no_more_than_the_guest_can_hold() {

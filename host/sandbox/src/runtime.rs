@@ -534,15 +534,20 @@ pub(crate) fn run_sandbox(
             agent_name: agent_name.clone(),
             depth,
             handles_above,
+            waited_in_call: false,
             kv,
         };
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(run.budget.hostcall_fuel());
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|ctx| {
+        store.epoch_deadline_callback(|mut ctx| {
             // Each callback is one tick of guest execution; a long host call (follow)
-            // costs one tick, not its duration.
+            // costs one tick, not its duration, and a return from agents.call (whose
+            // child charged its own ticks) none.
+            if std::mem::take(&mut ctx.data_mut().waited_in_call) {
+                return Ok(UpdateDeadline::Yield(1));
+            }
             ctx.data().run.budget.charge_cpu_tick()?;
             Ok(UpdateDeadline::Yield(1))
         });

@@ -32,7 +32,9 @@ impl agents::Host for HostState {
             depth,
             handles_above,
         )));
-        let failed = match child.await {
+        let ended = child.await;
+        self.waited_in_call = true;
+        let failed = match ended {
             Ok(Ok(Ok(text))) => return Ok(text),
             Ok(Ok(Err(error))) => error,
             // The limits are the run's: one reached in a nested agent stops the whole

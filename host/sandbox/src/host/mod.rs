@@ -36,6 +36,9 @@ pub(crate) struct HostState {
     pub(crate) depth: u32,
     /// Handles the sandboxes calling this one hold (see [`crate::Limits::max_handles`]).
     pub(crate) handles_above: u64,
+    /// Set when an `agents.call` returns: the epoch passed while this sandbox waited for
+    /// its child, and the tick that comes due at once is not this guest's CPU time.
+    pub(crate) waited_in_call: bool,
     /// Its storage (`kv`).
     pub(crate) kv: Kv,
 }

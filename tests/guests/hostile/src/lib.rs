@@ -280,6 +280,20 @@ impl Guest for Hostile {
                 }
                 Ok(format!("ok {ok} bytes {bytes} quota {quota}\n{first_quota}"))
             }
+            // N `status` calls and one `kv.get` with an id/key of BYTES control characters.
+            "huge-ids" => {
+                let n: usize = arg(1).parse().map_err(|e| format!("N: {e}"))?;
+                let bytes: usize = arg(2).parse().map_err(|e| format!("BYTES: {e}"))?;
+                let junk = "\u{1b}".repeat(bytes);
+                let mut longest = 0;
+                for _ in 0..n {
+                    let r = format!("{:?}", jobs::status(&junk));
+                    longest = longest.max(r.len());
+                }
+                let kv = format!("{:?}", nrvna::agent::kv::get(&junk));
+                longest = longest.max(kv.len());
+                Ok(format!("longest error {longest} bytes"))
+            }
             other => Err(format!("unknown mode {other:?}")),
         }
     }
