@@ -131,12 +131,7 @@ impl Kv {
         };
         if let Some(limit) = self.max_bytes {
             // What the other keys hold, plus the new value (a replaced value is freed).
-            let others: u64 = key_names(&dir)?
-                .iter()
-                .filter(|other| **other != name)
-                .filter_map(|other| dir.symlink_metadata(other).ok())
-                .map(|md| md.len())
-                .sum();
+            let others = stored_bytes(&dir, &name)?;
             if others.saturating_add(value.len() as u64) > limit {
                 return Err(JobError::Quota(format!(
                     "kv bytes: agent {:?} keeps {others} bytes in its other keys; {} more \
@@ -247,6 +242,21 @@ fn evict_oldest(dir: &Dir, names: Vec<String>, keep: usize) -> Result<(), JobErr
         let _ = dir.remove_file(&name);
     }
     sync_dir(dir).map_err(io)
+}
+
+/// Bytes the keys other than the file `except` hold: one pass over the directory, each
+/// size read through the directory handle.
+fn stored_bytes(dir: &Dir, except: &str) -> Result<u64, JobError> {
+    let mut total = 0u64;
+    for entry in dir.entries().map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("k_") && name != except {
+            total = total.saturating_add(entry.metadata().map_err(io)?.len());
+        }
+    }
+    Ok(total)
 }
 
 fn key_names(dir: &Dir) -> Result<Vec<String>, JobError> {

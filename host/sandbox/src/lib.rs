@@ -32,6 +32,8 @@ mod bindings {
     });
 }
 
+/// Costs of the hardening checks, for `nrvna bench --only sandbox`.
+pub mod bench;
 mod cache;
 mod error;
 mod grants;

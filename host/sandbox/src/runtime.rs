@@ -442,7 +442,7 @@ fn check_component_header(bytes: &[u8]) -> Result<(), &'static str> {
 /// Refuses a component whose compilation would cost too much, before compiling it:
 /// too many functions, or a function with too many locals or too large a body (in any
 /// of its core modules).
-fn check_compile_cost(bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn check_compile_cost(bytes: &[u8]) -> Result<(), String> {
     use wasmparser::{Parser, Payload};
     let mut functions = 0u64;
     for payload in Parser::new(0).parse_all(bytes) {
