@@ -47,6 +47,8 @@ pub struct GrantArgs {
     pub max_kv_bytes: Option<u64>,
     #[arg(help = format!("Bytes of images the run's jobs may name in all [default: {}]", show_size(Limits::default().image_bytes)), long, value_name = "SIZE", value_parser = parse_bytes)]
     pub max_image_bytes: Option<u64>,
+    #[arg(help = format!("Bytes the run writes to files, stdout and stderr in all [default: {}]", show_size(Limits::default().write_bytes)), long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub max_write_bytes: Option<u64>,
 }
 
 impl GrantArgs {
@@ -69,6 +71,7 @@ impl GrantArgs {
                 max_handles: self.max_handles.unwrap_or(defaults.max_handles),
                 kv_bytes: self.max_kv_bytes.unwrap_or(defaults.kv_bytes),
                 image_bytes: self.max_image_bytes.unwrap_or(defaults.image_bytes),
+                write_bytes: self.max_write_bytes.unwrap_or(defaults.write_bytes),
             },
             ..Grants::default()
         };
@@ -156,6 +159,11 @@ pub fn limits_help() -> String {
             "--max-image-bytes SIZE",
             "images the run's jobs name, in all",
             show_size(d.image_bytes),
+        ),
+        (
+            "--max-write-bytes SIZE",
+            "written to files, stdout, stderr",
+            show_size(d.write_bytes),
         ),
     ];
     let mut out = String::from("Limits (for the whole run, nested agents.call included):\n");

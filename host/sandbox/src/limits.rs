@@ -46,6 +46,9 @@ pub struct Limits {
     pub kv_bytes: u64,
     /// Bytes of images the run's jobs may name in all (each is copied into the workspace).
     pub image_bytes: u64,
+    /// Bytes the run's sandboxes may write through WASI streams together: files in
+    /// read-write `--dir` grants, stdout and stderr.
+    pub write_bytes: u64,
 }
 
 impl Limits {
@@ -64,6 +67,7 @@ impl Limits {
         max_handles: 1024,
         kv_bytes: 64 << 20,
         image_bytes: 256 << 20,
+        write_bytes: 1 << 30,
     };
 }
 
@@ -102,6 +106,8 @@ pub(crate) struct RunBudget {
     jobs_submitted: AtomicU64,
     agent_calls: AtomicU64,
     image_bytes: AtomicU64,
+    write_bytes: AtomicU64,
+    write_refused: std::sync::atomic::AtomicBool,
 }
 
 impl RunBudget {
@@ -117,6 +123,8 @@ impl RunBudget {
             jobs_submitted: AtomicU64::new(0),
             agent_calls: AtomicU64::new(0),
             image_bytes: AtomicU64::new(0),
+            write_bytes: AtomicU64::new(0),
+            write_refused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -289,6 +297,38 @@ impl RunBudget {
                      (--max-image-bytes)"
                 ))
             })
+    }
+
+    /// Charges `bytes` the run is about to write through a WASI stream, or says (charging
+    /// nothing) that they would pass [`Limits::write_bytes`].
+    pub(crate) fn charge_write(&self, bytes: u64) -> Result<(), String> {
+        let limit = self.limits.write_bytes;
+        self.write_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(bytes).filter(|next| *next <= limit)
+            })
+            .map(|_| ())
+            .map_err(|used| {
+                format!(
+                    "write bytes limit reached: the run (nested agents included) has written \
+                     {used} bytes through its files, stdout and stderr; {bytes} more would pass \
+                     the limit of {limit} bytes (--max-write-bytes); further writes fail"
+                )
+            })
+    }
+
+    /// Gives back bytes charged for a write that moved fewer.
+    pub(crate) fn refund_write(&self, bytes: u64) {
+        let _ = self
+            .write_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+    }
+
+    /// True the first time a write is refused (to log it once).
+    pub(crate) fn first_write_refusal(&self) -> bool {
+        !self.write_refused.swap(true, Ordering::SeqCst)
     }
 
     /// Bytes one agent may keep in `kv`.

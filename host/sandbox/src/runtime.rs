@@ -209,6 +209,8 @@ impl Runtime {
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(runtime_failure("linking WASI"))?;
+        crate::host::streams::add_to_linker(&mut linker)
+            .map_err(runtime_failure("linking WASI streams"))?;
         bindings::Agent::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(runtime_failure("linking nrvna:agent"))?;
         let cache = match &config.cache_dir {

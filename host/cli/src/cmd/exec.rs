@@ -39,8 +39,9 @@ Grants (nothing is granted unless given; repeatable):
 
 {LIMITS}SIZE is a number with K, M or G; DURATION is seconds or a number with ms, s, m, h.
 Jobs, in-flight, prompt, depth, kv and image-byte limits are errors the component
-sees (quota or invalid) and can handle; memory, CPU, time, host-call bytes and handles stop the
-run, also when a nested agent (agents.call) reaches them.
+sees (quota or invalid) and can handle, as is a write past --max-write-bytes (an I/O
+error); memory, CPU, time, host-call bytes and handles stop the run, also when a
+nested agent (agents.call) reaches them.
 Jobs the run leaves queued or running are cancelled when it ends, also when SIGINT
 (Ctrl-C) or SIGTERM stops it (--keep-jobs keeps them). Compiled components are cached
 in --cache-dir (default ~/.cache/nrvna/wasm).

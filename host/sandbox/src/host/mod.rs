@@ -9,6 +9,7 @@ mod agents;
 pub(crate) mod jobs;
 mod kv;
 mod log;
+pub(crate) mod streams;
 
 use std::sync::Arc;
 

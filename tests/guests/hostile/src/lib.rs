@@ -294,6 +294,20 @@ impl Guest for Hostile {
                 longest = longest.max(kv.len());
                 Ok(format!("longest error {longest} bytes"))
             }
+            // Appends N MiB to PATH, 1 MiB a write, until the host refuses.
+            "write-flood" => {
+                use std::io::Write;
+                let path = arg(1);
+                let n: usize = arg(2).parse().map_err(|e| format!("N: {e}"))?;
+                let mut f = std::fs::File::create(&path).map_err(|e| format!("{path}: {e}"))?;
+                let chunk = vec![b'x'; 1 << 20];
+                for i in 0..n {
+                    if let Err(e) = f.write_all(&chunk) {
+                        return Ok(format!("wrote {i} MiB\nrefused: {e}"));
+                    }
+                }
+                Ok(format!("wrote {n} MiB"))
+            }
             other => Err(format!("unknown mode {other:?}")),
         }
     }
