@@ -21,6 +21,7 @@ mod faults;
 mod first_hour;
 mod follow_and_status;
 mod grammar_input;
+mod hardening;
 mod patterns;
 mod prefix_cache;
 mod sandbox;

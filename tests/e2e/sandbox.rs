@@ -27,7 +27,7 @@ fn exec_command(ws: &TestWs, component: Component, flags: &[&str], args: &[&str]
 }
 
 /// Runs `nrvna exec COMPONENT --ws WS FLAGS -- ARGS` to its end.
-fn exec(ws: &TestWs, component: Component, flags: &[&str], args: &[&str]) -> Output {
+pub(crate) fn exec(ws: &TestWs, component: Component, flags: &[&str], args: &[&str]) -> Output {
     run(&mut exec_command(ws, component, flags, args))
 }
 
@@ -36,7 +36,7 @@ fn agent_dir(ws: &TestWs, component: Component) -> PathBuf {
     ws.path.join(".agents").join(component.name)
 }
 
-fn show(out: &Output) -> String {
+pub(crate) fn show(out: &Output) -> String {
     format!(
         "exit {}\n--- stdout\n{}\n--- stderr\n{}",
         code(out),
@@ -46,7 +46,7 @@ fn show(out: &Output) -> String {
 }
 
 /// A short job through wrk and flw must still succeed.
-fn assert_daemon_serves(ws: &TestWs) {
+pub(crate) fn assert_daemon_serves(ws: &TestWs) {
     let id = ws.submit(&["Say ok.", "--max-tokens", "4"]);
     let (rc, out, err) = ws.follow(&id);
     assert_eq!(rc, 0, "the daemon stopped serving: {err}");
@@ -724,7 +724,12 @@ fn exec_says_what_a_file_is_when_it_is_not_a_component() {
 }
 
 /// Starts `nrvna exec COMPONENT --ws WS FLAGS -- ARGS` in the background.
-fn spawn_exec(ws: &TestWs, component: Component, flags: &[&str], args: &[&str]) -> Child {
+pub(crate) fn spawn_exec(
+    ws: &TestWs,
+    component: Component,
+    flags: &[&str],
+    args: &[&str],
+) -> Child {
     exec_command(ws, component, flags, args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -41,6 +41,14 @@ pub struct GrantArgs {
     pub max_hostcall_bytes: Option<u64>,
     #[arg(help = format!("Log bytes before lines are dropped [default: {}]", show_size(Limits::default().log_bytes)), long, value_name = "SIZE", value_parser = parse_bytes)]
     pub max_log_bytes: Option<u64>,
+    #[arg(help = format!("Handles (open files, streams) the run's sandboxes hold together [default: {}]", Limits::default().max_handles), long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_handles: Option<u64>,
+    #[arg(help = format!("Bytes one agent keeps in kv, all keys together [default: {}]", show_size(Limits::default().kv_bytes)), long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub max_kv_bytes: Option<u64>,
+    #[arg(help = format!("Bytes of images the run's jobs may name in all [default: {}]", show_size(Limits::default().image_bytes)), long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub max_image_bytes: Option<u64>,
+    #[arg(help = format!("Bytes the run writes to files, stdout and stderr in all [default: {}]", show_size(Limits::default().write_bytes)), long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub max_write_bytes: Option<u64>,
 }
 
 impl GrantArgs {
@@ -60,6 +68,10 @@ impl GrantArgs {
                 max_depth: self.max_depth.unwrap_or(defaults.max_depth),
                 hostcall_bytes: self.max_hostcall_bytes.unwrap_or(defaults.hostcall_bytes),
                 log_bytes: self.max_log_bytes.unwrap_or(defaults.log_bytes),
+                max_handles: self.max_handles.unwrap_or(defaults.max_handles),
+                kv_bytes: self.max_kv_bytes.unwrap_or(defaults.kv_bytes),
+                image_bytes: self.max_image_bytes.unwrap_or(defaults.image_bytes),
+                write_bytes: self.max_write_bytes.unwrap_or(defaults.write_bytes),
             },
             ..Grants::default()
         };
@@ -132,6 +144,26 @@ pub fn limits_help() -> String {
             "--max-log-bytes SIZE",
             "log before lines are dropped",
             show_size(d.log_bytes),
+        ),
+        (
+            "--max-handles N",
+            "open files and streams held at once",
+            d.max_handles.to_string(),
+        ),
+        (
+            "--max-kv-bytes SIZE",
+            "kv storage of one agent, all its keys",
+            show_size(d.kv_bytes),
+        ),
+        (
+            "--max-image-bytes SIZE",
+            "images the run's jobs name, in all",
+            show_size(d.image_bytes),
+        ),
+        (
+            "--max-write-bytes SIZE",
+            "written to files, stdout, stderr",
+            show_size(d.write_bytes),
         ),
     ];
     let mut out = String::from("Limits (for the whole run, nested agents.call included):\n");

@@ -696,7 +696,13 @@ impl Workspace {
             Err(e) => return Err(e).at(&ready),
         }
         let claimed_at = Instant::now();
-        let loaded = self.load_claimed(&ready, id);
+        let loaded = match self.load_claimed(&ready, id) {
+            // The host is short of descriptors, not the job at fault: leave it queued for
+            // a later claim rather than reject (or strand) it.
+            Err(Unloadable::Host(e)) => return Err(e),
+            Err(Unloadable::Job(reason)) => Err(reason),
+            Ok(loaded) => Ok(loaded),
+        };
         let mut meta = match &loaded {
             Ok((meta, _)) => meta.clone(),
             Err(_) => read_meta(&ready, id).unwrap_or_else(|_| Meta {
@@ -743,21 +749,27 @@ impl Workspace {
     }
 
     /// Reads what a claimed job needs; an `Err` is the reason to reject it.
-    fn load_claimed(&self, dir: &Path, id: &JobId) -> std::result::Result<(Meta, String), String> {
+    fn load_claimed(
+        &self,
+        dir: &Path,
+        id: &JobId,
+    ) -> std::result::Result<(Meta, String), Unloadable> {
         let prompt_path = dir.join(PROMPT_FILE);
         let md = fs::symlink_metadata(&prompt_path)
             .map_err(|e| format!("no readable {PROMPT_FILE}: {e}"))?;
         if !md.file_type().is_file() {
             return Err(format!(
                 "{PROMPT_FILE} is not a regular file (symlink, FIFO or directory)"
-            ));
+            )
+            .into());
         }
         if md.len() > self.limits.max_prompt_bytes {
             return Err(format!(
                 "{PROMPT_FILE} is {} bytes; the limit is {} bytes",
                 md.len(),
                 self.limits.max_prompt_bytes
-            ));
+            )
+            .into());
         }
         let meta = match read_meta(dir, id) {
             Ok(meta) => meta,
@@ -766,10 +778,9 @@ impl Workspace {
                 submitted_at: now_timestamp(),
                 ..Meta::default()
             },
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(Unloadable::from(e)),
         };
-        let bytes =
-            read_limited(&prompt_path, self.limits.max_prompt_bytes).map_err(|e| e.to_string())?;
+        let bytes = read_limited(&prompt_path, self.limits.max_prompt_bytes)?;
         let prompt =
             String::from_utf8(bytes).map_err(|_| format!("{PROMPT_FILE} is not valid UTF-8"))?;
         if prompt.is_empty() && meta.mode != Mode::Embed && meta.mode != Mode::Agent {
@@ -1051,6 +1062,42 @@ fn is_plain_file_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// Why a queued job cannot be loaded to run.
+enum Unloadable {
+    /// The job itself: it is rejected, with this reason.
+    Job(String),
+    /// The host (out of file descriptors): the job stays queued.
+    Host(QueueError),
+}
+
+impl From<String> for Unloadable {
+    fn from(reason: String) -> Unloadable {
+        Unloadable::Job(reason)
+    }
+}
+
+impl From<&str> for Unloadable {
+    fn from(reason: &str) -> Unloadable {
+        Unloadable::Job(reason.to_owned())
+    }
+}
+
+impl From<QueueError> for Unloadable {
+    fn from(e: QueueError) -> Unloadable {
+        match &e {
+            QueueError::Io { source, .. } if out_of_descriptors(source) => Unloadable::Host(e),
+            _ => Unloadable::Job(e.to_string()),
+        }
+    }
+}
+
+/// EMFILE or ENFILE: the process or the system has no file descriptor to spare.
+pub(crate) fn out_of_descriptors(e: &std::io::Error) -> bool {
+    let raw = e.raw_os_error();
+    raw == Some(rustix::io::Errno::MFILE.raw_os_error())
+        || raw == Some(rustix::io::Errno::NFILE.raw_os_error())
 }
 
 fn read_meta(dir: &Path, id: &JobId) -> Result<Meta> {

@@ -21,6 +21,8 @@ pub enum LimitKind {
     HostcallBytes,
     /// Table elements, instances, tables or memories of one component.
     Resources,
+    /// Handles (open files, directories, streams) of the whole run (`--max-handles`).
+    Handles,
 }
 
 impl LimitKind {
@@ -32,17 +34,19 @@ impl LimitKind {
             LimitKind::WallClock => "wall-clock time",
             LimitKind::HostcallBytes => "host-call bytes",
             LimitKind::Resources => "component resources",
+            LimitKind::Handles => "open handles",
         }
     }
 
-    /// The `nrvna exec` flag that raises it.
+    /// The `nrvna exec` flag that raises it (`fixed` if none does).
     pub fn flag(self) -> &'static str {
         match self {
             LimitKind::Memory => "--memory",
             LimitKind::Cpu => "--cpu",
             LimitKind::WallClock => "--timeout",
             LimitKind::HostcallBytes => "--max-hostcall-bytes",
-            LimitKind::Resources => "(fixed)",
+            LimitKind::Resources => "fixed",
+            LimitKind::Handles => "--max-handles",
         }
     }
 }
@@ -172,4 +176,20 @@ fn crash_report(e: &wasmtime::Error) -> String {
         message.push_str(&part);
     }
     cut(message, MAX_ERROR_TEXT, " [...]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_message_names_its_flag_once() {
+        let hit = LimitHit::new(LimitKind::Resources, "a table would grow");
+        assert_eq!(
+            hit.message,
+            "component resources limit reached: a table would grow (fixed)"
+        );
+        let hit = LimitHit::new(LimitKind::Handles, "x");
+        assert!(hit.message.ends_with("x (--max-handles)"), "{hit}");
+    }
 }

@@ -30,6 +30,8 @@ pub(crate) struct Kv {
     /// The directory under the agent's: `kv` for the guest's own keys, `submitted` for
     /// the host's record of idempotent submissions (the guest cannot write there).
     space: &'static str,
+    /// Bytes all its keys may hold together (`None`: no limit but the key and value ones).
+    max_bytes: Option<u64>,
 }
 
 impl Kv {
@@ -39,7 +41,14 @@ impl Kv {
             ws_root,
             agent,
             space: "kv",
+            max_bytes: None,
         }
+    }
+
+    /// The same store, holding at most `bytes` in all its keys.
+    pub(crate) fn with_byte_limit(mut self, bytes: u64) -> Kv {
+        self.max_bytes = Some(bytes);
+        self
     }
 
     /// The record of `submit` keys: key → the route and id of the job it queued.
@@ -48,6 +57,7 @@ impl Kv {
             ws_root,
             agent,
             space: "submitted",
+            max_bytes: None,
         }
     }
 
@@ -119,6 +129,19 @@ impl Kv {
             Err(e) if e.kind() == ErrorKind::NotFound => false,
             Err(e) => return Err(io(e)),
         };
+        if let Some(limit) = self.max_bytes {
+            // What the other keys hold, plus the new value (a replaced value is freed).
+            let others = stored_bytes(&dir, &name)?;
+            if others.saturating_add(value.len() as u64) > limit {
+                return Err(JobError::Quota(format!(
+                    "kv bytes: agent {:?} keeps {others} bytes in its other keys; {} more \
+                     for {} would pass the limit of {limit} bytes (--max-kv-bytes)",
+                    self.agent,
+                    value.len(),
+                    quoted(key, MAX_KEY_LEN)
+                )));
+            }
+        }
         if !exists {
             let names = key_names(&dir)?;
             let count = names.len();
@@ -219,6 +242,21 @@ fn evict_oldest(dir: &Dir, names: Vec<String>, keep: usize) -> Result<(), JobErr
         let _ = dir.remove_file(&name);
     }
     sync_dir(dir).map_err(io)
+}
+
+/// Bytes the keys other than the file `except` hold: one pass over the directory, each
+/// size read through the directory handle.
+fn stored_bytes(dir: &Dir, except: &str) -> Result<u64, JobError> {
+    let mut total = 0u64;
+    for entry in dir.entries().map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("k_") && name != except {
+            total = total.saturating_add(entry.metadata().map_err(io)?.len());
+        }
+    }
+    Ok(total)
 }
 
 fn key_names(dir: &Dir) -> Result<Vec<String>, JobError> {

@@ -32,6 +32,8 @@ mod bindings {
     });
 }
 
+/// Costs of the hardening checks, for `nrvna bench --only sandbox`.
+pub mod bench;
 mod cache;
 mod error;
 mod grants;
@@ -53,6 +55,6 @@ pub use kv::{AGENTS_DIR, MAX_KEY_LEN, MAX_KEYS, MAX_VALUE_BYTES};
 pub use limits::Limits;
 pub use log::{LogFn, LogLevel, LogRecord, LogSink, LogSource};
 pub use runtime::{
-    Agent, LoadSource, MAX_COMPONENT_BYTES, RunContext, RunOutcome, RunStats, Runtime,
-    RuntimeConfig, SchemaToGrammar,
+    Agent, LoadSource, MAX_COMPONENT_BYTES, MAX_FUNCTION_BYTES, MAX_FUNCTIONS, MAX_LOCALS,
+    RunContext, RunOutcome, RunStats, Runtime, RuntimeConfig, SchemaToGrammar,
 };

@@ -39,6 +39,16 @@ pub struct Limits {
     pub hostcall_bytes: u64,
     /// Bytes of log (the `log` interface plus stdout and stderr) before lines are dropped.
     pub log_bytes: u64,
+    /// Handles (open files and directories, streams, pollables) the run's sandboxes may
+    /// hold together: a nested `agents.call` gets what its callers leave.
+    pub max_handles: u64,
+    /// Bytes one agent may keep in its `kv` storage (all its keys, across runs).
+    pub kv_bytes: u64,
+    /// Bytes of images the run's jobs may name in all (each is copied into the workspace).
+    pub image_bytes: u64,
+    /// Bytes the run's sandboxes may write through WASI streams together: files in
+    /// read-write `--dir` grants, stdout and stderr.
+    pub write_bytes: u64,
 }
 
 impl Limits {
@@ -54,6 +64,10 @@ impl Limits {
         max_depth: 16,
         hostcall_bytes: 16 << 20,
         log_bytes: 1 << 20,
+        max_handles: 1024,
+        kv_bytes: 64 << 20,
+        image_bytes: 256 << 20,
+        write_bytes: 1 << 30,
     };
 }
 
@@ -91,6 +105,9 @@ pub(crate) struct RunBudget {
     memory_peak: AtomicU64,
     jobs_submitted: AtomicU64,
     agent_calls: AtomicU64,
+    image_bytes: AtomicU64,
+    write_bytes: AtomicU64,
+    write_refused: std::sync::atomic::AtomicBool,
 }
 
 impl RunBudget {
@@ -105,6 +122,9 @@ impl RunBudget {
             memory_peak: AtomicU64::new(0),
             jobs_submitted: AtomicU64::new(0),
             agent_calls: AtomicU64::new(0),
+            image_bytes: AtomicU64::new(0),
+            write_bytes: AtomicU64::new(0),
+            write_refused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -158,6 +178,13 @@ impl RunBudget {
         }
     }
 
+    /// Linear memory the run may still grow by: what it can still receive from the host.
+    pub(crate) fn memory_left(&self) -> u64 {
+        self.limits
+            .memory_bytes
+            .saturating_sub(self.memory_used.load(Ordering::SeqCst))
+    }
+
     fn release_memory(&self, bytes: u64) {
         let _ = self
             .memory_used
@@ -184,6 +211,30 @@ impl RunBudget {
                 ),
             )
         })
+    }
+
+    /// Handles a sandbox may hold when its callers (the sandboxes above it in the
+    /// `agents.call` chain, all suspended in that call) hold `above`.
+    pub(crate) fn handles_left(&self, above: u64) -> usize {
+        usize::try_from(self.limits.max_handles.saturating_sub(above)).unwrap_or(usize::MAX)
+    }
+
+    /// The limit `e` reports, if it is a sandbox's handle table being full: the run's
+    /// sandboxes together hold [`Limits::max_handles`].
+    pub(crate) fn handles_limit_hit(&self, e: &wasmtime::Error) -> Option<LimitHit> {
+        use wasmtime::component::ResourceTableError;
+        e.chain()
+            .any(|c| matches!(c.downcast_ref(), Some(ResourceTableError::Full)))
+            .then(|| {
+                LimitHit::new(
+                    LimitKind::Handles,
+                    format!(
+                        "the run's sandboxes (nested agents included) hold {} handles (open \
+                         files, directories, streams) together",
+                        self.limits.max_handles
+                    ),
+                )
+            })
     }
 
     /// The run outlived its wall-clock limit.
@@ -228,6 +279,61 @@ impl RunBudget {
             )));
         }
         Ok(())
+    }
+
+    /// Charges an image of `bytes` a job names to the run, or refuses it (charging
+    /// nothing) past [`Limits::image_bytes`]. `shown` names the image in the message.
+    pub(crate) fn charge_image(&self, bytes: u64, shown: &str) -> Result<(), JobError> {
+        let limit = self.limits.image_bytes;
+        self.image_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(bytes).filter(|next| *next <= limit)
+            })
+            .map(|_| ())
+            .map_err(|used| {
+                JobError::Quota(format!(
+                    "image bytes: this run's jobs have named {used} bytes of images; image \
+                     {shown} ({bytes} bytes) would pass the limit of {limit} bytes \
+                     (--max-image-bytes)"
+                ))
+            })
+    }
+
+    /// Charges `bytes` the run is about to write through a WASI stream, or says (charging
+    /// nothing) that they would pass [`Limits::write_bytes`].
+    pub(crate) fn charge_write(&self, bytes: u64) -> Result<(), String> {
+        let limit = self.limits.write_bytes;
+        self.write_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(bytes).filter(|next| *next <= limit)
+            })
+            .map(|_| ())
+            .map_err(|used| {
+                format!(
+                    "write bytes limit reached: the run (nested agents included) has written \
+                     {used} bytes through its files, stdout and stderr; {bytes} more would pass \
+                     the limit of {limit} bytes (--max-write-bytes); further writes fail"
+                )
+            })
+    }
+
+    /// Gives back bytes charged for a write that moved fewer.
+    pub(crate) fn refund_write(&self, bytes: u64) {
+        let _ = self
+            .write_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+    }
+
+    /// True the first time a write is refused (to log it once).
+    pub(crate) fn first_write_refusal(&self) -> bool {
+        !self.write_refused.swap(true, Ordering::SeqCst)
+    }
+
+    /// Bytes one agent may keep in `kv`.
+    pub(crate) fn kv_bytes(&self) -> u64 {
+        self.limits.kv_bytes
     }
 
     /// The in-flight quota, for deciding whether a recount is worth it.
@@ -357,7 +463,7 @@ fn mib(bytes: u64) -> String {
     format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
-fn show_duration(d: Duration) -> String {
+pub(crate) fn show_duration(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
     } else {

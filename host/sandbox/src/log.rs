@@ -11,6 +11,11 @@ use std::task::{Context, Poll};
 
 /// Longest line passed on; the rest is cut (a component cannot flood one record).
 pub const MAX_LINE: usize = 8 << 10;
+/// What each line costs the log budget on top of its message and agent name: about what
+/// a sink writes around it (the daemon's log prefixes each line with ~110 bytes of
+/// time, level, agent and source), so that 10^6 empty lines cannot write 100 MiB
+/// against a budget of 1 MiB.
+const LINE_COST: u64 = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -134,7 +139,7 @@ impl RunLog {
     /// Sanitises and passes on one record, unless the budget is spent.
     pub(crate) fn write(&self, agent: &str, level: LogLevel, source: LogSource, raw: &str) {
         let message = sanitize(raw);
-        let cost = message.len() as u64 + 1;
+        let cost = message.len() as u64 + agent.len() as u64 + LINE_COST;
         let used = self.used.fetch_add(cost, Ordering::Relaxed);
         if used.saturating_add(cost) > self.budget {
             if !self.dropped.swap(true, Ordering::Relaxed) {
@@ -168,8 +173,9 @@ impl RunLog {
     }
 }
 
-/// Control characters (terminal escapes, NUL, CR) are escaped, and the line is cut at
-/// [`MAX_LINE`] bytes on a character boundary.
+/// Control characters (terminal escapes, NUL, CR), line and paragraph separators and
+/// bidirectional overrides (which reorder what a terminal shows) are escaped, and the
+/// line is cut at [`MAX_LINE`] bytes on a character boundary.
 pub(crate) fn sanitize(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len().min(MAX_LINE));
     for c in raw.chars() {
@@ -177,13 +183,23 @@ pub(crate) fn sanitize(raw: &str) -> String {
             out.push_str(" [cut]");
             break;
         }
-        if c.is_control() && c != '\t' {
+        if (c.is_control() && c != '\t') || reorders_or_breaks_lines(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Characters that break a line or change the order text is shown in: U+2028/U+2029,
+/// the bidi marks, embeddings, overrides and isolates (U+202E turns text around).
+fn reorders_or_breaks_lines(c: char) -> bool {
+    matches!(
+        c,
+        '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'
+            ..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
 }
 
 /// The component's stdout or stderr: split into lines, each a log record.
@@ -292,7 +308,7 @@ mod tests {
                     .push(format!("{:?} {}", r.source, r.message));
             }))
         };
-        let log = Arc::new(RunLog::new(sink, 40));
+        let log = Arc::new(RunLog::new(sink, 3 * (LINE_COST + 1) + 40));
         log.write("a", LogLevel::Info, LogSource::Log, "hi\x1b[2J\0");
         let pipe = LogPipe::new(log.clone(), "a".into(), LogSource::Stdout);
         pipe.accept(b"one\ntw");
@@ -304,10 +320,23 @@ mod tests {
         assert_eq!(seen[1], "Stdout one");
         assert_eq!(seen[2], "Stdout tw");
         assert!(
-            seen[3].starts_with("Host log limit of 40 bytes"),
+            seen[3].starts_with(&format!(
+                "Host log limit of {} bytes",
+                3 * (LINE_COST + 1) + 40
+            )),
             "{seen:?}"
         );
         assert_eq!(seen.len(), 4);
+        // Empty lines cost what writing them does, not nothing.
+        let empty = RunLog::new(LogSink::Discard, 1 << 20);
+        for _ in 0..1_000_000 {
+            empty.write("a", LogLevel::Info, LogSource::Log, "");
+        }
+        assert!(empty.used.load(Ordering::Relaxed) > 100 << 20);
+        assert_eq!(
+            sanitize("a\u{2028}b\u{202E}c\u{2066}"),
+            "a\\u{2028}b\\u{202e}c\\u{2066}"
+        );
         assert!(sanitize(&"é".repeat(MAX_LINE)).len() <= MAX_LINE + 8);
     }
 }

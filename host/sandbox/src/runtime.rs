@@ -27,10 +27,17 @@ use crate::watch::Watchers;
 
 /// Largest component file accepted.
 pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
+/// Functions all of a component's core modules may define together.
+pub const MAX_FUNCTIONS: u64 = 100_000;
+/// Locals one function may declare (register allocation grows faster than linearly
+/// with them).
+pub const MAX_LOCALS: u64 = 10_000;
+/// Bytes of one function's body.
+pub const MAX_FUNCTION_BYTES: usize = 1 << 20;
+/// JSON Schema conversions that may run at once (each on a blocking thread).
+pub(crate) const SCHEMA_SLOTS: usize = 2;
 /// Distinct components kept loaded in memory.
 const MAX_LOADED: usize = 64;
-/// WASI resource handles (files, streams) one sandbox may hold.
-const MAX_HANDLES: usize = 4096;
 
 /// Converts a JSON Schema to a GBNF grammar (the CLI passes llama.cpp's converter), for
 /// `submit-options.json-schema`.
@@ -80,6 +87,8 @@ pub(crate) struct Inner {
     loaded: Mutex<HashMap<String, AgentPre<HostState>>>,
     pub(crate) watchers: Watchers,
     pub(crate) schema_to_grammar: Option<SchemaToGrammar>,
+    /// The bounded pool JSON Schema conversions run in ([`SCHEMA_SLOTS`]).
+    pub(crate) schema_slots: Arc<tokio::sync::Semaphore>,
     pub(crate) tick: Duration,
     ticker_stop: Arc<AtomicBool>,
     ticker: Mutex<Option<JoinHandle<()>>>,
@@ -200,6 +209,8 @@ impl Runtime {
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(runtime_failure("linking WASI"))?;
+        crate::host::streams::add_to_linker(&mut linker)
+            .map_err(runtime_failure("linking WASI streams"))?;
         bindings::Agent::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(runtime_failure("linking nrvna:agent"))?;
         let cache = match &config.cache_dir {
@@ -238,6 +249,7 @@ impl Runtime {
                 loaded: Mutex::new(HashMap::new()),
                 watchers: Watchers::new(),
                 schema_to_grammar: config.schema_to_grammar,
+                schema_slots: Arc::new(tokio::sync::Semaphore::new(SCHEMA_SLOTS)),
                 tick,
                 ticker_stop,
                 ticker: Mutex::new(Some(ticker)),
@@ -265,6 +277,37 @@ impl Runtime {
         }
         let bytes = std::fs::read(path).map_err(read_err)?;
         self.load_bytes(&name_from_path(path), &bytes)
+    }
+
+    /// Loads a component file as [`Runtime::load`] does, on a thread of its own, giving
+    /// up after `limit` (a run's wall-clock limit counts its compilation). A compilation
+    /// past the limit cannot be interrupted: it ends on its thread, which keeps nothing
+    /// alive. Returns the agent and how long loading took.
+    pub fn load_within(
+        &self,
+        path: &Path,
+        limit: Duration,
+    ) -> Result<(Agent, Duration), SandboxError> {
+        let started = Instant::now();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let runtime = self.clone();
+        let owned = path.to_owned();
+        std::thread::Builder::new()
+            .name("nrvna-compile".into())
+            .spawn(move || {
+                let _ = tx.send(runtime.load(&owned));
+            })
+            .map_err(|e| runtime_failure("compile thread")(wasmtime::Error::new(e)))?;
+        match rx.recv_timeout(limit) {
+            Ok(loaded) => Ok((loaded?, started.elapsed())),
+            Err(_) => Err(SandboxError::Limit(LimitHit::new(
+                crate::error::LimitKind::WallClock,
+                format!(
+                    "compiling the component took longer than {}, the whole run's limit",
+                    crate::limits::show_duration(limit)
+                ),
+            ))),
+        }
     }
 
     /// Loads a component from bytes under `name` (1-64 of `A-Z a-z 0-9 _ - .`).
@@ -296,6 +339,7 @@ impl Runtime {
             )));
         }
         check_component_header(bytes).map_err(|reason| invalid(wasmtime::Error::msg(reason)))?;
+        check_compile_cost(bytes).map_err(|reason| invalid(wasmtime::Error::msg(reason)))?;
         let engine = &self.inner.engine;
         let cached = self
             .inner
@@ -360,7 +404,7 @@ impl Runtime {
         let run = Arc::new(RunShared::new(self.clone(), ctx, workspaces, route_names));
         let result = tokio::time::timeout(
             wall,
-            run_sandbox(run.clone(), agent.clone(), agent_name, args, 0),
+            run_sandbox(run.clone(), agent.clone(), agent_name, args, 0, 0),
         )
         .await
         .unwrap_or_else(|_| Err(SandboxError::Limit(run.budget.wall_clock_hit())));
@@ -397,18 +441,59 @@ fn check_component_header(bytes: &[u8]) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Refuses a component whose compilation would cost too much, before compiling it:
+/// too many functions, or a function with too many locals or too large a body (in any
+/// of its core modules).
+pub(crate) fn check_compile_cost(bytes: &[u8]) -> Result<(), String> {
+    use wasmparser::{Parser, Payload};
+    let mut functions = 0u64;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Payload::CodeSectionEntry(body) = payload.map_err(|e| e.to_string())? else {
+            continue;
+        };
+        functions += 1;
+        if functions > MAX_FUNCTIONS {
+            return Err(format!(
+                "compile cost: it defines more than {MAX_FUNCTIONS} functions; the limit is \
+                 {MAX_FUNCTIONS}"
+            ));
+        }
+        let size = body.range().len();
+        if size > MAX_FUNCTION_BYTES {
+            return Err(format!(
+                "compile cost: function #{functions} is {size} bytes; the limit is \
+                 {MAX_FUNCTION_BYTES} bytes per function"
+            ));
+        }
+        let mut locals = 0u64;
+        for group in body.get_locals_reader().map_err(|e| e.to_string())? {
+            let (count, _) = group.map_err(|e| e.to_string())?;
+            locals += u64::from(count);
+        }
+        if locals > MAX_LOCALS {
+            return Err(format!(
+                "compile cost: function #{functions} declares {locals} locals; the limit is \
+                 {MAX_LOCALS} per function"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A sandbox's run: the component's own result, or why it was stopped.
 pub(crate) type SandboxFuture =
     std::pin::Pin<Box<dyn Future<Output = Result<Result<String, String>, SandboxError>> + Send>>;
 
 /// Runs one component in a fresh store: the top-level run (depth 0) or an
-/// `agents.call` (depth ≥ 1). Boxed so the recursion through `agents.call` has a size.
+/// `agents.call` (depth ≥ 1), whose callers hold `handles_above` handles meanwhile.
+/// Boxed so the recursion through `agents.call` has a size.
 pub(crate) fn run_sandbox(
     run: Arc<RunShared>,
     agent: Agent,
     agent_name: Arc<str>,
     args: Vec<String>,
     depth: u32,
+    handles_above: u64,
 ) -> SandboxFuture {
     Box::pin(async move {
         let runtime = run.runtime.clone();
@@ -437,8 +522,11 @@ pub(crate) fn run_sandbox(
                 })?;
         }
         let mut table = ResourceTable::new();
-        table.set_max_capacity(MAX_HANDLES);
-        let kv = Kv::new(run.workspaces[0].root().to_owned(), agent_name.to_string());
+        // Handles are counted per run: the callers, suspended in `agents.call`, hold
+        // theirs for as long as this sandbox runs.
+        table.set_max_capacity(run.budget.handles_left(handles_above));
+        let kv = Kv::new(run.workspaces[0].root().to_owned(), agent_name.to_string())
+            .with_byte_limit(run.budget.kv_bytes());
         let state = HostState {
             wasi: wasi.build(),
             table,
@@ -447,15 +535,21 @@ pub(crate) fn run_sandbox(
             agent: agent.clone(),
             agent_name: agent_name.clone(),
             depth,
+            handles_above,
+            waited_in_call: false,
             kv,
         };
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(run.budget.hostcall_fuel());
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|ctx| {
+        store.epoch_deadline_callback(|mut ctx| {
             // Each callback is one tick of guest execution; a long host call (follow)
-            // costs one tick, not its duration.
+            // costs one tick, not its duration, and a return from agents.call (whose
+            // child charged its own ticks) none.
+            if std::mem::take(&mut ctx.data_mut().waited_in_call) {
+                return Ok(UpdateDeadline::Yield(1));
+            }
             ctx.data().run.budget.charge_cpu_tick()?;
             Ok(UpdateDeadline::Yield(1))
         });
@@ -486,6 +580,9 @@ fn classify(e: wasmtime::Error, budget: &RunBudget) -> SandboxError {
         return SandboxError::Limit(hit.clone());
     }
     if let Some(hit) = budget.hostcall_limit_hit(&e) {
+        return SandboxError::Limit(hit);
+    }
+    if let Some(hit) = budget.handles_limit_hit(&e) {
         return SandboxError::Limit(hit);
     }
     SandboxError::Trap(e)

@@ -3,7 +3,8 @@
 //! - raw ceiling: N sequences decoded together in a tight loop through llama.cpp;
 //! - the daemon end to end at the same N: 64 jobs × 64 tokens submitted with `wrk`;
 //! - efficiency = end to end ÷ raw ceiling;
-//! - pickup latency of an idle daemon; the queue alone (no model).
+//! - pickup latency of an idle daemon; the queue alone (no model);
+//! - the sandbox hardening's checks next to the work they guard (`--only sandbox`).
 //!
 //! Numbers, not assertions: docs/benchmarks.md keeps the results. The agent runtime's
 //! costs need the test fixtures, so their bench is in the test crate
@@ -55,14 +56,23 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     queue_dir: Option<PathBuf>,
     /// Sections to run: engine, pickup, queue, prefix (prompt-prefix reuse on and off),
-    /// load (throughput with and without two `nice -n 19` busy loops beside it)
+    /// load (throughput with and without two `nice -n 19` busy loops beside it),
+    /// sandbox (the hardening checks' costs)
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "engine,pickup,queue",
-        value_parser = ["engine", "pickup", "queue", "prefix", "load"]
+        value_parser = ["engine", "pickup", "queue", "prefix", "load", "sandbox"]
     )]
     only: Vec<String>,
+    /// Components (.wasm) whose compile-cost check the sandbox section measures: a file
+    /// or a directory of them (e.g. the patterns the tests build, in
+    /// $CARGO_TARGET_DIR/wasm-guests/wasm32-wasip2/release)
+    #[arg(long, value_name = "PATH")]
+    components: Option<PathBuf>,
+    /// Rounds of each side of a sandbox-section pair, taken in turn
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    sandbox_rounds: u32,
 }
 
 pub fn run(args: BenchArgs) -> Result<String> {
@@ -99,7 +109,100 @@ pub fn run(args: BenchArgs) -> Result<String> {
             args.queue_dir.as_deref(),
         )?);
     }
+    if wants("sandbox") {
+        out.push_str(&sandbox_costs(
+            args.components.as_deref(),
+            args.sandbox_rounds,
+        )?);
+    }
     Ok(out)
+}
+
+/// What the sandbox hardening's checks cost friendly components next to the work they
+/// guard: the compile-cost check against compiling, the kv byte budget against a plain
+/// `kv.set`, the JSON Schema complexity check against converting a friendly schema.
+fn sandbox_costs(components: Option<&Path>, rounds: u32) -> Result<String> {
+    use nrvna_sandbox::bench;
+    let mut out = format!(
+        "sandbox hardening (fastest of {rounds} rounds each, taken in turn):\n\n\
+         | check | guards | check | guarded work | check ÷ work |\n\
+         |---|---|---:|---:|---:|\n"
+    );
+    let ms = |d: Duration| format!("{:.3} ms", d.as_secs_f64() * 1e3);
+    // `first` is the check, `second` the work it guards.
+    let mut row = |check: &str, guards: &str, pair: bench::Pair| {
+        out.push_str(&format!(
+            "| {check} | {guards} | {} | {} | {:.4} |\n",
+            ms(pair.first),
+            ms(pair.second),
+            1.0 / pair.ratio()
+        ));
+    };
+    for path in wasm_files(components)? {
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let pair = bench::compile_check(&bytes, rounds.min(5))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        row(
+            "compile cost (functions, locals, body size)",
+            &format!("compiling {name} ({} KiB)", bytes.len() >> 10),
+            pair,
+        );
+    }
+    let schema = r#"{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"},"tags":{"type":"array","items":{"type":"string"}},"address":{"type":"object","properties":{"city":{"type":"string"},"zip":{"type":"string"}},"required":["city"]}},"required":["name","age"]}"#;
+    let value: serde_json::Value = serde_json::from_str(schema)?;
+    let pair = bench::interleaved(
+        rounds,
+        || nrvna_engine::check_schema(&value),
+        || {
+            nrvna_engine::schema_to_grammar(schema)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    row(
+        "JSON Schema complexity",
+        "converting a 7-property schema",
+        pair,
+    );
+    for keys in [10, 100, 1000] {
+        let dir = tempfile::tempdir()?;
+        let pair = bench::kv_set(dir.path(), keys, rounds).map_err(anyhow::Error::msg)?;
+        // Measured as a plain set and a set with the budget's scan: the check is the
+        // difference.
+        row(
+            &format!("kv byte budget ({keys} keys stored)"),
+            "kv.set of 1 KiB (fsync)",
+            bench::Pair {
+                first: pair.second.saturating_sub(pair.first),
+                second: pair.first,
+            },
+        );
+    }
+    out.push('\n');
+    Ok(out)
+}
+
+/// The `.wasm` files `path` names: itself, or those in the directory.
+fn wasm_files(path: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    if path.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("--components {}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 fn cpu_model() -> String {

@@ -38,8 +38,10 @@ Grants (nothing is granted unless given; repeatable):
                            always allowed, with the same grants
 
 {LIMITS}SIZE is a number with K, M or G; DURATION is seconds or a number with ms, s, m, h.
-Jobs, in-flight, prompt and depth limits are errors the component sees (quota or
-invalid) and can handle; memory, CPU, time and host-call bytes stop the run.
+Jobs, in-flight, prompt, depth, kv and image-byte limits are errors the component
+sees (quota or invalid) and can handle, as is a write past --max-write-bytes (an I/O
+error); memory, CPU, time, host-call bytes and handles stop the run, also when a
+nested agent (agents.call) reaches them.
 Jobs the run leaves queued or running are cancelled when it ends, also when SIGINT
 (Ctrl-C) or SIGTERM stops it (--keep-jobs keeps them). Compiled components are cached
 in --cache-dir (default ~/.cache/nrvna/wasm).
@@ -128,7 +130,15 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
         args.cache_dir.clone().or_else(default_cache_dir)
     };
     let runtime = agent_runtime(cache_dir)?;
-    let agent = runtime.load(&args.component)?;
+    // Compiling counts against the run's wall clock.
+    let agent = match runtime.load_within(&args.component, grants.limits.wall) {
+        Ok((agent, took)) => {
+            grants.limits.wall = grants.limits.wall.saturating_sub(took);
+            agent
+        }
+        Err(e @ SandboxError::Limit(_)) => return Ok(report(Err(e))),
+        Err(e) => return Err(e.into()),
+    };
     let agent_name = args.name.clone().unwrap_or_else(|| agent.name().to_owned());
 
     let (workspace, _temp, daemon) = workspace_and_daemon(&args)?;
@@ -157,6 +167,10 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
             signal = stop_signals.next() => RunEnded::Signalled(signal),
         })
     })?;
+    // A host thread still blocked for the run (a guest's open() of a FIFO in a granted
+    // directory waits for a writer forever) must not keep the process alive: what the
+    // run started and did not see end is given a moment, then left behind.
+    tokio.shutdown_timeout(Duration::from_secs(1));
     if let Some(daemon) = daemon {
         daemon.stop();
     }

@@ -19,7 +19,8 @@ pub struct AgentHost {
     pub runtime: Runtime,
     /// The grants every agent job of this daemon gets (nrvnad's grant flags).
     pub grants: Grants,
-    pub executor: tokio::runtime::Runtime,
+    /// `None` only once dropped.
+    executor: Option<tokio::runtime::Runtime>,
     /// Agent jobs running at once; more wait (still counted as running).
     pub slots: Arc<tokio::sync::Semaphore>,
 }
@@ -34,9 +35,19 @@ impl AgentHost {
         Ok(AgentHost {
             runtime,
             grants,
-            executor,
+            executor: Some(executor),
             slots: Arc::new(tokio::sync::Semaphore::new(max_running.max(1))),
         })
+    }
+}
+
+impl Drop for AgentHost {
+    fn drop(&mut self) {
+        // A host thread blocked for a guest (an open() of a FIFO waits for a writer
+        // forever) must not keep the daemon from stopping.
+        if let Some(executor) = self.executor.take() {
+            executor.shutdown_timeout(Duration::from_secs(1));
+        }
     }
 }
 
@@ -52,7 +63,10 @@ pub fn spawn_agent_job(
     let runtime = host.runtime.clone();
     let grants = host.grants.clone();
     let slots = host.slots.clone();
-    host.executor.spawn(async move {
+    let Some(executor) = &host.executor else {
+        return;
+    };
+    executor.spawn(async move {
         let started = Instant::now();
         let _permit = slots.acquire_owned().await;
         let end = run_agent_job(&runtime, grants, &ws, &job, &cancel, &interrupted).await;
@@ -62,7 +76,7 @@ pub fn spawn_agent_job(
 
 async fn run_agent_job(
     runtime: &Runtime,
-    grants: Grants,
+    mut grants: Grants,
     ws: &Workspace,
     job: &ClaimedJob,
     cancel: &CancelFlag,
@@ -70,9 +84,23 @@ async fn run_agent_job(
 ) -> JobEnd {
     let wasm: PathBuf = job.dir.join(AGENT_FILE);
     let args = job.meta.agent.args.clone().unwrap_or_default();
-    let agent = match runtime.load(&wasm) {
-        Ok(agent) => agent,
-        Err(e) => return settle(ws, job, Err((e.to_string(), Outcome::default()))),
+    // Compiling is host work: off the threads that drive every agent, and counted
+    // against the run's wall clock.
+    let wall = grants.limits.wall;
+    let loading = {
+        let runtime = runtime.clone();
+        tokio::task::spawn_blocking(move || runtime.load_within(&wasm, wall))
+    };
+    let agent = match loading.await {
+        Ok(Ok((agent, took))) => {
+            grants.limits.wall = wall.saturating_sub(took);
+            agent
+        }
+        Ok(Err(e)) => return settle(ws, job, Err((e.to_string(), Outcome::default()))),
+        Err(e) => {
+            let reason = format!("loading the component: {e}");
+            return settle(ws, job, Err((reason, Outcome::default())));
+        }
     };
     let name = job
         .meta

@@ -68,6 +68,7 @@ pub fn start(config: DaemonConfig, banner: Banner) -> Result<Daemon> {
     let ws = Workspace::create(&config.workspace)
         .with_context(|| format!("cannot create workspace {}", config.workspace.display()))?;
     let lock = DaemonLock::acquire(ws.root())?;
+    raise_open_file_limit();
     recover(&ws, config.max_attempts)?;
 
     let workers = config.workers();
@@ -111,6 +112,21 @@ pub fn start(config: DaemonConfig, banner: Banner) -> Result<Daemon> {
         agents,
     };
     Ok(Daemon::new(ws, lock, Arc::new(engine), options))
+}
+
+/// Raises the soft limit on open files to the hard one: agent runs hold handles (each
+/// run tree at most `--max-handles`), and a daemon that ran out of descriptors could
+/// not claim or settle anyone's jobs.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    // (`None` is unlimited: a hard limit that large is left alone.)
+    if limit.maximum.is_some() && limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!("cannot raise the open-file limit to its hard limit: {e}");
+        }
+    }
 }
 
 /// Start-up housekeeping of a daemon that holds the lock.

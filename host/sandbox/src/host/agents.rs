@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use crate::bindings::nrvna::agent::agents;
 use crate::bindings::nrvna::agent::types::JobError;
+use crate::error::SandboxError;
 use crate::host::{HostCallError, HostState};
 use crate::runtime::{Agent, run_sandbox};
 use crate::text::quoted;
@@ -18,6 +19,9 @@ impl agents::Host for HostState {
         let depth = self.run.budget.check_call_depth(self.depth, &shown)?;
         let (agent, agent_name) = self.callee(name, &shown).await?;
         self.run.budget.count_agent_call();
+        // This sandbox is suspended in this call while the child runs: its handles stay
+        // as they are now, and count against the child's share of the run's.
+        let handles_above = self.handles_above + self.table.iter_mut().count() as u64;
         // A task of its own: the child's store runs on its own fiber, and aborting the
         // handle (this future dropped) stops it.
         let child = AbortOnDrop(tokio::spawn(run_sandbox(
@@ -26,10 +30,16 @@ impl agents::Host for HostState {
             agent_name,
             args,
             depth,
+            handles_above,
         )));
-        let failed = match child.await {
+        let ended = child.await;
+        self.waited_in_call = true;
+        let failed = match ended {
             Ok(Ok(Ok(text))) => return Ok(text),
             Ok(Ok(Err(error))) => error,
+            // The limits are the run's: one reached in a nested agent stops the whole
+            // run, which its callers must not be able to swallow.
+            Ok(Err(SandboxError::Limit(hit))) => return Err(hit.into()),
             Ok(Err(stopped)) => format!("agent {shown}: {stopped}"),
             Err(e) => format!("agent {shown}: task ended: {e}"),
         };

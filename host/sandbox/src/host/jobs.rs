@@ -28,6 +28,8 @@ use images::StagedImages;
 pub const MAX_WAIT_IDS: usize = 10_000;
 /// Largest JSON Schema accepted in submit options.
 const MAX_SCHEMA_BYTES: usize = 1 << 20;
+/// Longest a JSON Schema's conversion to a grammar may take (waiting for a slot included).
+const SCHEMA_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 /// Longest part of an `error.txt` handed back.
 const MAX_ERROR_TEXT: usize = 64 << 10;
 /// Longest message about an invalid job id.
@@ -188,7 +190,7 @@ impl RunShared {
         let mut files = Vec::new();
         let mut output_format = None;
         if let Some(schema) = &options.json_schema {
-            let (schema_file, grammar) = self.compile_schema(schema)?;
+            let (schema_file, grammar) = self.compile_schema(schema).await?;
             files.push((SCHEMA_FILE.to_owned(), schema_file));
             files.push((GRAMMAR_FILE.to_owned(), grammar));
             output_format = Some(OutputFormat::JsonSchema);
@@ -255,6 +257,16 @@ impl RunShared {
         });
         let id = match submitted {
             Ok(id) => id,
+            // The staged copy's path is the host's: name the image as the guest did.
+            Err(QueueError::InvalidImage { path, reason }) => {
+                let shown = staged
+                    .paths()
+                    .iter()
+                    .position(|p| *p == path)
+                    .and_then(|i| images.get(i))
+                    .map_or_else(|| "?".to_owned(), |guest| quoted(guest, 200));
+                return Err(JobError::Invalid(format!("image {shown}: {reason}")));
+            }
             Err(e) => return Err(refused.unwrap_or_else(|| submit_failure(e))),
         };
         drop(staged);
@@ -302,7 +314,10 @@ impl RunShared {
         })
     }
 
-    fn compile_schema(&self, schema: &str) -> Result<(Vec<u8>, Vec<u8>), JobError> {
+    /// Checks and converts a JSON Schema to a grammar: on the blocking pool (a slot of
+    /// [`SCHEMA_SLOTS`](crate::runtime::SCHEMA_SLOTS)), never on the threads that drive
+    /// every guest, and refused as `invalid` past [`SCHEMA_TIME`].
+    async fn compile_schema(&self, schema: &str) -> Result<(Vec<u8>, Vec<u8>), JobError> {
         if schema.len() > MAX_SCHEMA_BYTES {
             return Err(JobError::Invalid(format!(
                 "json-schema is {} bytes; the limit is {MAX_SCHEMA_BYTES}",
@@ -311,13 +326,38 @@ impl RunShared {
         }
         serde_json::from_str::<serde_json::Value>(schema)
             .map_err(|e| JobError::Invalid(format!("json-schema is not valid JSON: {e}")))?;
-        let Some(convert) = &self.runtime.inner().schema_to_grammar else {
+        let Some(convert) = self.runtime.inner().schema_to_grammar.clone() else {
             return Err(JobError::Invalid(
                 "json-schema is not supported by this host (it has no schema compiler)".into(),
             ));
         };
-        let grammar =
-            convert(schema).map_err(|e| JobError::Invalid(format!("json-schema: {e}")))?;
+        let slots = self.runtime.inner().schema_slots.clone();
+        let owned = schema.to_owned();
+        let converted = tokio::time::timeout(SCHEMA_TIME, async move {
+            let slot = slots
+                .acquire_owned()
+                .await
+                .map_err(|e| JobError::Failed(format!("json-schema: {e}")))?;
+            // The slot goes with the conversion: one that outlives the time limit still
+            // holds it, so at most SCHEMA_SLOTS threads ever convert at once.
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                convert(&owned)
+            })
+            .await
+            .map_err(|e| JobError::Failed(format!("json-schema conversion task: {e}")))
+        })
+        .await;
+        let grammar = match converted {
+            Err(_) => {
+                return Err(JobError::Invalid(format!(
+                    "json-schema: converting it to a grammar took longer than {}s, the limit; \
+                     simplify the schema",
+                    SCHEMA_TIME.as_secs()
+                )));
+            }
+            Ok(result) => result?.map_err(|e| JobError::Invalid(format!("json-schema: {e}")))?,
+        };
         Ok((schema.as_bytes().to_vec(), grammar.into_bytes()))
     }
 
@@ -459,12 +499,30 @@ impl RunShared {
         let jobs: Vec<(usize, JobId)> = pending.iter().map(|(_, w, id)| (*w, id.clone())).collect();
         let notifies = self.watch_all(&jobs);
         let mut rx = self.runtime.inner().watchers.subscribe();
+        // Results are built here before the guest's memory limit can apply to them: hand
+        // back no more text than half the memory the run may still grow by (the guest
+        // needs room to hold them), the rest as `quota`.
+        let mut room = self.budget.memory_left() / 2;
         let _ = wait_for(&mut rx, notifies, deadline_in(timeout_ms), || {
             pending.retain(|(i, wsi, id)| {
                 let done = match self.workspaces[*wsi].state_of(id) {
                     Ok(Some(s)) if s.is_terminal() => {
                         self.mark_ended(id);
-                        Some(self.output(*wsi, id, s))
+                        Some(match self.output(*wsi, id, s) {
+                            Ok(out) if out.text.len() as u64 > room => {
+                                Err(JobError::Quota(format!(
+                                    "result bytes: job {id}'s result is {} bytes; this wait \
+                                     may return {room} more (half the memory the run may \
+                                     still use, --memory); wait for fewer jobs at once",
+                                    out.text.len()
+                                )))
+                            }
+                            Ok(out) => {
+                                room -= out.text.len() as u64;
+                                Ok(out)
+                            }
+                            Err(e) => Err(e),
+                        })
                     }
                     Ok(Some(_)) => None,
                     Ok(None) => Some(Err(not_found(id))),

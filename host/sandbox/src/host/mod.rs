@@ -9,6 +9,7 @@ mod agents;
 pub(crate) mod jobs;
 mod kv;
 mod log;
+pub(crate) mod streams;
 
 use std::sync::Arc;
 
@@ -34,6 +35,11 @@ pub(crate) struct HostState {
     pub(crate) agent_name: Arc<str>,
     /// `agents.call` nesting: 0 for the run's own component.
     pub(crate) depth: u32,
+    /// Handles the sandboxes calling this one hold (see [`crate::Limits::max_handles`]).
+    pub(crate) handles_above: u64,
+    /// Set when an `agents.call` returns: the epoch passed while this sandbox waited for
+    /// its child, and the tick that comes due at once is not this guest's CPU time.
+    pub(crate) waited_in_call: bool,
     /// Its storage (`kv`).
     pub(crate) kv: Kv,
 }

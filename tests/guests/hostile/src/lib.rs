@@ -165,6 +165,149 @@ impl Guest for Hostile {
                     .map(|o| o.text)
                     .map_err(|e| format!("follow: {e:?}"))
             }
+            // Opens DIR/held N times and keeps the files open for HOLD_MS, then does the
+            // same in a nested call of itself, DEPTH more times: the run tree's handles.
+            "hold-files" => {
+                let dir = arg(1);
+                let n: usize = arg(2).parse().map_err(|e| format!("N: {e}"))?;
+                let depth: u32 = arg(3).parse().map_err(|e| format!("DEPTH: {e}"))?;
+                let hold_ms: u64 = arg(4).parse().unwrap_or(0);
+                let path = format!("{dir}/held");
+                std::fs::write(&path, "x").map_err(|e| format!("create {path}: {e}"))?;
+                let mut held = Vec::with_capacity(n);
+                let mut refused = String::new();
+                for i in 0..n {
+                    match std::fs::File::open(&path) {
+                        Ok(f) => held.push(f),
+                        Err(e) => {
+                            refused = format!(" (open #{i} refused: {e})");
+                            break;
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(hold_ms));
+                let mut report = format!("depth {depth}: held {}{refused}", held.len());
+                if depth > 0 {
+                    let args = [
+                        "hold-files".to_string(),
+                        dir,
+                        n.to_string(),
+                        (depth - 1).to_string(),
+                        hold_ms.to_string(),
+                    ];
+                    match nrvna::agent::agents::call("self", &args) {
+                        Ok(inner) => report = format!("{report}\n{inner}"),
+                        Err(e) => report = format!("{report}\nnested: {e:?}"),
+                    }
+                }
+                Ok(report)
+            }
+            // Calls itself with ARGS and swallows whatever stops the call.
+            "swallow" => {
+                let rest: Vec<String> = args[1..].to_vec();
+                match nrvna::agent::agents::call("self", &rest) {
+                    Ok(text) => Ok(format!("nested returned: {text}")),
+                    Err(e) => Ok(format!("swallowed: {e:?}")),
+                }
+            }
+            // N log lines of TEXT (empty by default) through the log interface.
+            "log-flood" => {
+                let n: u64 = arg(1).parse().map_err(|e| format!("N: {e}"))?;
+                let text = arg(2);
+                for _ in 0..n {
+                    nrvna::agent::log::log(nrvna::agent::log::Level::Info, &text);
+                }
+                Ok(format!("logged {n}"))
+            }
+            // Stores N values of BYTES bytes under keys fill/0.. until the host refuses.
+            "kv-fill" => {
+                let n: u64 = arg(1).parse().map_err(|e| format!("N: {e}"))?;
+                let bytes: usize = arg(2).parse().map_err(|e| format!("BYTES: {e}"))?;
+                let value = vec![7u8; bytes];
+                for i in 0..n {
+                    if let Err(e) = nrvna::agent::kv::set(&format!("fill/{i}"), &value) {
+                        return Ok(format!("stored {i}\nrefused: {e:?}"));
+                    }
+                }
+                Ok(format!("stored {n}"))
+            }
+            // Submits N jobs, each naming the image PATH COUNT times, until refused.
+            "images" => {
+                let n: u64 = arg(1).parse().map_err(|e| format!("N: {e}"))?;
+                let count: usize = arg(2).parse().map_err(|e| format!("COUNT: {e}"))?;
+                let mut opts = options(None);
+                opts.images = vec![arg(3); count];
+                for i in 0..n {
+                    if let Err(e) = jobs::submit("describe", &opts) {
+                        return Ok(format!("submitted {i}\nrefused: {e:?}"));
+                    }
+                }
+                Ok(format!("submitted {n}"))
+            }
+            // Submits a job whose JSON Schema has N optional string properties.
+            "schema" => {
+                let n: usize = arg(1).parse().map_err(|e| format!("N: {e}"))?;
+                let props: Vec<String> = (0..n)
+                    .map(|i| format!(r#""p{i}":{{"type":"string"}}"#))
+                    .collect();
+                let mut opts = options(None);
+                opts.json_schema = Some(format!(
+                    r#"{{"type":"object","properties":{{{}}}}}"#,
+                    props.join(",")
+                ));
+                Ok(format!("submit: {:?}", jobs::submit("fill it", &opts)))
+            }
+            // Waits for N copies of the job ID at once; counts what comes back.
+            "wait-all-copies" => {
+                let n: usize = arg(2).parse().map_err(|e| format!("N: {e}"))?;
+                let ids = vec![arg(1); n];
+                let (mut ok, mut bytes, mut quota) = (0usize, 0usize, 0usize);
+                let mut first_quota = String::new();
+                for r in jobs::wait_all(&ids, Some(1000)) {
+                    match r {
+                        Ok(out) => {
+                            ok += 1;
+                            bytes += out.text.len();
+                        }
+                        Err(nrvna::agent::types::JobError::Quota(m)) => {
+                            quota += 1;
+                            if first_quota.is_empty() {
+                                first_quota = m;
+                            }
+                        }
+                        Err(e) => return Err(format!("{e:?}")),
+                    }
+                }
+                Ok(format!("ok {ok} bytes {bytes} quota {quota}\n{first_quota}"))
+            }
+            // N `status` calls and one `kv.get` with an id/key of BYTES control characters.
+            "huge-ids" => {
+                let n: usize = arg(1).parse().map_err(|e| format!("N: {e}"))?;
+                let bytes: usize = arg(2).parse().map_err(|e| format!("BYTES: {e}"))?;
+                let junk = "\u{1b}".repeat(bytes);
+                let mut longest = 0;
+                for _ in 0..n {
+                    let r = format!("{:?}", jobs::status(&junk));
+                    longest = longest.max(r.len());
+                }
+                let kv = format!("{:?}", nrvna::agent::kv::get(&junk));
+                longest = longest.max(kv.len());
+                Ok(format!("longest error {longest} bytes"))
+            }
+            // Appends N MiB to PATH, 1 MiB a write, until the host refuses.
+            "write-flood" => {
+                use std::io::Write;
+                let path = arg(1);
+                let n: usize = arg(2).parse().map_err(|e| format!("N: {e}"))?;
+                let mut f = std::fs::File::create(&path).map_err(|e| format!("{path}: {e}"))?;
+                let chunk = vec![b'x'; 1 << 20];
+                for i in 0..n {
+                    if let Err(e) = f.write_all(&chunk) {
+                        return Ok(format!("wrote {i} MiB\nrefused: {e}"));
+                    }
+                }
+                Ok(format!("wrote {n} MiB"))
+            }
             other => Err(format!("unknown mode {other:?}")),
         }
     }

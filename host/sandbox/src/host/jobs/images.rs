@@ -94,17 +94,35 @@ fn read_granted(run: &RunShared, guest_path: &str, max: u64) -> Result<Vec<u8>, 
     }
     let dir = cap_std::fs::Dir::open_ambient_dir(&grant.host, cap_std::ambient_authority())
         .map_err(|e| JobError::Failed(format!("image {shown}: {e}")))?;
-    let file = dir
-        .open(rel)
-        .map_err(|e| JobError::Denied(format!("image {shown}: {e}")))?;
+    // The type is checked before opening: opening a FIFO blocks until a writer comes,
+    // and would hold a host thread (and the run) for good. O_NONBLOCK covers a file
+    // swapped for one after the check; the handle's own type is checked again below.
+    let not_regular = || {
+        JobError::Invalid(format!(
+            "image {shown} is not a regular file of at most {max} bytes"
+        ))
+    };
+    match dir.metadata(rel) {
+        Ok(md) if md.is_file() => {}
+        Ok(_) => return Err(not_regular()),
+        Err(e) => return Err(JobError::Denied(format!("image {shown}: {e}"))),
+    }
+    let file = {
+        use cap_std::fs::OpenOptionsExt;
+        let mut options = cap_std::fs::OpenOptions::new();
+        options
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+        dir.open_with(rel, &options)
+            .map_err(|e| JobError::Denied(format!("image {shown}: {e}")))?
+    };
     let md = file
         .metadata()
         .map_err(|e| JobError::Failed(format!("image {shown}: {e}")))?;
     if !md.is_file() || md.len() > max {
-        return Err(JobError::Invalid(format!(
-            "image {shown} is not a regular file of at most {max} bytes"
-        )));
+        return Err(not_regular());
     }
+    run.budget.charge_image(md.len(), &shown)?;
     let mut bytes = Vec::with_capacity(md.len() as usize);
     file.take(max + 1)
         .read_to_end(&mut bytes)

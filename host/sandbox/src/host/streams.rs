@@ -1,0 +1,170 @@
+//! `wasi:io/streams` as wasmtime-wasi serves it, except that every byte a component
+//! writes through a stream (files in `--dir` grants, stdout, stderr) is charged to the
+//! run's write budget ([`crate::Limits::write_bytes`]) first. Past it a write fails (the
+//! component sees an I/O error it can handle) and the run's log says which limit.
+
+use wasmtime::component::Resource;
+use wasmtime_wasi::p2::bindings::io::streams::{
+    self, Host, HostInputStream, HostOutputStream, StreamError as WitStreamError,
+};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, StreamError, StreamResult};
+
+use crate::host::HostState;
+use crate::log::LogLevel;
+
+impl HostState {
+    /// Charges `bytes` the component is about to write; past the budget the write
+    /// fails (an `EDQUOT` the component sees as an I/O error) and the log names the
+    /// limit (once).
+    fn charge_write(&self, bytes: u64) -> StreamResult<()> {
+        match self.run.budget.charge_write(bytes) {
+            Ok(()) => Ok(()),
+            Err(message) => {
+                if self.run.budget.first_write_refusal() {
+                    self.run
+                        .log
+                        .host(&self.agent_name, LogLevel::Warn, &message);
+                }
+                Err(StreamError::LastOperationFailed(wasmtime::Error::new(
+                    std::io::Error::from_raw_os_error(rustix::io::Errno::DQUOT.raw_os_error()),
+                )))
+            }
+        }
+    }
+}
+
+impl Host for HostState {
+    fn convert_stream_error(&mut self, err: StreamError) -> wasmtime::Result<WitStreamError> {
+        Host::convert_stream_error(&mut self.table, err)
+    }
+}
+
+impl HostOutputStream for HostState {
+    async fn drop(&mut self, stream: Resource<DynOutputStream>) -> wasmtime::Result<()> {
+        HostOutputStream::drop(&mut self.table, stream).await
+    }
+
+    fn check_write(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<u64> {
+        HostOutputStream::check_write(&mut self.table, stream)
+    }
+
+    fn write(&mut self, stream: Resource<DynOutputStream>, bytes: Vec<u8>) -> StreamResult<()> {
+        self.charge_write(bytes.len() as u64)?;
+        HostOutputStream::write(&mut self.table, stream, bytes)
+    }
+
+    fn subscribe(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        HostOutputStream::subscribe(&mut self.table, stream)
+    }
+
+    async fn blocking_write_and_flush(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+        bytes: Vec<u8>,
+    ) -> StreamResult<()> {
+        self.charge_write(bytes.len() as u64)?;
+        HostOutputStream::blocking_write_and_flush(&mut self.table, stream, bytes).await
+    }
+
+    async fn blocking_write_zeroes_and_flush(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+        len: u64,
+    ) -> StreamResult<()> {
+        self.charge_write(len)?;
+        HostOutputStream::blocking_write_zeroes_and_flush(&mut self.table, stream, len).await
+    }
+
+    fn write_zeroes(&mut self, stream: Resource<DynOutputStream>, len: u64) -> StreamResult<()> {
+        self.charge_write(len)?;
+        HostOutputStream::write_zeroes(&mut self.table, stream, len)
+    }
+
+    fn flush(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<()> {
+        HostOutputStream::flush(&mut self.table, stream)
+    }
+
+    async fn blocking_flush(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<()> {
+        HostOutputStream::blocking_flush(&mut self.table, stream).await
+    }
+
+    fn splice(
+        &mut self,
+        dest: Resource<DynOutputStream>,
+        src: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<u64> {
+        // Charged for all it may move; what it did not is given back.
+        self.charge_write(len)?;
+        let moved = HostOutputStream::splice(&mut self.table, dest, src, len);
+        self.run
+            .budget
+            .refund_write(len.saturating_sub(*moved.as_ref().unwrap_or(&0)));
+        moved
+    }
+
+    async fn blocking_splice(
+        &mut self,
+        dest: Resource<DynOutputStream>,
+        src: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<u64> {
+        self.charge_write(len)?;
+        let moved = HostOutputStream::blocking_splice(&mut self.table, dest, src, len).await;
+        self.run
+            .budget
+            .refund_write(len.saturating_sub(*moved.as_ref().unwrap_or(&0)));
+        moved
+    }
+}
+
+impl HostInputStream for HostState {
+    async fn drop(&mut self, stream: Resource<DynInputStream>) -> wasmtime::Result<()> {
+        HostInputStream::drop(&mut self.table, stream).await
+    }
+
+    fn read(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<Vec<u8>> {
+        HostInputStream::read(&mut self.table, stream, len)
+    }
+
+    async fn blocking_read(
+        &mut self,
+        stream: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<Vec<u8>> {
+        HostInputStream::blocking_read(&mut self.table, stream, len).await
+    }
+
+    fn skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
+        HostInputStream::skip(&mut self.table, stream, len)
+    }
+
+    async fn blocking_skip(
+        &mut self,
+        stream: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<u64> {
+        HostInputStream::blocking_skip(&mut self.table, stream, len).await
+    }
+
+    fn subscribe(
+        &mut self,
+        stream: Resource<DynInputStream>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        HostInputStream::subscribe(&mut self.table, stream)
+    }
+}
+
+/// Links these in place of wasmtime-wasi's own `wasi:io/streams`.
+pub(crate) fn add_to_linker(
+    linker: &mut wasmtime::component::Linker<HostState>,
+) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let linked =
+        streams::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(linker, |s| s);
+    linker.allow_shadowing(false);
+    linked
+}

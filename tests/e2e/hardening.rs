@@ -1,0 +1,644 @@
+//! What a hostile component can make the host spend on its behalf (issue 15): every
+//! budget is the run tree's (nested `agents.call` included), each stop names its limit,
+//! and `nrvnad` goes on serving other jobs meanwhile and afterwards.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nrvna_tests::{Daemon, TEST_ENV, TestWs, bin, code, guest, model, stderr, stdout, wait_for};
+
+use crate::components::FX_HOSTILE;
+use crate::sandbox::{assert_daemon_serves, exec, show, spawn_exec};
+
+/// A directory for `--dir` grants beside the workspace, and its `HOST:/data` grant.
+fn data_dir(ws: &TestWs) -> (PathBuf, String) {
+    let data = ws.scratch().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let grant = format!("{}:/data", data.display());
+    (data, grant)
+}
+
+fn hostile_job(ws: &TestWs, args: &[&str]) -> String {
+    let hostile = guest(FX_HOSTILE);
+    let mut all = vec!["--agent", hostile.to_str().unwrap_or_default(), "--"];
+    all.extend_from_slice(args);
+    ws.submit(&all)
+}
+
+/// A plain job submitted now, to be followed later.
+fn plain_job(ws: &TestWs) -> String {
+    ws.submit(&["Say ok.", "--max-tokens", "4"])
+}
+
+fn assert_plain_job_done(ws: &TestWs, id: &str) {
+    let (rc, out, err) = ws.follow(id);
+    assert_eq!(rc, 0, "the daemon stopped serving: {err}");
+    assert!(!out.trim().is_empty());
+}
+
+// ----- 1. file descriptors ---------------------------------------------------------------------
+
+#[test]
+fn open_handles_are_counted_per_run_tree_not_per_sandbox() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    let (_data, grant) = data_dir(&ws);
+    // 8 sandboxes (7 nested) of 300 files each: each is far under the old per-sandbox
+    // cap, together they pass the run's 1024.
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--dir", &grant],
+        &["hold-files", "/data", "300", "7", "0"],
+    );
+    assert_eq!(code(&out), 7, "{}", show(&out));
+    assert!(
+        stderr(&out).contains(
+            "open handles limit reached: the run's sandboxes (nested agents included) hold \
+             1024 handles"
+        ) && stderr(&out).contains("(--max-handles)"),
+        "{}",
+        show(&out)
+    );
+    // The same tree fits a larger budget.
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--dir", &grant, "--max-handles", "4096"],
+        &["hold-files", "/data", "300", "7", "0"],
+    );
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert_eq!(
+        stdout(&out).matches(": held 300").count(),
+        8,
+        "{}",
+        show(&out)
+    );
+    assert_daemon_serves(&ws);
+}
+
+#[test]
+fn a_run_tree_of_open_files_fails_alone_inside_the_daemon() {
+    let ws = TestWs::new();
+    let (_data, grant) = data_dir(&ws);
+    let d = Daemon::start(&ws.path, &model(), 1, &["--dir", &grant], &[]);
+    let agent = hostile_job(&ws, &["hold-files", "/data", "300", "7", "300"]);
+    let plain = plain_job(&ws);
+    let (rc, _, err) = ws.follow(&agent);
+    assert_eq!(rc, 1, "{err}\n{}", d.log_text());
+    assert!(
+        err.contains("open handles limit reached") && err.contains("--max-handles"),
+        "{err}"
+    );
+    assert_plain_job_done(&ws, &plain);
+    assert_daemon_serves(&ws);
+}
+
+#[test]
+fn a_claim_short_of_descriptors_leaves_the_job_queued() {
+    // nrvnad under a hard limit of 256 descriptors, its agents allowed far more handles:
+    // an agent holding every descriptor it can get makes the next claim fail for lack
+    // of descriptors. That job must stay queued and run once they are free, not be
+    // stranded in processing/.
+    let ws = TestWs::new();
+    let (_data, grant) = data_dir(&ws);
+    let log = ws.scratch().join("nrvnad.log");
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
+        .arg(bin("nrvnad"))
+        .arg(model())
+        .arg(&ws.path)
+        .arg("1")
+        .args(["--dir", &grant, "--max-handles", "65536"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .env_remove("NRVNA_EMBED_MODEL");
+    for (k, v) in TEST_ENV {
+        cmd.env(k, v);
+    }
+    let mut d = Daemon {
+        child: cmd.spawn().expect("spawn nrvnad"),
+        log,
+    };
+    d.wait_ready(&ws.path);
+    let agent = hostile_job(&ws, &["hold-files", "/data", "100000", "0", "6000"]);
+    ws.wait_started(&agent, 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    let plain = plain_job(&ws);
+    let out = ws.flw(&[&plain, "--timeout", "120"]);
+    assert_eq!(code(&out), 0, "{}\n{}", stderr(&out), d.log_text());
+    assert!(
+        d.log_text().contains("Too many open files"),
+        "the claim never ran short of descriptors:\n{}",
+        d.log_text()
+    );
+    let (rc, text, err) = ws.follow(&agent);
+    assert_eq!(rc, 0, "{err}");
+    assert!(text.contains("refused"), "{text}");
+    assert!(ws.entries("processing").is_empty());
+}
+
+// ----- 2. disk -------------------------------------------------------------------------------
+
+#[test]
+fn kv_bytes_are_budgeted_per_agent() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--max-kv-bytes", "4M"],
+        &["kv-fill", "100", "1048576"],
+    );
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("stored 4\nrefused: JobError::Quota(\"kv bytes:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the limit of 4194304 bytes (--max-kv-bytes)"),
+        "{text}"
+    );
+    // The budget is the agent's, across runs: the next run can add nothing.
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--max-kv-bytes", "4M"],
+        &["kv-fill", "100", "1048576"],
+    );
+    // fill/0..3 are replaced in place; the fifth key is still refused.
+    assert!(
+        stdout(&out).starts_with("stored 4\nrefused: JobError::Quota(\"kv bytes:"),
+        "{}",
+        show(&out)
+    );
+    assert_daemon_serves(&ws);
+}
+
+#[test]
+fn writes_through_grants_are_budgeted_per_run_tree() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    let (data, grant) = data_dir(&ws);
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--dir", &grant, "--max-write-bytes", "10M"],
+        &["write-flood", "/data/big", "100"],
+    );
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("wrote 10 MiB\nrefused: "),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        stderr(&out).contains("write bytes limit reached")
+            && stderr(&out).contains("the limit of 10485760 bytes (--max-write-bytes)"),
+        "{}",
+        show(&out)
+    );
+    let written = std::fs::metadata(data.join("big"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(written <= 10 << 20, "{written} bytes on disk");
+    // A nested agent writes within the same run budget.
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--dir", &grant, "--max-write-bytes", "15M"],
+        &["swallow", "write-flood", "/data/nested", "100"],
+    );
+    assert!(
+        stdout(&out).starts_with("nested returned: wrote 15 MiB\nrefused: "),
+        "{}",
+        show(&out)
+    );
+    assert_daemon_serves(&ws);
+}
+
+/// A PNG of `bytes` bytes (the header is all the queue checks).
+fn png(path: &Path, bytes: usize) {
+    let mut content = b"\x89PNG\r\n\x1a\n".to_vec();
+    content.resize(bytes, 0);
+    std::fs::write(path, content).expect("png");
+}
+
+#[test]
+fn image_bytes_are_budgeted_per_run_and_errors_show_no_host_path() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    let (data, grant) = data_dir(&ws);
+    png(&data.join("img.png"), 1 << 20);
+    // 16 images of 1 MiB a job: two jobs fit in 40 MiB, the third does not.
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--dir", &grant, "--max-image-bytes", "40M"],
+        &["images", "100", "16", "/data/img.png"],
+    );
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("submitted 2\nrefused: JobError::Quota(\"image bytes:"),
+        "{text}"
+    );
+    assert!(text.contains("(--max-image-bytes)"), "{text}");
+    // A refused non-image names the image as the component did, never a host path.
+    std::fs::write(data.join("notes.png"), "not an image").expect("notes");
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--dir", &grant],
+        &["images", "1", "1", "/data/notes.png"],
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("Invalid(\"image \\\"/data/notes.png\\\": the content is not"),
+        "{}",
+        show(&out)
+    );
+    let host = ws.scratch().display().to_string();
+    assert!(
+        !text.contains(&host) && !text.contains(".staging"),
+        "{text}"
+    );
+    assert_daemon_serves(&ws);
+}
+
+// ----- 4. FIFOs ------------------------------------------------------------------------------
+
+fn mkfifo(path: &Path) {
+    let ok = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "mkfifo {}", path.display());
+}
+
+#[test]
+fn a_fifo_hangs_neither_the_run_nor_the_process() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    let (data, grant) = data_dir(&ws);
+    mkfifo(&data.join("pipe"));
+    mkfifo(&data.join("pipe.png"));
+    let cases: [(&[&str], i32, &str); 2] = [
+        // The guest's own open() blocks in the host: the wall clock stops the run and
+        // the process exits although that thread never returns.
+        (&["read", "/data/pipe"], 7, "wall-clock time limit reached"),
+        // An image that is a FIFO is refused before it is opened.
+        (
+            &["images", "1", "1", "/data/pipe.png"],
+            0,
+            "is not a regular file",
+        ),
+    ];
+    for (args, expected, message) in cases {
+        let started = Instant::now();
+        let mut child = spawn_exec(&ws, FX_HOSTILE, &["--dir", &grant, "--timeout", "2s"], args);
+        let exited = wait_for(Duration::from_secs(30), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
+        if !exited {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().expect("nrvna exec output");
+        assert!(exited, "{args:?}: nrvna exec hung: {}", show(&out));
+        assert_eq!(code(&out), expected, "{args:?}: {}", show(&out));
+        assert!(
+            stdout(&out).contains(message) || stderr(&out).contains(message),
+            "{args:?}: {}",
+            show(&out)
+        );
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+    assert_daemon_serves(&ws);
+}
+
+#[test]
+fn a_fifo_read_by_an_agent_job_ends_the_job_and_not_the_daemon() {
+    let ws = TestWs::new();
+    let (data, grant) = data_dir(&ws);
+    mkfifo(&data.join("pipe"));
+    let d = Daemon::start(
+        &ws.path,
+        &model(),
+        1,
+        &["--dir", &grant, "--timeout", "2s"],
+        &[],
+    );
+    let agent = hostile_job(&ws, &["read", "/data/pipe"]);
+    let plain = plain_job(&ws);
+    let (rc, _, err) = ws.follow(&agent);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("wall-clock time limit reached"), "{err}");
+    assert_plain_job_done(&ws, &plain);
+    assert_daemon_serves(&ws);
+    // The thread still blocked in open() does not keep nrvnad from stopping.
+    let started = Instant::now();
+    let _ = d.stop();
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+// ----- 8. logs -------------------------------------------------------------------------------
+
+#[test]
+fn the_log_budget_counts_what_is_written() {
+    let ws = TestWs::new();
+    let d = ws.daemon(1);
+    let out = exec(&ws, FX_HOSTILE, &[], &["log-flood", "1000000"]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert_eq!(stdout(&out).trim(), "logged 1000000");
+    let err = stderr(&out);
+    assert!(
+        err.contains("log limit of 1048576 bytes reached"),
+        "{}",
+        &err[err.len().saturating_sub(2000)..]
+    );
+    assert!(err.len() < 1 << 20, "{} bytes on stderr", err.len());
+
+    // As an agent job: the daemon's own log grows by less than the budget.
+    let before = d.log_text().len();
+    let plain = plain_job(&ws);
+    let agent = hostile_job(&ws, &["log-flood", "1000000"]);
+    let (rc, text, err) = ws.follow(&agent);
+    assert_eq!((rc, text.trim()), (0, "logged 1000000"), "{err}");
+    assert_plain_job_done(&ws, &plain);
+    let grown = d.log_text().len() - before;
+    assert!(grown < 1 << 20, "the daemon log grew by {grown} bytes");
+    assert_daemon_serves(&ws);
+
+    // Line separators and bidi overrides are escaped, as control characters are.
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &[],
+        &["log-flood", "1", "a\u{2028}b\u{202E}c"],
+    );
+    assert!(
+        stderr(&out).contains(r"a\u{2028}b\u{202e}c"),
+        "{}",
+        show(&out)
+    );
+}
+
+// ----- smaller things ------------------------------------------------------------------------
+
+#[test]
+fn returning_from_agents_call_costs_the_caller_no_cpu() {
+    // 16 sandboxes, each sleeping 20 ms (one tick each, as any long host call costs) and
+    // then waiting for the next: the returns are not guest CPU time. Charged a tick each,
+    // they took the run past 25 ticks.
+    let ws = TestWs::new();
+    let (_data, grant) = data_dir(&ws);
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--dir", &grant, "--cpu", "250ms"],
+        &["hold-files", "/data", "1", "15", "20"],
+    );
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert_eq!(
+        stdout(&out).matches(": held 1").count(),
+        16,
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn a_limit_in_a_nested_agent_stops_the_whole_run() {
+    // The parent swallows whatever its child returns; a limit is not its to swallow.
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--memory", "64M"],
+        &["swallow", "membomb"],
+    );
+    assert_eq!(code(&out), 7, "{}", show(&out));
+    assert!(
+        stderr(&out).contains("memory limit reached") && stderr(&out).contains("(--memory)"),
+        "{}",
+        show(&out)
+    );
+    assert!(!stdout(&out).contains("swallowed"), "{}", show(&out));
+    assert_daemon_serves(&ws);
+}
+
+// ----- 5. results built for the guest --------------------------------------------------------
+
+#[test]
+fn huge_ids_and_keys_are_cut_before_any_per_byte_work() {
+    // 20 status calls and a kv.get with 15 MiB of control characters: each error is short
+    // and cheap, well inside 5 s of wall clock.
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    let bytes = (15 << 20).to_string();
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--timeout", "5s", "--cpu", "1s", "--memory", "200M"],
+        &["huge-ids", "20", &bytes],
+    );
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let longest: usize = stdout(&out)
+        .trim()
+        .strip_prefix("longest error ")
+        .and_then(|n| n.strip_suffix(" bytes"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX);
+    assert!(longest < 4000, "{}", show(&out));
+    assert_daemon_serves(&ws);
+}
+
+#[test]
+fn wait_all_returns_no_more_than_the_guest_can_hold() {
+    use nrvna_queue::{Claim, Outcome, RESULT_FILE, Submission, Workspace};
+    // A finished job with a 256 KiB result, made before a daemon could claim it.
+    let ws = TestWs::new();
+    let queue = Workspace::create(&ws.path).unwrap();
+    let id = queue
+        .submit(Submission {
+            prompt: "x".into(),
+            ..Submission::default()
+        })
+        .unwrap();
+    let Claim::Claimed(job) = queue.claim(&id).unwrap() else {
+        panic!("cannot claim {id}");
+    };
+    let outcome = Outcome {
+        artifacts: vec![(RESULT_FILE.into(), vec![b'x'; 256 << 10])],
+        ..Outcome::default()
+    };
+    queue.complete(&job, outcome).unwrap();
+    let _d = ws.daemon(1);
+    // 2 000 copies are 512 MiB of results, for a guest allowed 64 MiB.
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--memory", "64M"],
+        &["wait-all-copies", id.as_str(), "2000"],
+    );
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let text = stdout(&out);
+    let counts: Vec<usize> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split(' ')
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [ok, bytes, quota] = counts[..] else {
+        panic!("{text}");
+    };
+    assert!(ok > 0 && ok + quota == 2000, "{text}");
+    assert!(bytes <= 32 << 20, "{text}");
+    assert!(
+        text.contains("result bytes:") && text.contains("--memory"),
+        "{text}"
+    );
+    assert_daemon_serves(&ws);
+}
+
+// ----- 6. JSON Schema conversion -------------------------------------------------------------
+
+#[test]
+fn a_schema_too_complex_to_convert_is_invalid_before_conversion() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    let limit = "has 2000 properties; the limit is 200 per object";
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--timeout", "3s", "--cpu", "1s"],
+        &["schema", "2000"],
+    );
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(
+        stdout(&out).contains("Invalid(\"json-schema: ") && stdout(&out).contains(limit),
+        "{}",
+        show(&out)
+    );
+    // A schema of a sane size still converts.
+    let out = exec(&ws, FX_HOSTILE, &[], &["schema", "20"]);
+    assert!(stdout(&out).contains("submit: Ok("), "{}", show(&out));
+    // As an agent job, with a plain job alongside.
+    let plain = plain_job(&ws);
+    let agent = hostile_job(&ws, &["schema", "2000"]);
+    let (rc, text, err) = ws.follow(&agent);
+    assert_eq!(rc, 0, "{err}");
+    assert!(text.contains(limit), "{text}");
+    assert_plain_job_done(&ws, &plain);
+    // wrk --json-schema gets the same check.
+    let props: Vec<String> = (0..2000)
+        .map(|i| format!(r#""p{i}":{{"type":"string"}}"#))
+        .collect();
+    let schema = ws.scratch().join("big.schema.json");
+    std::fs::write(
+        &schema,
+        format!(
+            r#"{{"type":"object","properties":{{{}}}}}"#,
+            props.join(",")
+        ),
+    )
+    .unwrap();
+    let out = ws.wrk(&[
+        "fill it",
+        "--json-schema",
+        schema.to_str().unwrap_or_default(),
+    ]);
+    assert_ne!(code(&out), 0, "{}", show(&out));
+    assert!(stderr(&out).contains(limit), "{}", show(&out));
+    assert_daemon_serves(&ws);
+}
+
+// ----- 7. compilation --------------------------------------------------------------------------
+
+fn leb128(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A section: its id, then its content's length and the content.
+fn section(id: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![id];
+    out.extend(leb128(content.len()));
+    out.extend_from_slice(content);
+    out
+}
+
+/// A component holding one core module with one empty function that declares `locals`
+/// i32 locals: cheap to write, costly to compile as `locals` grows.
+fn component_with_locals(locals: usize) -> Vec<u8> {
+    let mut body = vec![1];
+    body.extend(leb128(locals));
+    body.extend([0x7f, 0x0b]);
+    let mut code = vec![1];
+    code.extend(leb128(body.len()));
+    code.extend(body);
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    module.extend(section(1, &[1, 0x60, 0, 0]));
+    module.extend(section(3, &[1, 0]));
+    module.extend(section(10, &code));
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    component.extend(section(1, &module));
+    component
+}
+
+#[test]
+fn compiling_is_bounded_before_and_while_it_runs() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    let limit = "compile cost: function #1 declares 20000 locals; the limit is 10000 per function";
+    let path = ws.scratch().join("locals.wasm");
+    std::fs::write(&path, component_with_locals(20_000)).unwrap();
+    let out = nrvna_tests::run(
+        Command::new(bin("nrvna"))
+            .arg("exec")
+            .arg(&path)
+            .arg("--ws")
+            .arg(&ws.path),
+    );
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert!(stderr(&out).contains(limit), "{}", show(&out));
+    // As an agent job, with a plain job alongside.
+    let plain = plain_job(&ws);
+    let agent = ws.submit(&["--agent", path.to_str().unwrap_or_default()]);
+    let (rc, _, err) = ws.follow(&agent);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains(limit), "{err}");
+    assert_plain_job_done(&ws, &plain);
+    // The run's wall clock counts compiling.
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--no-cache", "--timeout", "1ms"],
+        &["panic"],
+    );
+    assert_eq!(code(&out), 7, "{}", show(&out));
+    assert!(
+        stderr(&out).contains(
+            "wall-clock time limit reached: compiling the component took longer than 1ms, \
+             the whole run's limit (--timeout)"
+        ),
+        "{}",
+        show(&out)
+    );
+    assert_daemon_serves(&ws);
+}
