@@ -50,8 +50,12 @@ fn held_jobs_wait_for_approval_and_a_denied_one_ends_with_its_reason() {
     let status: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
     assert_eq!(status["held"], 1);
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&stdout(&ws.flw(&[&held, "--json", "--no-wait"])))
-            .unwrap()["status"],
+        serde_json::from_str::<serde_json::Value>(&stdout(&ws.flw(&[
+            &held,
+            "--json",
+            "--no-wait"
+        ])))
+        .unwrap()["status"],
         "held"
     );
     // The daemon does not run it.
@@ -83,7 +87,10 @@ fn held_jobs_wait_for_approval_and_a_denied_one_ends_with_its_reason() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let (rc, _, err) = ws.follow(&denied);
     assert_eq!(rc, 1);
-    assert!(err.contains("denied by") && err.contains("not today"), "{err}");
+    assert!(
+        err.contains("denied by") && err.contains("not today"),
+        "{err}"
+    );
     let meta = ws.meta("failed", &denied);
     assert_eq!(meta["status"], "denied");
     assert_eq!(meta["decision"]["reason"], "not today");
@@ -101,13 +108,25 @@ fn held_jobs_wait_for_approval_and_a_denied_one_ends_with_its_reason() {
 
     // Approve a whole set by tag, with the count.
     let set: Vec<String> = (0..3)
-        .map(|i| ws.submit(&["--hold", &format!("Count to {i}."), "--max-tokens", "4", "--tag", "batch"]))
+        .map(|i| {
+            ws.submit(&[
+                "--hold",
+                &format!("Count to {i}."),
+                "--max-tokens",
+                "4",
+                "--tag",
+                "batch",
+            ])
+        })
         .collect();
     let other = ws.submit(&["--hold", "Not in the set.", "--tag", "other"]);
     let out = nrvna(&["approve", w, "--tag", "batch"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "approved 3 of 3 held job(s)");
-    assert_eq!(code(&ws.flw(&["--tag", "batch", "-W", "--timeout", "300"])), 0);
+    assert_eq!(
+        code(&ws.flw(&["--tag", "batch", "-W", "--timeout", "300"])),
+        0
+    );
     for id in &set {
         assert_eq!(ws.meta("output", id)["decision"]["verdict"], "approved");
     }
@@ -187,7 +206,9 @@ fn exec_held(ws: &TestWs, extra: &[&str]) -> Child {
 
 fn held_job(ws: &TestWs) -> String {
     assert!(
-        wait_for(Duration::from_secs(120), || !ws.entries("input/held").is_empty()),
+        wait_for(Duration::from_secs(120), || !ws
+            .entries("input/held")
+            .is_empty()),
         "the component's job was never held"
     );
     ws.entries("input/held").remove(0)
@@ -206,7 +227,11 @@ fn an_agent_under_approve_submits_waits_for_a_person() {
     assert_eq!(code(&nrvna(&["approve", w, &id])), 0);
     let out = child.wait_with_output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stdout(&out).starts_with(&format!("{id}|")), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("{id}|")),
+        "{}",
+        stdout(&out)
+    );
 
     // Denied: the component gets a `denied` error (echo returns it as its failure).
     let child = exec_held(&ws, &[]);
@@ -215,7 +240,10 @@ fn an_agent_under_approve_submits_waits_for_a_person() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("Denied(") && err.contains("too risky"), "{err}");
+    assert!(
+        err.contains("Denied(") && err.contains("too risky"),
+        "{err}"
+    );
 
     // Nobody decides: the approval wait has a limit of its own (exit 7, naming its
     // flag), and the run's end cancels the held job.
@@ -223,7 +251,11 @@ fn an_agent_under_approve_submits_waits_for_a_person() {
     let id = held_job(&ws);
     let out = child.wait_with_output().unwrap();
     assert_eq!(code(&out), 7, "{}", stderr(&out));
-    assert!(stderr(&out).contains("--approval-timeout"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--approval-timeout"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(ws.meta("failed", &id)["status"], "cancelled");
 
     // The daemon's agent jobs get the grant from nrvnad's flags.
@@ -253,7 +285,11 @@ fn a_spec_edited_after_submission_or_approval_is_never_run() {
     edit_prompt(&ws, "input/ready", &edited);
     let out = nrvna(&["verify", w, &edited]);
     assert_eq!(code(&out), 1);
-    assert!(stdout(&out).contains("prompt.txt changed"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("prompt.txt changed"),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(code(&nrvna(&["verify", w, &intact])), 0);
     // Sampling options are part of the spec too.
     let hotter = ws.submit(&["Say hi.", "--max-tokens", "4"]);
@@ -266,14 +302,23 @@ fn a_spec_edited_after_submission_or_approval_is_never_run() {
     assert_eq!(code(&out), 1);
     let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(report["ok"], false);
-    assert!(report["checks"][0]["detail"].as_str().unwrap().contains("options changed"));
+    assert!(
+        report["checks"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("options changed")
+    );
 
     // Edited while held: not approved.
     let held = ws.submit(&["--hold", "Say hi."]);
     edit_prompt(&ws, "input/held", &held);
     let out = nrvna(&["approve", w, &held]);
     assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("prompt.txt changed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("prompt.txt changed"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(ws.entries("input/held"), [held]);
 
     // Edited after approval, with the submitted hash removed to hide it: the approved
@@ -281,7 +326,11 @@ fn a_spec_edited_after_submission_or_approval_is_never_run() {
     let approved = ws.submit(&["--hold", "Say hi.", "--max-tokens", "4"]);
     assert_eq!(code(&nrvna(&["approve", w, &approved])), 0);
     edit_prompt(&ws, "input/ready", &approved);
-    let meta_path = ws.path.join("input/ready").join(&approved).join("meta.json");
+    let meta_path = ws
+        .path
+        .join("input/ready")
+        .join(&approved)
+        .join("meta.json");
     let mut meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
     let obj = meta.as_object_mut().unwrap();
@@ -296,7 +345,10 @@ fn a_spec_edited_after_submission_or_approval_is_never_run() {
     let _d = ws.daemon(1);
     assert_eq!(ws.follow(&intact).0, 0);
     for (id, why) in [
-        (&edited, "changed after it was submitted (prompt.txt changed)"),
+        (
+            &edited,
+            "changed after it was submitted (prompt.txt changed)",
+        ),
         (&hotter, "changed after it was submitted (options changed)"),
         (&approved, "changed after it was approved"),
     ] {

@@ -149,7 +149,7 @@ pub fn limits_help() -> String {
     ];
     let mut out = String::from("Limits (for the whole run, nested agents.call included):\n");
     for (flag, what, default) in rows {
-        out.push_str(&format!("  {flag:<25}{what:<39}{default}\n"));
+        out.push_str(&format!("  {flag:<29}{what:<42}{default}\n"));
     }
     out
 }
