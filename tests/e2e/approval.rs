@@ -40,7 +40,7 @@ fn held_jobs_wait_for_approval_and_a_denied_one_ends_with_its_reason() {
     let w = ws_arg(&ws);
     let _d = ws.daemon(1);
     let held = ws.submit(&["--hold", "Say hi.", "--max-tokens", "4", "--tag", "one"]);
-    assert_eq!(ws.entries("input/held"), [held.clone()]);
+    assert_eq!(ws.entries("input/held"), [held.as_str()]);
     // flw: held, "not ready"; counted by flw WS and nrvna status.
     let out = ws.flw(&[&held, "--no-wait"]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
@@ -60,7 +60,7 @@ fn held_jobs_wait_for_approval_and_a_denied_one_ends_with_its_reason() {
     );
     // The daemon does not run it.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(ws.entries("input/held"), [held.clone()]);
+    assert_eq!(ws.entries("input/held"), [held.as_str()]);
 
     let out = nrvna(&["approve", w, &held, "--note", "looks fine"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -223,7 +223,7 @@ fn an_agent_under_approve_submits_waits_for_a_person() {
     let child = exec_held(&ws, &["--timeout", "3s", "--cpu", "500ms"]);
     let id = held_job(&ws);
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(ws.entries("input/held"), [id.clone()], "it ran unapproved");
+    assert_eq!(ws.entries("input/held"), [id.as_str()], "it ran unapproved");
     assert_eq!(code(&nrvna(&["approve", w, &id])), 0);
     let out = child.wait_with_output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -419,13 +419,13 @@ fn an_approval_killed_midway_is_recorded_or_not_done() {
                 } else {
                     ("input/ready", "approved")
                 };
-                assert_eq!(ws.entries(dir), [id.clone()], "{case}");
+                assert_eq!(ws.entries(dir), [id.as_str()], "{case}");
                 assert_eq!(ws.meta(dir, &id)["decision"]["verdict"], verdict, "{case}");
                 assert_eq!(records[0]["verdict"], verdict, "{case}");
                 assert_eq!(code(&nrvna(&["verify", w, &id])), 0, "{case}");
             } else {
                 assert!(records.is_empty(), "{case}: {records:?}");
-                assert_eq!(ws.entries("input/held"), [id.clone()], "{case}");
+                assert_eq!(ws.entries("input/held"), [id.as_str()], "{case}");
                 assert!(ws.meta("input/held", &id).get("decision").is_none());
                 // Not done, so it can be done now.
                 assert_eq!(code(&nrvna(&args)), 0, "{case}");
