@@ -67,8 +67,7 @@ const TABLE: [(u8, &str); 11] = [
     (NO_DAEMON, "no daemon is running on the workspace"),
     (
         ALREADY_ENDED,
-        "already ended or decided: the job had ended before the cancel, or someone else \
-         approved or denied it first",
+        "already ended or decided: nothing left to cancel, approve or deny",
     ),
     (
         LIMIT,
