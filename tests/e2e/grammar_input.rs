@@ -81,6 +81,17 @@ fn a_hand_staged_bad_grammar_fails_the_job_with_the_checkers_message() {
         "root ::= yes\n",
     )
     .unwrap();
+    // Staged by hand means no spec hash either: with one, the claim would refuse the
+    // edited job before its grammar is looked at (tests/e2e/approval.rs).
+    let mut meta = ws.meta("input/ready", &id);
+    let obj = meta.as_object_mut().unwrap();
+    obj.remove("spec_sha256");
+    obj.remove("spec_parts");
+    fs::write(
+        ws.path.join("input/ready").join(&id).join("meta.json"),
+        meta.to_string(),
+    )
+    .unwrap();
     let _d = ws.daemon(1);
     let (rc, _, err) = ws.follow(&id);
     assert_eq!(rc, 1, "{err}");

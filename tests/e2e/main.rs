@@ -13,6 +13,7 @@ mod components {
 }
 
 mod agent_jobs;
+mod approval;
 mod cli;
 mod daemon;
 mod engine;

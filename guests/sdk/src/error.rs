@@ -9,7 +9,8 @@ use crate::bindings::nrvna::agent::types::JobError;
 pub enum Error {
     /// Bad input: malformed id, empty or oversize prompt, bad option.
     Invalid(String),
-    /// Not granted: a route, a directory, an agent.
+    /// Not granted: a route, a directory, an agent; or a job a person denied (under
+    /// `--approve submits`).
     Denied(String),
     /// A limit of this run was reached (jobs, jobs in flight, call depth, storage).
     Quota(String),

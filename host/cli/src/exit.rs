@@ -18,7 +18,8 @@ pub const NOT_READY: u8 = 3;
 pub const NOT_FOUND: u8 = 4;
 /// No daemon is running on the workspace.
 pub const NO_DAEMON: u8 = 5;
-/// The job had already ended (nothing left to cancel).
+/// The job had already ended (nothing left to cancel), or is no longer held (someone
+/// else approved or denied it first).
 pub const ALREADY_ENDED: u8 = 6;
 /// A limit stopped the agent run.
 pub const LIMIT: u8 = 7;
@@ -66,7 +67,7 @@ const TABLE: [(u8, &str); 11] = [
     (NO_DAEMON, "no daemon is running on the workspace"),
     (
         ALREADY_ENDED,
-        "already ended: the job had ended before the cancel",
+        "already ended or decided: nothing left to cancel, approve or deny",
     ),
     (
         LIMIT,

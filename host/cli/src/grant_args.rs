@@ -23,6 +23,12 @@ pub struct GrantArgs {
     /// Grant a component for agents.call (NAME=PATH); repeatable
     #[arg(long = "agent", value_name = "NAME=PATH")]
     pub agents: Vec<AgentGrant>,
+    /// Put what the component does before a person: `submits` holds every job it
+    /// submits until `nrvna approve` (a denied one is a `denied` error to it)
+    #[arg(long = "approve", value_name = "WHAT", value_parser = ["submits"])]
+    pub approve: Vec<String>,
+    #[arg(help = format!("Time the run may wait, in all, for its held jobs to be approved; not counted in --timeout [default: {}]", show_time(Limits::default().approval_wait)), long, value_name = "DURATION", value_parser = parse_duration)]
+    pub approval_timeout: Option<Duration>,
     #[arg(help = format!("Linear memory of the run [default: {}]", show_size(Limits::default().memory_bytes)), long, value_name = "SIZE", value_parser = parse_bytes)]
     pub memory: Option<u64>,
     #[arg(help = format!("Time executing guest code [default: {}]", show_time(Limits::default().cpu)), long, value_name = "DURATION", value_parser = parse_duration)]
@@ -58,9 +64,11 @@ impl GrantArgs {
         let mut grants = Grants {
             dirs: self.dirs.clone(),
             env: self.env.clone(),
+            approve_submits: self.approve.iter().any(|w| w == "submits"),
             limits: Limits {
                 memory_bytes: self.memory.unwrap_or(defaults.memory_bytes),
                 wall: self.timeout.unwrap_or(defaults.wall),
+                approval_wait: self.approval_timeout.unwrap_or(defaults.approval_wait),
                 cpu: self.cpu.unwrap_or(defaults.cpu),
                 max_jobs: self.max_jobs.unwrap_or(defaults.max_jobs),
                 max_in_flight: self.max_in_flight.unwrap_or(defaults.max_in_flight),
@@ -119,6 +127,11 @@ pub fn limits_help() -> String {
             "wall-clock time, waits included",
             show_time(d.wall),
         ),
+        (
+            "--approval-timeout DURATION",
+            "waiting for approvals (not in --timeout)",
+            show_time(d.approval_wait),
+        ),
         ("--max-jobs N", "jobs submitted", d.max_jobs.to_string()),
         (
             "--max-in-flight N",
@@ -168,7 +181,7 @@ pub fn limits_help() -> String {
     ];
     let mut out = String::from("Limits (for the whole run, nested agents.call included):\n");
     for (flag, what, default) in rows {
-        out.push_str(&format!("  {flag:<25}{what:<39}{default}\n"));
+        out.push_str(&format!("  {flag:<29}{what:<42}{default}\n"));
     }
     out
 }

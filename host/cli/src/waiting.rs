@@ -129,16 +129,23 @@ impl TokenRate {
     }
 }
 
-/// `3 queued  1 running  16 done  0 failed` for the jobs' states.
+/// `3 queued  1 running  16 done  0 failed` for the jobs' states (`2 held  ` first when
+/// some wait for approval).
 pub fn counts_line<'a>(states: impl IntoIterator<Item = &'a State>) -> String {
-    let (mut queued, mut running, mut done, mut failed) = (0, 0, 0, 0);
+    let (mut held, mut queued, mut running, mut done, mut failed) = (0, 0, 0, 0, 0);
     for state in states {
         match state {
+            State::Held => held += 1,
             State::Writing | State::Queued => queued += 1,
             State::Running => running += 1,
             State::Done => done += 1,
             State::Failed => failed += 1,
         }
     }
-    format!("{queued} queued  {running} running  {done} done  {failed} failed")
+    let held = if held > 0 {
+        format!("{held} held  ")
+    } else {
+        String::new()
+    };
+    format!("{held}{queued} queued  {running} running  {done} done  {failed} failed")
 }

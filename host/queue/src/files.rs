@@ -31,5 +31,13 @@ pub const CANCEL_DIR: &str = ".cancel";
 /// job has generated so far (plain decimal), refreshed about once a second and removed
 /// when the job ends. Outside the job directories, so it never travels with a job.
 pub const PROGRESS_DIR: &str = ".progress";
+/// The workspace's audit trail: one JSON object per line, one line per approval or denial
+/// of a held job (`nrvna approve`, `nrvna deny`), appended and fsynced.
+pub const AUDIT_FILE: &str = "audit.jsonl";
+/// Held jobs being decided: `nrvna approve`/`deny` (and a cancel) first move the job from
+/// `input/held/` here, one rename that exactly one of them wins, record the decision in
+/// its `meta.json`, append it to the audit trail, and then move it on. A job found here
+/// after a crash is finished (its decision recorded) or put back (no decision yet).
+pub const DECIDING_DIR: &str = ".deciding";
 /// Image file extensions a job accepts.
 pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "gif", "webp"];

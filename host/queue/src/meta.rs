@@ -3,6 +3,8 @@
 //! Written with tmp + fsync + rename and always complete before the job becomes visible
 //! in a new state. Unknown keys are kept, so newer writers and older readers coexist.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// What kind of work a job asks for.
@@ -44,13 +46,15 @@ pub struct Sampling {
 }
 
 /// How a job ended, as `meta.json`'s `status` records it. Its state directory says the
-/// same for done and failed; `cancelled` is the one ending `failed/` holds besides failure.
+/// same for done and failed; `cancelled` and `denied` (a held job someone refused) are
+/// the endings `failed/` holds besides failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Done,
     Failed,
     Cancelled,
+    Denied,
 }
 
 impl JobStatus {
@@ -59,6 +63,7 @@ impl JobStatus {
             JobStatus::Done => "done",
             JobStatus::Failed => "failed",
             JobStatus::Cancelled => "cancelled",
+            JobStatus::Denied => "denied",
         }
     }
 }
@@ -138,6 +143,17 @@ pub struct Meta {
     /// Name of the model the job ran on (set by the daemon for text and embedding jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// sha256 over the job's spec (crate::spec), recorded at submission: what
+    /// `nrvna verify` and the daemon's claim check the job against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_sha256: Option<String>,
+    /// The sha256 of each part of the spec (`prompt.txt`, `options`, ...), so a check
+    /// can name the part that changed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub spec_parts: BTreeMap<String, String>,
+    /// The approval or denial of a held job (`wrk --hold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
     /// An agent job's arguments and name (empty for other jobs).
     // Declared before `extra`: a flattened struct takes its keys first, the map the rest.
     #[serde(flatten)]
@@ -145,6 +161,45 @@ pub struct Meta {
     /// Fields this version does not know (written by newer tools); preserved on rewrite.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a person decided about a held job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Approved,
+    Denied,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Approved => "approved",
+            Verdict::Denied => "denied",
+        }
+    }
+}
+
+/// One approval or denial, as `meta.json`'s `decision` and each line of `audit.jsonl`
+/// record it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The deciding user's name, as the system's user database has it for `uid`.
+    pub by: String,
+    pub uid: u32,
+    /// When (UTC, the timestamp format of `submitted_at`).
+    pub at: String,
+    /// `nrvna approve --note`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// `nrvna deny --reason`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The spec's sha256 as it was when the decision was made: an approved job whose
+    /// spec differs from it is never run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_sha256: Option<String>,
 }
 
 /// UTC ISO-8601 with microseconds, the predecessor's timestamp format.

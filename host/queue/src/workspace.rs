@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! input/writing/  staging (invisible to daemons)   --publish-->  input/ready/  (queued)
+//!                                          (--hold) -->  input/held/  --approve--> input/ready/
 //! input/ready/    --claim-->  processing/  (running)  --complete-->  output/ | failed/
 //! ```
 //! A job's location is its state. Files a rename publishes are fsynced before it, and
@@ -19,6 +20,7 @@ use crate::error::{IoContext, QueueError, Result};
 use crate::fsio::{rename_durable, sync_dir, write_atomic, write_durable, write_synced};
 use crate::id::JobId;
 use crate::meta::{AgentJob, JobStatus, Meta, Mode, OutputFormat, Sampling, now_timestamp};
+use crate::spec::Spec;
 
 pub use crate::files::*;
 
@@ -28,6 +30,8 @@ pub use crate::files::*;
 pub enum State {
     /// Being written by `wrk`; not yet visible to daemons.
     Writing,
+    /// Waiting for a person to approve it (`wrk --hold`); no daemon runs it.
+    Held,
     Queued,
     Running,
     Done,
@@ -36,8 +40,9 @@ pub enum State {
 
 impl State {
     /// Lifecycle order. Lookups go in this order so a job moving forward is never missed.
-    pub const ALL: [State; 5] = [
+    pub const ALL: [State; 6] = [
         State::Writing,
+        State::Held,
         State::Queued,
         State::Running,
         State::Done,
@@ -48,6 +53,7 @@ impl State {
     pub fn dir(self) -> &'static str {
         match self {
             State::Writing => "input/writing",
+            State::Held => "input/held",
             State::Queued => "input/ready",
             State::Running => "processing",
             State::Done => "output",
@@ -58,6 +64,7 @@ impl State {
     pub fn name(self) -> &'static str {
         match self {
             State::Writing => "writing",
+            State::Held => "held",
             State::Queued => "queued",
             State::Running => "running",
             State::Done => "done",
@@ -263,6 +270,7 @@ fn image_format_of_extension(ext: &str) -> Option<&'static str> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
     pub writing: usize,
+    pub held: usize,
     pub queued: usize,
     pub running: usize,
     pub done: usize,
@@ -313,6 +321,10 @@ pub enum JobOutcome {
         partial: Option<String>,
     },
     Cancelled,
+    /// A held job someone denied; `reason` is `error.txt` (who denied it, and why).
+    Denied {
+        reason: String,
+    },
 }
 
 impl JobOutcome {
@@ -322,6 +334,7 @@ impl JobOutcome {
             JobOutcome::Done(_) => JobStatus::Done,
             JobOutcome::Failed { .. } => JobStatus::Failed,
             JobOutcome::Cancelled => JobStatus::Cancelled,
+            JobOutcome::Denied { .. } => JobStatus::Denied,
         }
     }
 }
@@ -394,10 +407,12 @@ impl Workspace {
     pub fn open(root: impl Into<PathBuf>) -> Result<Workspace> {
         let root = root.into();
         for state in State::ALL {
-            if !root.join(state.dir()).is_dir() {
+            // input/held/ came later: a workspace made before it is still one.
+            if state != State::Held && !root.join(state.dir()).is_dir() {
                 return Err(QueueError::NotAWorkspace(root));
             }
         }
+        let _ = fs::create_dir(root.join(State::Held.dir()));
         Ok(Workspace {
             root,
             limits: Limits::default(),
@@ -435,6 +450,25 @@ impl Workspace {
         sub: Submission,
         before_publish: impl FnOnce(&JobId) -> Result<()>,
     ) -> Result<JobId> {
+        self.submit_into(State::Queued, sub, before_publish)
+    }
+
+    /// [`Workspace::submit_with`] into `input/held/`: the job waits for
+    /// [`Workspace::approve`] (or [`Workspace::deny`]) and no daemon runs it until then.
+    pub fn submit_held_with(
+        &self,
+        sub: Submission,
+        before_publish: impl FnOnce(&JobId) -> Result<()>,
+    ) -> Result<JobId> {
+        self.submit_into(State::Held, sub, before_publish)
+    }
+
+    fn submit_into(
+        &self,
+        target: State,
+        sub: Submission,
+        before_publish: impl FnOnce(&JobId) -> Result<()>,
+    ) -> Result<JobId> {
         self.validate(&sub)?;
         let mut attempt = 0;
         loop {
@@ -452,7 +486,7 @@ impl Workspace {
             let result = self
                 .stage(&staging, &sub)
                 .and_then(|()| before_publish(&id))
-                .and_then(|()| self.publish(&staging, &id));
+                .and_then(|()| self.publish(&staging, target, &id));
             if result.is_err() {
                 let _ = fs::remove_dir_all(&staging);
             }
@@ -497,13 +531,20 @@ impl Workspace {
             agent: sub.agent.clone(),
             ..Meta::default()
         };
+        // Everything the spec covers is staged by now.
+        let spec = Spec::of(staging, &meta)?;
+        let meta = Meta {
+            spec_sha256: Some(spec.sha256),
+            spec_parts: spec.parts,
+            ..meta
+        };
         write_synced(&staging.join(META_FILE), &meta_bytes(&meta)?)?;
         sync_dir(staging)
     }
 
-    fn publish(&self, staging: &Path, id: &JobId) -> Result<()> {
-        let ready = self.job_dir(State::Queued, id);
-        rename_durable(staging, &ready).at(&ready)
+    fn publish(&self, staging: &Path, target: State, id: &JobId) -> Result<()> {
+        let to = self.job_dir(target, id);
+        rename_durable(staging, &to).at(&to)
     }
 
     // ----- lookup -----------------------------------------------------------------------
@@ -522,6 +563,10 @@ impl Workspace {
                     Err(e) => return Err(e).at(path),
                 }
             }
+            // Being approved or denied right now: still held until it moves on.
+            if fs::symlink_metadata(self.root.join(DECIDING_DIR).join(id)).is_ok() {
+                return Ok(Some(State::Held));
+            }
         }
         Ok(None)
     }
@@ -529,8 +574,14 @@ impl Workspace {
     /// Valid job ids in `state`, oldest first. Anything else in the directory is ignored.
     pub fn list(&self, state: State) -> Result<Vec<JobId>> {
         let dir = self.state_dir(state);
-        let mut ids: Vec<JobId> = fs::read_dir(&dir)
-            .at(&dir)?
+        let entries = match fs::read_dir(&dir) {
+            // A workspace made before input/held/ existed has no held jobs.
+            Err(e) if e.kind() == ErrorKind::NotFound && state == State::Held => {
+                return Ok(Vec::new());
+            }
+            entries => entries.at(&dir)?,
+        };
+        let mut ids: Vec<JobId> = entries
             .filter_map(|entry| entry.ok())
             .filter_map(|entry| JobId::parse(entry.file_name().to_str()?).ok())
             .collect();
@@ -541,6 +592,7 @@ impl Workspace {
     pub fn counts(&self) -> Result<Counts> {
         Ok(Counts {
             writing: self.list(State::Writing)?.len(),
+            held: self.list(State::Held)?.len(),
             queued: self.list(State::Queued)?.len(),
             running: self.list(State::Running)?.len(),
             done: self.list(State::Done)?.len(),
@@ -605,10 +657,8 @@ impl Workspace {
                 .at(self.job_dir(state, id))
             }
             State::Failed => {
-                let cancelled = self
-                    .read_meta(state, id)
-                    .is_ok_and(|m| m.status == Some(JobStatus::Cancelled));
-                if cancelled {
+                let status = self.read_meta(state, id).ok().and_then(|m| m.status);
+                if status == Some(JobStatus::Cancelled) {
                     return Ok(Some(JobOutcome::Cancelled));
                 }
                 let text = |file: &str| {
@@ -617,12 +667,15 @@ impl Workspace {
                 };
                 let reason = text(ERROR_FILE)
                     .unwrap_or_else(|e| format!("(the job failed; no readable {ERROR_FILE}: {e})"));
+                if status == Some(JobStatus::Denied) {
+                    return Ok(Some(JobOutcome::Denied { reason }));
+                }
                 Ok(Some(JobOutcome::Failed {
                     reason,
                     partial: text(RESPONSE_FILE).ok(),
                 }))
             }
-            State::Writing | State::Queued | State::Running => Ok(None),
+            State::Writing | State::Held | State::Queued | State::Running => Ok(None),
         }
     }
 
@@ -786,6 +839,7 @@ impl Workspace {
         if prompt.is_empty() && meta.mode != Mode::Embed && meta.mode != Mode::Agent {
             return Err("empty prompt".into());
         }
+        check_spec(dir, &meta)?;
         Ok((meta, prompt))
     }
 
@@ -851,6 +905,12 @@ impl Workspace {
             match self.state_of(id)? {
                 None => return Ok(CancelOutcome::NotFound),
                 Some(s) if s.is_terminal() => return Ok(CancelOutcome::AlreadyEnded(s)),
+                Some(State::Held) => {
+                    if self.cancel_held(id)? {
+                        return Ok(CancelOutcome::Cancelled);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 Some(State::Queued | State::Writing) => {
                     if self.cancel_queued(id)? {
                         return Ok(CancelOutcome::Cancelled);
@@ -1100,7 +1160,41 @@ pub(crate) fn out_of_descriptors(e: &std::io::Error) -> bool {
         || raw == Some(rustix::io::Errno::NFILE.raw_os_error())
 }
 
-fn read_meta(dir: &Path, id: &JobId) -> Result<Meta> {
+/// The claim's check of a job's spec: a job whose spec differs from the one recorded at
+/// submission, or (approved jobs) from the one approved, is not run; `Err` says why.
+/// Jobs without a recorded spec (staged by hand, or by an older nrvna) are not checked.
+fn check_spec(dir: &Path, meta: &Meta) -> std::result::Result<(), String> {
+    let approved = meta
+        .decision
+        .as_ref()
+        .filter(|d| d.verdict == crate::meta::Verdict::Approved)
+        .and_then(|d| d.spec_sha256.as_ref());
+    if meta.spec_sha256.is_none() && approved.is_none() {
+        return Ok(());
+    }
+    let spec = Spec::of(dir, meta).map_err(|e| format!("cannot read the job's spec: {e}"))?;
+    if let Some(recorded) = &meta.spec_sha256
+        && *recorded != spec.sha256
+    {
+        return Err(format!(
+            "the job's spec changed after it was submitted ({}); it was not run \
+             (nrvna verify shows the check)",
+            spec.describe_differences(&meta.spec_parts)
+        ));
+    }
+    if let Some(approved) = approved
+        && *approved != spec.sha256
+    {
+        return Err(
+            "the job's spec changed after it was approved (its sha256 differs from the one \
+             approved); it was not run"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn read_meta(dir: &Path, id: &JobId) -> Result<Meta> {
     let path = dir.join(META_FILE);
     let bytes = read_limited(&path, 1 << 20)?;
     serde_json::from_slice(&bytes).map_err(|e| QueueError::BadMeta {
@@ -1119,7 +1213,7 @@ fn meta_bytes(meta: &Meta) -> Result<Vec<u8>> {
 }
 
 /// Replaces meta.json atomically and durably (readers may look at any time).
-fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
+pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
     write_durable(&dir.join(META_FILE), &meta_bytes(meta)?)
 }
 

@@ -323,3 +323,111 @@ fn hostile_ids_never_reach_the_file_system() {
         assert!(JobId::parse(bad).is_err(), "{bad:?}");
     }
 }
+
+fn alice() -> nrvna_queue::Actor {
+    nrvna_queue::Actor {
+        name: "alice".into(),
+        uid: 1000,
+    }
+}
+
+#[test]
+fn a_held_job_waits_for_its_decision() {
+    use nrvna_queue::{DecideOutcome, Verdict};
+    let (_d, ws) = ws();
+    let held = ws.submit_held_with(text("refund"), |_| Ok(())).unwrap();
+    assert_eq!(ws.state_of(&held).unwrap(), Some(State::Held));
+    assert_eq!(ws.counts().unwrap().held, 1);
+    assert!(
+        ws.sweep_ready().unwrap().is_empty(),
+        "a daemon must not see it"
+    );
+    let meta = ws.read_meta(State::Held, &held).unwrap();
+    assert_eq!(meta.spec_sha256.as_ref().map(String::len), Some(64));
+    assert!(meta.spec_parts.contains_key("prompt.txt"));
+
+    let DecideOutcome::Decided(decision) = ws.approve(&held, &alice(), Some("ok")).unwrap() else {
+        panic!("not approved");
+    };
+    assert_eq!(decision.verdict, Verdict::Approved);
+    assert_eq!(decision.spec_sha256, meta.spec_sha256);
+    assert_eq!(ws.state_of(&held).unwrap(), Some(State::Queued));
+    assert_eq!(
+        ws.approve(&held, &alice(), None).unwrap(),
+        DecideOutcome::NotHeld(State::Queued)
+    );
+    assert!(ws.audited(&held, &decision).unwrap());
+    assert!(ws.verify(&held).unwrap().ok());
+    // An approved job still runs through the claim's spec check.
+    let job = claim(&ws, &held);
+    assert_eq!(
+        job.meta.decision.as_ref().map(|d| d.by.as_str()),
+        Some("alice")
+    );
+
+    let denied = ws.submit_held_with(text("delete"), |_| Ok(())).unwrap();
+    ws.deny(&denied, &alice(), "no").unwrap();
+    assert_eq!(
+        ws.outcome(State::Failed, &denied).unwrap(),
+        Some(JobOutcome::Denied {
+            reason: "denied by alice: no".into()
+        })
+    );
+    let missing = JobId::parse("1_2").unwrap();
+    assert_eq!(
+        ws.deny(&missing, &alice(), "x").unwrap(),
+        DecideOutcome::NotFound
+    );
+    // Cancelling a held job ends it as cancelled.
+    let cancelled = ws.submit_held_with(text("c"), |_| Ok(())).unwrap();
+    assert_eq!(ws.cancel(&cancelled).unwrap(), CancelOutcome::Cancelled);
+    assert_eq!(
+        ws.outcome(State::Failed, &cancelled).unwrap(),
+        Some(JobOutcome::Cancelled)
+    );
+}
+
+#[test]
+fn a_decision_interrupted_by_a_crash_is_finished_or_undone() {
+    let (_d, ws) = ws();
+    let deciding = ws.root().join(nrvna_queue::DECIDING_DIR);
+    std::fs::create_dir_all(&deciding).unwrap();
+    // Taken but not recorded: held again.
+    let taken = ws.submit_held_with(text("a"), |_| Ok(())).unwrap();
+    std::fs::rename(ws.job_dir(State::Held, &taken), deciding.join(&taken)).unwrap();
+    assert_eq!(ws.state_of(&taken).unwrap(), Some(State::Held));
+    // Recorded in meta.json but not in the audit trail: finished, audited once.
+    let recorded = ws.submit_held_with(text("b"), |_| Ok(())).unwrap();
+    let mut meta = ws.read_meta(State::Held, &recorded).unwrap();
+    meta.decision = Some(nrvna_queue::Decision {
+        verdict: nrvna_queue::Verdict::Approved,
+        by: "alice".into(),
+        uid: 1000,
+        at: "2026-01-01T00:00:00.000000Z".into(),
+        note: None,
+        reason: None,
+        spec_sha256: meta.spec_sha256.clone(),
+    });
+    let dir = ws.job_dir(State::Held, &recorded);
+    std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+    std::fs::rename(&dir, deciding.join(&recorded)).unwrap();
+
+    let (finished, restored) = ws.recover_decisions().unwrap();
+    assert_eq!(
+        (finished, restored),
+        (vec![recorded.clone()], vec![taken.clone()])
+    );
+    assert_eq!(ws.state_of(&taken).unwrap(), Some(State::Held));
+    assert_eq!(ws.state_of(&recorded).unwrap(), Some(State::Queued));
+    assert_eq!(ws.audit_records().unwrap().len(), 1);
+    assert!(ws.verify(&recorded).unwrap().ok());
+    assert_eq!(ws.recover_decisions().unwrap(), (vec![], vec![]));
+}
+
+#[test]
+fn a_workspace_made_before_held_jobs_still_opens() {
+    let (_d, ws) = ws();
+    std::fs::remove_dir(ws.state_dir(State::Held)).unwrap();
+    let again = Workspace::open(ws.root()).unwrap();
+    assert_eq!(again.counts().unwrap().held, 0);
+}

@@ -15,8 +15,11 @@ pub enum LimitKind {
     Memory,
     /// Time spent executing guest code (`--cpu`).
     Cpu,
-    /// Wall-clock time of the whole run, waits included (`--timeout`).
+    /// Wall-clock time of the whole run, waits included (`--timeout`), except waits for
+    /// approval.
     WallClock,
+    /// Time the run waited for its held jobs to be approved (`--approval-timeout`).
+    ApprovalWait,
     /// Bytes a component may pass to one host call (`--max-hostcall-bytes`).
     HostcallBytes,
     /// Table elements, instances, tables or memories of one component.
@@ -32,6 +35,7 @@ impl LimitKind {
             LimitKind::Memory => "memory",
             LimitKind::Cpu => "cpu time",
             LimitKind::WallClock => "wall-clock time",
+            LimitKind::ApprovalWait => "approval wait",
             LimitKind::HostcallBytes => "host-call bytes",
             LimitKind::Resources => "component resources",
             LimitKind::Handles => "open handles",
@@ -44,6 +48,7 @@ impl LimitKind {
             LimitKind::Memory => "--memory",
             LimitKind::Cpu => "--cpu",
             LimitKind::WallClock => "--timeout",
+            LimitKind::ApprovalWait => "--approval-timeout",
             LimitKind::HostcallBytes => "--max-hostcall-bytes",
             LimitKind::Resources => "fixed",
             LimitKind::Handles => "--max-handles",

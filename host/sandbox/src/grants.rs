@@ -194,6 +194,9 @@ pub struct Grants {
     pub routes: BTreeMap<String, PathBuf>,
     /// Agent name → component file.
     pub agents: BTreeMap<String, PathBuf>,
+    /// `--approve submits`: every job the run submits is held (`input/held/`) until a
+    /// person approves it (`nrvna approve`); a denied one is a `denied` error.
+    pub approve_submits: bool,
     pub limits: Limits,
 }
 

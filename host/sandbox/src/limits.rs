@@ -7,9 +7,9 @@
 //! limits are per run, not per sandbox. A limit that stops the run is a [`LimitHit`]
 //! trap; a quota is a `job-error` the component can act on.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
 
@@ -22,8 +22,12 @@ use crate::error::{LimitHit, LimitKind};
 pub struct Limits {
     /// Linear memory of all the run's sandboxes together.
     pub memory_bytes: u64,
-    /// Wall-clock time of the whole run, waiting included.
+    /// Wall-clock time of the whole run, waiting included, except waiting for people to
+    /// approve held jobs (`approval_wait` bounds that).
     pub wall: Duration,
+    /// Time the run may spend, in all, waiting on jobs that are held for approval
+    /// (`--approve submits`); not counted in `wall`, and never in `cpu`.
+    pub approval_wait: Duration,
     /// Time spent executing guest code (measured in epoch ticks).
     pub cpu: Duration,
     /// Jobs the run may submit in all.
@@ -57,6 +61,7 @@ impl Limits {
     pub const DEFAULT: Limits = Limits {
         memory_bytes: 256 << 20,
         wall: Duration::from_secs(600),
+        approval_wait: Duration::from_secs(24 * 3600),
         cpu: Duration::from_secs(60),
         max_jobs: 1000,
         max_in_flight: 64,
@@ -108,6 +113,16 @@ pub(crate) struct RunBudget {
     image_bytes: AtomicU64,
     write_bytes: AtomicU64,
     write_refused: std::sync::atomic::AtomicBool,
+    approval: Mutex<ApprovalClock>,
+}
+
+/// Time the run has spent waiting for approvals: waits in progress, since when, and the
+/// total of those that ended.
+#[derive(Debug, Default)]
+struct ApprovalClock {
+    waiting: u32,
+    since: Option<Instant>,
+    total: Duration,
 }
 
 impl RunBudget {
@@ -125,7 +140,66 @@ impl RunBudget {
             image_bytes: AtomicU64::new(0),
             write_bytes: AtomicU64::new(0),
             write_refused: std::sync::atomic::AtomicBool::new(false),
+            approval: Mutex::new(ApprovalClock::default()),
         }
+    }
+
+    // ----- waiting for approval -------------------------------------------------------------
+
+    fn approval_wait_started(&self) {
+        if let Ok(mut clock) = self.approval.lock() {
+            if clock.waiting == 0 {
+                clock.since = Some(Instant::now());
+            }
+            clock.waiting += 1;
+        }
+    }
+
+    fn approval_wait_ended(&self) {
+        if let Ok(mut clock) = self.approval.lock() {
+            clock.waiting = clock.waiting.saturating_sub(1);
+            if clock.waiting == 0
+                && let Some(since) = clock.since.take()
+            {
+                clock.total += since.elapsed();
+            }
+        }
+    }
+
+    /// Time spent waiting for approvals so far, and whether a wait is in progress.
+    pub(crate) fn approval_waited(&self) -> (Duration, bool) {
+        match self.approval.lock() {
+            Ok(clock) => (
+                clock.total + clock.since.map_or(Duration::ZERO, |s| s.elapsed()),
+                clock.waiting > 0,
+            ),
+            Err(_) => (Duration::ZERO, false),
+        }
+    }
+
+    /// How long the run started at `started` may go on before a time limit stops it, or
+    /// the limit that stops it now: the wall clock (time waiting for approvals left out)
+    /// and, while it waits for one, the approval wait.
+    pub(crate) fn time_left(&self, started: Instant) -> Result<Duration, LimitHit> {
+        let (waited, waiting) = self.approval_waited();
+        if waited > self.limits.approval_wait {
+            return Err(LimitHit::new(
+                LimitKind::ApprovalWait,
+                format!(
+                    "the run waited more than {} for its held jobs to be approved or denied",
+                    show_duration(self.limits.approval_wait)
+                ),
+            ));
+        }
+        let counted = started.elapsed().saturating_sub(waited);
+        if counted >= self.limits.wall {
+            return Err(self.wall_clock_hit());
+        }
+        let mut left = self.limits.wall - counted;
+        if waiting {
+            left = self.limits.approval_wait - waited;
+        }
+        Ok(left.max(Duration::from_millis(1)))
     }
 
     // ----- limits that stop the run -------------------------------------------------------
@@ -379,6 +453,36 @@ impl RunBudget {
     }
     pub(crate) fn peak_memory(&self) -> u64 {
         self.memory_peak.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a wait as waiting for approval while [`ApprovalTimer::set`] says every job
+/// it waits on is held; dropping it ends the count.
+pub(crate) struct ApprovalTimer {
+    budget: Arc<RunBudget>,
+    on: bool,
+}
+
+impl ApprovalTimer {
+    pub(crate) fn new(budget: Arc<RunBudget>) -> ApprovalTimer {
+        ApprovalTimer { budget, on: false }
+    }
+
+    pub(crate) fn set(&mut self, all_held: bool) {
+        if all_held != self.on {
+            if all_held {
+                self.budget.approval_wait_started();
+            } else {
+                self.budget.approval_wait_ended();
+            }
+            self.on = all_held;
+        }
+    }
+}
+
+impl Drop for ApprovalTimer {
+    fn drop(&mut self) {
+        self.set(false);
     }
 }
 

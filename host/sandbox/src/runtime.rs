@@ -399,15 +399,21 @@ impl Runtime {
             workspaces.push(open(path)?);
             route_names.push(name.clone());
         }
-        let wall = ctx.grants.limits.wall;
         let agent_name: Arc<str> = ctx.agent_name.as_str().into();
         let run = Arc::new(RunShared::new(self.clone(), ctx, workspaces, route_names));
-        let result = tokio::time::timeout(
-            wall,
-            run_sandbox(run.clone(), agent.clone(), agent_name, args, 0, 0),
-        )
-        .await
-        .unwrap_or_else(|_| Err(SandboxError::Limit(run.budget.wall_clock_hit())));
+        let mut sandbox = run_sandbox(run.clone(), agent.clone(), agent_name, args, 0, 0);
+        // The wall clock stops while the run waits for approvals, which have a limit of
+        // their own: re-check both whenever the time left so far runs out.
+        let result = loop {
+            let left = match run.budget.time_left(started) {
+                Ok(left) => left,
+                Err(hit) => break Err(SandboxError::Limit(hit)),
+            };
+            if let Ok(result) = tokio::time::timeout(left, &mut sandbox).await {
+                break result;
+            }
+        };
+        drop(sandbox);
         let jobs_cancelled = run.finish();
         let output = result?;
         Ok(RunOutcome {

@@ -177,6 +177,10 @@ fn result(ws: &Workspace, id: &JobId, args: &Args, timeout: Option<Duration>) ->
             eprintln!("flw: job {id} was cancelled");
             Ok(exit::FAILED)
         }
+        Some(JobOutcome::Denied { reason }) => {
+            eprintln!("flw: job {id} was {reason}");
+            Ok(exit::FAILED)
+        }
         Some(JobOutcome::Failed { reason, .. }) => {
             eprintln!("flw: job {id} failed: {reason}");
             Ok(exit::FAILED)
@@ -187,7 +191,15 @@ fn result(ws: &Workspace, id: &JobId, args: &Args, timeout: Option<Duration>) ->
             } else {
                 " (timed out waiting)"
             };
-            eprintln!("flw: job {id} is {}{how}", state.name());
+            let approve = if state == State::Held {
+                format!(
+                    " (waiting for approval: nrvna approve {} {id})",
+                    ws.root().display()
+                )
+            } else {
+                String::new()
+            };
+            eprintln!("flw: job {id} is {}{approve}{how}", state.name());
             Ok(exit::NOT_READY)
         }
     }
@@ -235,6 +247,9 @@ fn job_json(ws: &Workspace, id: &JobId, state: State) -> serde_json::Value {
         Some(JobOutcome::Cancelled) => {
             obj.insert("error".into(), "cancelled".into());
         }
+        Some(JobOutcome::Denied { reason }) => {
+            obj.insert("error".into(), reason.into());
+        }
         None => {}
     }
     serde_json::Value::Object(obj)
@@ -256,8 +271,8 @@ fn overview(ws: &Workspace, json: bool) -> Result<u8> {
     };
     println!("workspace  {}  (daemon {daemon})", ws.root().display());
     println!(
-        "queued {}  running {}  done {}  failed {}",
-        counts.queued, counts.running, counts.done, counts.failed
+        "held {}  queued {}  running {}  done {}  failed {}",
+        counts.held, counts.queued, counts.running, counts.done, counts.failed
     );
     let recent: Vec<_> = ws.all_jobs()?.into_iter().take(5).collect();
     if !recent.is_empty() {

@@ -19,6 +19,9 @@ The everyday programs are separate binaries with the predecessor's contract:
   flw WS [ID]                 wait for and print a result (flw --help)
   nrvna ps WS                 the running and queued jobs (nrvna ps --help)
 
+A human in the loop: wrk WS --hold queues a job that waits for nrvna approve (or nrvna
+deny); nrvna verify checks a job is what was submitted and approved.
+
 Agents are WebAssembly components run in a sandbox: nrvna exec --help.
 
 `nrvna status` exits 0 when the daemon is ready, 3 while it starts, 5 when none runs.";
@@ -63,6 +66,51 @@ enum Command {
         /// The job id (as wrk printed it)
         id: String,
     },
+    /// Approve a held job (wrk --hold), or every held job with a tag: it is queued to run
+    #[command(after_help = format!(
+        "{}\n\n{}",
+        super::approve::APPROVE_HELP,
+        exit::help(&super::approve::DECIDE_CODES)
+    ))]
+    Approve {
+        #[command(flatten)]
+        target: super::approve::DecideArgs,
+        /// A note recorded with the approval (meta.json and audit.jsonl)
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+    },
+    /// Deny a held job: it ends in failed/ with status denied and the reason
+    #[command(after_help = format!(
+        "{}\n\n{}",
+        super::approve::DENY_HELP,
+        exit::help(&super::approve::DECIDE_CODES)
+    ))]
+    Deny {
+        #[command(flatten)]
+        target: super::approve::DecideArgs,
+        /// Why (recorded in error.txt, meta.json and audit.jsonl; shown by flw)
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Check that a job's spec is the one submitted (and approved): exit 0, or 1 naming
+    /// what differs
+    #[command(after_help = format!(
+        "{}\n\n{}",
+        super::approve::VERIFY_HELP,
+        exit::help(&[exit::OK, exit::FAILED, exit::USAGE, exit::NOT_FOUND])
+    ))]
+    Verify {
+        workspace: PathBuf,
+        /// The job id
+        #[arg(required_unless_present = "tag", conflicts_with = "tag")]
+        id: Option<String>,
+        /// Every job carrying this tag
+        #[arg(long, value_name = "TAG")]
+        tag: Option<String>,
+        /// One JSON object per job: id, state, ok, checks
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure throughput, latency and overhead on this machine (prints a markdown table)
     #[command(after_help = BENCH_HELP)]
     Bench(super::bench::BenchArgs),
@@ -99,6 +147,26 @@ fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Exec(args) => super::exec::run(*args),
         Command::Cancel { workspace, id } => cancel(&workspace, &id),
+        Command::Approve { target, note } => super::approve::decide(
+            &target.workspace,
+            target.id.as_deref(),
+            target.tag.as_deref(),
+            note.as_deref(),
+            None,
+        ),
+        Command::Deny { target, reason } => super::approve::decide(
+            &target.workspace,
+            target.id.as_deref(),
+            target.tag.as_deref(),
+            None,
+            Some(&reason),
+        ),
+        Command::Verify {
+            workspace,
+            id,
+            tag,
+            json,
+        } => super::approve::verify(&workspace, id.as_deref(), tag.as_deref(), json),
         Command::Ps(args) => super::ps::run(&args),
         Command::Bench(args) => {
             // The raw loop runs the engine here: it waits as the daemon does.
@@ -111,7 +179,9 @@ fn run(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { workspace, json } => {
-            let status = WorkspaceStatus::read(&Workspace::open(&workspace)?)?;
+            let ws = Workspace::open(&workspace)?;
+            ws.recover_decisions()?;
+            let status = WorkspaceStatus::read(&ws)?;
             if json {
                 println!("{}", status.to_json()?);
             } else {
@@ -122,8 +192,8 @@ fn run(args: Args) -> Result<ExitCode> {
                 println!("daemon   {}{pid}", status.daemon);
                 let counts = status.counts;
                 println!(
-                    "jobs     queued {}  running {}  done {}  failed {}",
-                    counts.queued, counts.running, counts.done, counts.failed
+                    "jobs     held {}  queued {}  running {}  done {}  failed {}",
+                    counts.held, counts.queued, counts.running, counts.done, counts.failed
                 );
             }
             Ok(ExitCode::from(exit::of_daemon(&status.probed)))

@@ -32,6 +32,7 @@ Examples:
   wrk ./ws \"Name three colours\" --json-schema colours.json
   wrk ./ws --embed \"text to embed\"
   wrk ./ws --agent refine.wasm -- --rounds 2 \"Write a haiku\"   (an agent job)
+  wrk ./ws --hold \"Refund order 42\"   (runs once nrvna approve ./ws ID says so)
 
 On any exit but 0 nothing is left in the workspace.";
 
@@ -96,6 +97,10 @@ struct Args {
     /// arguments (put `--` before arguments that start with a dash)
     #[arg(long, value_name = "COMPONENT.wasm", conflicts_with_all = ["embed", "json_schema", "grammar", "images", "system"])]
     agent: Option<PathBuf>,
+    /// Hold the job in input/held/ until someone runs `nrvna approve WS ID` (or `nrvna
+    /// deny`); flw shows it as held
+    #[arg(long)]
+    hold: bool,
     /// Storage name of the agent job's kv [default: the component's file stem]
     #[arg(long, value_name = "NAME", requires = "agent")]
     agent_name: Option<String>,
@@ -169,7 +174,7 @@ fn submit(args: Args) -> Result<JobId> {
         sub.validate(&Limits::default())?;
         bail!("-i/--image: {VISION_UNSUPPORTED}");
     }
-    submit_to(&args.workspace, sub)
+    submit_to(&args.workspace, sub, args.hold)
 }
 
 /// Why image input is refused until a daemon can run it.
@@ -224,7 +229,7 @@ fn submit_agent(args: &Args, component: &Path) -> Result<JobId> {
         },
         ..Submission::default()
     };
-    submit_to(&args.workspace, sub)
+    submit_to(&args.workspace, sub, args.hold)
 }
 
 fn parent(args: &Args) -> Result<Option<JobId>> {
@@ -236,7 +241,7 @@ fn parent(args: &Args) -> Result<Option<JobId>> {
 }
 
 /// Validates `sub` before the workspace is created, so bad input leaves no new directory.
-fn submit_to(path: &Path, sub: Submission) -> Result<JobId> {
+fn submit_to(path: &Path, sub: Submission, hold: bool) -> Result<JobId> {
     sub.validate(&Limits::default())?;
     let existed = Workspace::open(path).is_ok();
     let ws = Workspace::create(path)
@@ -244,6 +249,9 @@ fn submit_to(path: &Path, sub: Submission) -> Result<JobId> {
     // Said on stderr (stdout is only the id): a mistyped path otherwise queues unseen.
     if !existed {
         eprintln!("wrk: created workspace {}", path.display());
+    }
+    if hold {
+        return Ok(ws.submit_held_with(sub, |_| Ok(()))?);
     }
     Ok(ws.submit(sub)?)
 }

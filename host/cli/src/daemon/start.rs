@@ -144,6 +144,13 @@ fn recover(ws: &Workspace, max_attempts: u32) -> Result<()> {
     for id in &recovery.failed {
         tracing::warn!("job {id} reached the attempt ceiling ({max_attempts}): failed");
     }
+    let (decided, restored) = ws.recover_decisions()?;
+    for id in &decided {
+        tracing::warn!("finished the approval or denial of job {id} a crash interrupted");
+    }
+    for id in &restored {
+        tracing::warn!("job {id}: an approval a crash interrupted was not recorded; held again");
+    }
     Ok(())
 }
 

@@ -19,6 +19,7 @@ use crate::bindings::nrvna::agent::jobs;
 use crate::bindings::nrvna::agent::types::{JobError, JobOutput, JobState, SubmitOptions};
 use crate::host::{HostCallError, HostState};
 use crate::kv::{self, Kv};
+use crate::limits::ApprovalTimer;
 use crate::run::RunShared;
 use crate::text::{cut, prefix, quoted};
 use crate::watch::{deadline_in, wait_for};
@@ -99,7 +100,8 @@ impl RunShared {
 
     fn job_state(&self, wsi: usize, id: &JobId, state: State) -> JobState {
         match state {
-            State::Writing | State::Queued => JobState::Queued,
+            // A held job waits for its approval: to the component it is queued.
+            State::Writing | State::Held | State::Queued => JobState::Queued,
             State::Running => JobState::Running,
             State::Done => JobState::Done,
             State::Failed => match self.workspaces[wsi].outcome(State::Failed, id) {
@@ -123,6 +125,10 @@ impl RunShared {
                 })
             }
             Some(JobOutcome::Cancelled) => Err(JobError::Cancelled),
+            Some(JobOutcome::Denied { reason }) => Err(JobError::Denied(format!(
+                "job {id} was {}",
+                cut(reason, MAX_ERROR_TEXT, "...")
+            ))),
             Some(JobOutcome::Failed { reason, .. }) => {
                 Err(JobError::Failed(cut(reason, MAX_ERROR_TEXT, "...")))
             }
@@ -248,13 +254,19 @@ impl RunShared {
         let staged = StagedImages::stage(self, ws, images)?;
         sub.images = staged.paths().to_vec();
         let mut refused = None;
-        let submitted = ws.submit_with(sub, |id| {
+        let hook = |id: &JobId| {
             before_publish(id).map_err(|e| {
                 let text = format!("{e:?}");
                 refused = Some(e);
                 QueueError::Refused(text)
             })
-        });
+        };
+        // `--approve submits`: the job waits in input/held/ for a person.
+        let submitted = if self.grants.approve_submits {
+            ws.submit_held_with(sub, hook)
+        } else {
+            ws.submit_with(sub, hook)
+        };
         let id = match submitted {
             Ok(id) => id,
             // The staged copy's path is the host's: name the image as the guest did.
@@ -402,18 +414,23 @@ impl RunShared {
         let watch = self.watch(wsi);
         let mut rx = self.runtime.inner().watchers.subscribe();
         let ws = &self.workspaces[wsi];
+        let mut approval = ApprovalTimer::new(self.budget.clone());
         let ended = wait_for(
             &mut rx,
             watch.notifies(),
             deadline_in(timeout_ms),
             || match ws.state_of(&id) {
                 Ok(Some(s)) if s.is_terminal() => Some(Ok(s)),
-                Ok(Some(_)) => None,
+                Ok(Some(s)) => {
+                    approval.set(s == State::Held);
+                    None
+                }
                 Ok(None) => Some(Err(not_found(&id))),
                 Err(e) => Some(Err(queue_failure(e))),
             },
         )
         .await;
+        drop(approval);
         match ended {
             None => Err(JobError::Timeout),
             Some(Err(e)) => Err(e),
@@ -457,12 +474,19 @@ impl RunShared {
         let jobs = self.resolve_all(ids)?;
         let notifies = self.watch_all(&jobs);
         let mut rx = self.runtime.inner().watchers.subscribe();
+        let mut approval = ApprovalTimer::new(self.budget.clone());
         let found = wait_for(&mut rx, notifies, deadline_in(timeout_ms), || {
-            jobs.iter().position(|(wsi, id)| {
-                matches!(self.workspaces[*wsi].state_of(id), Ok(Some(s)) if s.is_terminal())
-            })
+            let states: Vec<_> = jobs
+                .iter()
+                .map(|(wsi, id)| self.workspaces[*wsi].state_of(id).ok().flatten())
+                .collect();
+            approval.set(states.iter().all(|s| *s == Some(State::Held)));
+            states
+                .iter()
+                .position(|s| s.is_some_and(|s| s.is_terminal()))
         })
         .await;
+        drop(approval);
         match found {
             Some(i) => Ok(i as u32),
             None => Err(JobError::Timeout),
@@ -503,7 +527,9 @@ impl RunShared {
         // back no more text than half the memory the run may still grow by (the guest
         // needs room to hold them), the rest as `quota`.
         let mut room = self.budget.memory_left() / 2;
+        let mut approval = ApprovalTimer::new(self.budget.clone());
         let _ = wait_for(&mut rx, notifies, deadline_in(timeout_ms), || {
+            let mut all_held = true;
             pending.retain(|(i, wsi, id)| {
                 let done = match self.workspaces[*wsi].state_of(id) {
                     Ok(Some(s)) if s.is_terminal() => {
@@ -524,7 +550,10 @@ impl RunShared {
                             Err(e) => Err(e),
                         })
                     }
-                    Ok(Some(_)) => None,
+                    Ok(Some(s)) => {
+                        all_held &= s == State::Held;
+                        None
+                    }
                     Ok(None) => Some(Err(not_found(id))),
                     Err(e) => Some(Err(queue_failure(e))),
                 };
@@ -536,9 +565,11 @@ impl RunShared {
                     None => true,
                 }
             });
+            approval.set(all_held && !pending.is_empty());
             pending.is_empty().then_some(())
         })
         .await;
+        drop(approval);
         results
             .into_iter()
             .map(|r| r.unwrap_or(Err(JobError::Timeout)))
