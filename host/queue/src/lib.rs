@@ -10,7 +10,9 @@ pub mod files;
 mod fsio;
 pub mod id;
 pub mod lifecycle;
+pub mod messages;
 pub mod meta;
+pub mod stream;
 pub mod watch;
 pub mod workspace;
 

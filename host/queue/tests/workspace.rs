@@ -49,6 +49,7 @@ fn a_job_walks_through_every_state() {
             prompt_tokens: Some(3),
             generated_tokens: Some(2),
             model: Some("m".into()),
+            ..Outcome::default()
         },
     )
     .unwrap();

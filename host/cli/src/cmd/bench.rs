@@ -20,7 +20,7 @@ use nrvna_queue::{Claim, Outcome, State, Submission, Workspace};
 
 use crate::cli::{DEFAULT_MODEL_FILE, resolve_model};
 
-const PROMPT: &str = "Write a long story about a dragon who learns to bake bread.";
+pub(super) const PROMPT: &str = "Write a long story about a dragon who learns to bake bread.";
 /// Per-job context for the benchmark: the prompt plus 64 tokens fit with room to spare.
 const BENCH_CTX: u32 = 512;
 
@@ -51,12 +51,13 @@ pub struct BenchArgs {
     /// Directory for the queue-alone workspaces [default: the system temp dir]
     #[arg(long, value_name = "DIR")]
     queue_dir: Option<PathBuf>,
-    /// Sections to run: engine, pickup, queue
+    /// Sections to run: engine, pickup, queue, and http (the HTTP API's overhead, first
+    /// token and streaming throughput; not in the default set)
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "engine,pickup,queue",
-        value_parser = ["engine", "pickup", "queue"]
+        value_parser = ["engine", "pickup", "queue", "http"]
     )]
     only: Vec<String>,
 }
@@ -81,6 +82,9 @@ pub fn run(args: BenchArgs) -> Result<String> {
     }
     if wants("pickup") {
         out.push_str(&idle_pickup(&model)?);
+    }
+    if wants("http") {
+        out.push_str(&super::bench_http::http_section(&model)?);
     }
     if wants("queue") {
         out.push_str(&queue_alone(
@@ -167,20 +171,31 @@ struct DaemonRun {
 }
 
 /// A daemon process on a fresh workspace, stopped on drop.
-struct BenchDaemon {
+pub(super) struct BenchDaemon {
     child: Child,
     _dir: tempfile::TempDir,
-    ws: PathBuf,
+    pub(super) ws: PathBuf,
 }
 
 impl BenchDaemon {
     fn start(model: &Path, workers: usize, predict: u32) -> Result<BenchDaemon> {
+        BenchDaemon::start_with(model, workers, predict, &[])
+    }
+
+    /// [`BenchDaemon::start`] with more `nrvnad` arguments.
+    pub(super) fn start_with(
+        model: &Path,
+        workers: usize,
+        predict: u32,
+        args: &[&str],
+    ) -> Result<BenchDaemon> {
         let dir = tempfile::tempdir()?;
         let ws = dir.path().join("ws");
         let child = Command::new(sibling("nrvnad")?)
             .arg(model)
             .arg(&ws)
             .arg(workers.to_string())
+            .args(args)
             .env("NRVNA_CTX", BENCH_CTX.to_string())
             .env("NRVNA_PREDICT", predict.to_string())
             .env("NRVNA_LOG", "warn")
@@ -207,7 +222,7 @@ impl BenchDaemon {
         Ok(d)
     }
 
-    fn submit(&self, args: &[&str]) -> Result<String> {
+    pub(super) fn submit(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(sibling("wrk")?)
             .arg(&self.ws)
             .args(args)
@@ -221,7 +236,7 @@ impl BenchDaemon {
 
     /// Waits for `n` ended jobs, woken by file-system events rather than polling, so
     /// the measuring process takes no CPU from the daemon it measures.
-    fn wait_all(&self, n: usize) -> Result<Workspace> {
+    pub(super) fn wait_all(&self, n: usize) -> Result<Workspace> {
         let ws = Workspace::open(&self.ws)?;
         nrvna_queue::watch::wait_until(&ws, None, |ws| {
             let c = ws.counts()?;
@@ -255,7 +270,7 @@ impl Drop for BenchDaemon {
 }
 
 /// One of our binaries, next to this one.
-fn sibling(name: &str) -> Result<PathBuf> {
+pub(super) fn sibling(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name(name);
     if !path.is_file() {
@@ -422,13 +437,13 @@ fn queue_alone(n: usize, threads: &[usize], dir: Option<&Path>) -> Result<String
     Ok(out)
 }
 
-fn seconds(ts: &str) -> Result<f64> {
+pub(super) fn seconds(ts: &str) -> Result<f64> {
     let t = chrono::NaiveDateTime::parse_from_str(ts, "%Y-%m-%dT%H:%M:%S%.fZ")
         .with_context(|| format!("bad timestamp {ts:?}"))?;
     Ok(t.and_utc().timestamp_micros() as f64 / 1e6)
 }
 
-fn percentile(values: &mut [f64], q: f64) -> f64 {
+pub(super) fn percentile(values: &mut [f64], q: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }

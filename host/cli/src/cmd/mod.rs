@@ -2,6 +2,7 @@
 //! runner, `nrvna ps`, and its benchmark).
 
 pub mod bench;
+mod bench_http;
 pub mod exec;
 pub mod flw;
 pub mod nrvna;

@@ -213,10 +213,12 @@ impl RunShared {
                 seed: options.seed,
                 top_k: None,
                 top_p: None,
+                stop: Vec::new(),
             },
             output_format,
             files,
             agent: Default::default(),
+            raw_prompt: false,
         };
         let run = self.clone();
         let images = options.images;
@@ -678,6 +680,7 @@ mod tests {
                 prompt_tokens: Some(5),
                 generated_tokens: Some(2),
                 model: None,
+                ..Outcome::default()
             },
         )
         .unwrap();
