@@ -73,7 +73,7 @@ fn flw_stream_on_an_ended_job_prints_its_result_and_a_failed_one_exits_1() {
     assert_eq!(String::from_utf8_lossy(&streamed.stdout), out);
     // A cancelled job: the stream ends with the usual failure code.
     let long = ws.submit(&["Count to one thousand.", "--max-tokens", "2000"]);
-    let mut child = Command::new(bin("flw"))
+    let child = Command::new(bin("flw"))
         .arg(&ws.path)
         .arg(&long)
         .arg("--stream")

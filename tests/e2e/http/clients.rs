@@ -59,12 +59,12 @@ assert len([p for p in pieces if p]) > 3, pieces
 assert finish in ("stop", "length") and usage.completion_tokens > 0, (finish, usage)
 print("stream", len(pieces))
 
-schema = {"type": "object", "properties": {"city": {"type": "string"},
+schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
           "population": {"type": "integer"}}, "required": ["city", "population"],
           "additionalProperties": False}
 structured = client.chat.completions.create(
     model=model, messages=[{"role": "user", "content": "Name a city and its population."}],
-    max_tokens=60,
+    max_tokens=200,
     response_format={"type": "json_schema",
                      "json_schema": {"name": "city", "schema": schema, "strict": True}})
 city = json.loads(structured.choices[0].message.content)
