@@ -96,11 +96,10 @@ pub struct JsonSchemaFormat {
 impl SamplingParams {
     /// The queue's sampling settings, checked as the queue checks them.
     pub fn to_sampling(&self) -> Result<Sampling, ApiError> {
-        let seed = match self.seed {
-            None => None,
-            // OpenAI takes any integer; the engine takes 32 bits.
-            Some(seed) => Some(u32::try_from(seed.rem_euclid(1 << 32)).unwrap_or(0)),
-        };
+        // OpenAI takes any integer; the engine takes 32 bits.
+        let seed = self
+            .seed
+            .map(|seed| u32::try_from(seed.rem_euclid(1 << 32)).unwrap_or(0));
         let stop = match &self.stop {
             None => Vec::new(),
             Some(Stop::One(s)) => vec![s.clone()],
@@ -161,11 +160,14 @@ fn to_messages(input: Vec<InMessage>) -> Result<Vec<Message>, ApiError> {
     Ok(out)
 }
 
+/// Payload files (name, bytes) and the output format they make.
+pub type Structured = (Vec<(String, Vec<u8>)>, Option<OutputFormat>);
+
 /// The files and output format a `response_format` asks for.
 pub fn structured_output(
     state: &AppState,
     format: Option<&ResponseFormat>,
-) -> Result<(Vec<(String, Vec<u8>)>, Option<OutputFormat>), ApiError> {
+) -> Result<Structured, ApiError> {
     let schema = match format {
         None | Some(ResponseFormat::Text) => return Ok((Vec::new(), None)),
         Some(ResponseFormat::JsonObject) => json!({"type": "object"}),
@@ -215,7 +217,7 @@ pub fn submission(state: &AppState, req: ChatRequest) -> Result<(Submission, Str
         ));
     }
     let messages = to_messages(req.messages)?;
-    let (files, output_format) = structured_output(&state, req.response_format.as_ref())?;
+    let (files, output_format) = structured_output(state, req.response_format.as_ref())?;
     let mut files = files;
     let prompt = messages::last_user(&messages)
         .unwrap_or_default()

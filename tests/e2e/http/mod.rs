@@ -94,8 +94,13 @@ pub fn header(headers: &str, name: &str) -> Option<String> {
 
 /// The Python of the venv scripts/setup makes for the `openai` package.
 pub fn openai_python() -> PathBuf {
-    let home = std::env::var_os("HOME").expect("HOME");
-    let python = Path::new(&home).join(".cache/nrvna/venv-openai/bin/python");
+    let venv = match std::env::var_os("NRVNA_OPENAI_VENV") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/nrvna/venv-openai")
+        }
+    };
+    let python = venv.join("bin/python");
     let ok = Command::new(&python)
         .args(["-c", "import openai"])
         .output()

@@ -562,3 +562,19 @@ fn a_completion_is_the_raw_prompt_with_no_template_streamed_or_not() {
     }
     assert!(!text.is_empty());
 }
+
+#[test]
+fn health_says_draining_while_a_stopping_daemon_finishes_its_jobs() {
+    let ws = TestWs::new();
+    let http = HttpDaemon::start(&ws, 1, &[]);
+    let id = ws.submit(&["Write a long story about a ship.", "--max-tokens", "400"]);
+    ws.wait_started(&id, 1);
+    http.daemon.signal(rustix::process::Signal::TERM);
+    let mut seen = String::new();
+    let draining = wait_for(Duration::from_secs(10), || {
+        let (body, status) = split_status(&curl(&[&http.url("/health")]));
+        seen = format!("{status} {body}");
+        status == 503 && body.contains("\"draining\"")
+    });
+    assert!(draining, "{seen}");
+}
