@@ -51,6 +51,12 @@ pub struct BenchArgs {
     /// Directory for the queue-alone workspaces [default: the system temp dir]
     #[arg(long, value_name = "DIR")]
     queue_dir: Option<PathBuf>,
+    /// Sequential requests per measure of the http section
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    http_rounds: u32,
+    /// Concurrent streaming clients (and `wrk` jobs) of the http section, on 8 workers
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    http_clients: u32,
     /// Sections to run: engine, pickup, queue, and http (the HTTP API's overhead, first
     /// token and streaming throughput; not in the default set)
     #[arg(
@@ -84,7 +90,11 @@ pub fn run(args: BenchArgs) -> Result<String> {
         out.push_str(&idle_pickup(&model)?);
     }
     if wants("http") {
-        out.push_str(&super::bench_http::http_section(&model)?);
+        out.push_str(&super::bench_http::http_section(
+            &model,
+            args.http_rounds as usize,
+            args.http_clients as usize,
+        )?);
     }
     if wants("queue") {
         out.push_str(&queue_alone(

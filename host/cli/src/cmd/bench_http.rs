@@ -5,7 +5,7 @@
 //!   (`submitted_at → completed_at`);
 //! - time to the first streamed token against a one-token job's own time;
 //! - 32 streaming clients on 8 workers against 32 jobs submitted with `wrk`: aggregate
-//!   tokens per second.
+//!   tokens per second (`--http-rounds`, `--http-clients` size it).
 //!
 //! The client is hyper's, on a tokio runtime of its own.
 
@@ -21,8 +21,6 @@ use hyper_util::rt::TokioIo;
 use nrvna_queue::{JobId, State, Workspace};
 
 use super::bench::{BenchDaemon, PROMPT, percentile, seconds, sibling};
-
-const ROUNDS: usize = 20;
 
 /// What one request saw: its job and when the first content and the end arrived.
 struct Answer {
@@ -103,7 +101,7 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-pub fn http_section(model: &Path) -> Result<String> {
+pub fn http_section(model: &Path, rounds: usize, clients: usize) -> Result<String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -118,7 +116,7 @@ pub fn http_section(model: &Path) -> Result<String> {
     let d = BenchDaemon::start_with(model, 1, 8, &["--http", &listen])?;
     let ws = Workspace::open(&d.ws)?;
     let (mut http_over, mut cli_over) = (Vec::new(), Vec::new());
-    for i in 0..ROUNDS {
+    for i in 0..rounds {
         let prompt = format!("Say {i}.");
         let a = runtime.block_on(request(addr, chat_body(&prompt, 8, false)))?;
         http_over.push(a.total.as_secs_f64() - job_seconds(&ws, &a.job)?);
@@ -139,11 +137,11 @@ pub fn http_section(model: &Path) -> Result<String> {
         percentile(&mut cli_over, 0.5) * 1e3,
     );
     out.push_str(&format!(
-        "| overhead over the job's own time, p50 ms ({ROUNDS} chat completions vs `wrk` + `flw`) | {h:.2} | {c:.2} | {:+.2} |\n",
+        "| overhead over the job's own time, p50 ms ({rounds} chat completions vs `wrk` + `flw`) | {h:.2} | {c:.2} | {:+.2} |\n",
         h - c
     ));
     let (mut ttft, mut one_token) = (Vec::new(), Vec::new());
-    for i in 0..ROUNDS {
+    for i in 0..rounds {
         let prompt = format!("Count to {i}.");
         let a = runtime.block_on(request(addr, chat_body(&prompt, 16, true)))?;
         let first = a.first_content.context("a stream without content")?;
@@ -170,7 +168,7 @@ pub fn http_section(model: &Path) -> Result<String> {
     let ws = Workspace::open(&d.ws)?;
     let started = Instant::now();
     let answers = runtime.block_on(async {
-        let tasks: Vec<_> = (0..32)
+        let tasks: Vec<_> = (0..clients)
             .map(|i| {
                 tokio::spawn(request(
                     addr,
@@ -194,7 +192,7 @@ pub fn http_section(model: &Path) -> Result<String> {
     drop(d);
     let d = BenchDaemon::start_with(model, 8, 64, &[])?;
     let started = Instant::now();
-    for i in 0..32 {
+    for i in 0..clients {
         d.submit(&[
             &format!("{PROMPT} ({i})"),
             "--max-tokens",
@@ -203,7 +201,7 @@ pub fn http_section(model: &Path) -> Result<String> {
             "0",
         ])?;
     }
-    let ws = d.wait_all(32)?;
+    let ws = d.wait_all(clients)?;
     let makespan = started.elapsed().as_secs_f64();
     let mut generated = 0u64;
     for id in ws.list(State::Done)? {
@@ -215,7 +213,7 @@ pub fn http_section(model: &Path) -> Result<String> {
     }
     let wrk_tps = generated as f64 / makespan;
     out.push_str(&format!(
-        "| 32 streaming clients vs 32 `wrk` jobs, 8 workers, 64 tokens: tok/s | {http_tps:.1} | {wrk_tps:.1} | {:.2}× |\n",
+        "| {clients} streaming clients vs {clients} `wrk` jobs, 8 workers, 64 tokens: tok/s | {http_tps:.1} | {wrk_tps:.1} | {:.2}× |\n",
         http_tps / wrk_tps
     ));
     out.push_str(
