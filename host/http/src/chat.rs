@@ -319,7 +319,14 @@ struct Streaming {
     started: bool,
     /// Events left to send once the job has ended; `None` while it runs.
     closing: Option<Vec<Event>>,
+    /// How long to sleep before the next look: [`POLL`] after new text, doubling up to
+    /// [`STREAM_POLL_MAX`] while there is none (many idle streams must not busy the CPU
+    /// the model decodes on).
+    idle: std::time::Duration,
 }
+
+/// The longest a stream waits between looks at its job.
+const STREAM_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(8);
 
 impl Streaming {
     fn chunk(&self, text: Option<&str>, finish: Option<&str>) -> Event {
@@ -446,6 +453,7 @@ pub fn chunks(
         stopped: false,
         started: false,
         closing: None,
+        idle: POLL,
     };
     stream::unfold(streaming, |mut s| async move {
         if !s.started && s.kind == Kind::Chat {
@@ -464,6 +472,7 @@ pub fn chunks(
                 Ok(Followed::Running { text }) | Ok(Followed::Ended { text, .. })
                     if !text.is_empty() =>
                 {
+                    s.idle = POLL;
                     let out = s.releasable(text);
                     if !out.is_empty() {
                         s.sent.push_str(&out);
@@ -480,7 +489,10 @@ pub fn chunks(
                     s.closing = Some(s.close());
                     continue;
                 }
-                Ok(Followed::Running { .. }) => tokio::time::sleep(POLL).await,
+                Ok(Followed::Running { .. }) => {
+                    tokio::time::sleep(s.idle).await;
+                    s.idle = (s.idle * 2).min(STREAM_POLL_MAX);
+                }
             }
         }
     })

@@ -64,7 +64,7 @@ schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength
           "additionalProperties": False}
 structured = client.chat.completions.create(
     model=model, messages=[{"role": "user", "content": "Name a city and its population."}],
-    max_tokens=200,
+    max_tokens=200, temperature=0,
     response_format={"type": "json_schema",
                      "json_schema": {"name": "city", "schema": schema, "strict": True}})
 city = json.loads(structured.choices[0].message.content)
