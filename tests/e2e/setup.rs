@@ -61,6 +61,12 @@ impl FakeMachine {
                 &format!("echo \"{tool} was called: $*\" >&2\nexit 99\n"),
             );
         }
+        // The openai client's venv: present on a complete machine, absent otherwise.
+        let venv_bin = dir.path().join("venv-openai/bin");
+        if models {
+            fs::create_dir_all(&venv_bin).unwrap();
+            stub(&venv_bin, "python", "exit 0\n");
+        }
         let models_dir = dir.path().join("models");
         fs::create_dir(&models_dir).unwrap();
         if models {
@@ -81,6 +87,7 @@ impl FakeMachine {
             .args(args)
             .env("PATH", path)
             .env("NRVNA_MODELS_DIR", self.dir.path().join("models"))
+            .env("NRVNA_OPENAI_VENV", self.dir.path().join("venv-openai"))
             .output()
             .unwrap()
     }
@@ -143,7 +150,8 @@ fn check_lists_missing_models_too() {
     assert!(!said.contains("Debian packages"), "{said}");
     assert!(
         said.contains("would download the default model")
-            && said.contains("would build the embedding model"),
+            && said.contains("would build the embedding model")
+            && said.contains("would create the openai client venv"),
         "{said}"
     );
 }

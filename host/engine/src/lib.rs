@@ -20,8 +20,9 @@ mod schema;
 pub mod scripted;
 mod text;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 pub use config::{EngineConfig, SamplingDefaults};
 pub use gbnf::{GbnfError, MAX_NESTING, check_grammar};
@@ -46,20 +47,57 @@ impl CancelFlag {
     }
 }
 
-/// How many tokens a running request has generated so far: the engine counts, the daemon
-/// reads it to show progress (`nrvna ps`).
+/// What a running request has generated so far: the token count (the daemon shows it in
+/// `nrvna ps`) and the raw text, before think blocks are stripped (the daemon publishes it
+/// as the job's partial output while it runs).
 #[derive(Debug, Clone, Default)]
-pub struct TokenCount(Arc<AtomicU32>);
+pub struct TokenCount(Arc<Generated>);
+
+#[derive(Debug, Default)]
+struct Generated {
+    tokens: AtomicU32,
+    text: Mutex<Vec<u8>>,
+    grew: Condvar,
+}
 
 impl TokenCount {
     pub fn new() -> TokenCount {
         TokenCount::default()
     }
     pub fn set(&self, tokens: u32) {
-        self.0.store(tokens, Ordering::Relaxed);
+        self.0.tokens.store(tokens, Ordering::Relaxed);
     }
     pub fn get(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
+        self.0.tokens.load(Ordering::Relaxed)
+    }
+    /// Appends a generated piece (raw bytes: a piece may end inside a UTF-8 character).
+    pub fn push_text(&self, piece: &[u8]) {
+        if piece.is_empty() {
+            return;
+        }
+        if let Ok(mut text) = self.0.text.lock() {
+            text.extend_from_slice(piece);
+        }
+        self.0.grew.notify_all();
+    }
+    /// The text past byte `from`, waiting up to `timeout` for some if there is none yet.
+    pub fn text_since(&self, from: usize, timeout: Duration) -> Vec<u8> {
+        let Ok(text) = self.0.text.lock() else {
+            return Vec::new();
+        };
+        let text = if text.len() > from {
+            text
+        } else {
+            match self.0.grew.wait_timeout(text, timeout) {
+                Ok((text, _)) => text,
+                Err(_) => return Vec::new(),
+            }
+        };
+        text.get(from..).map(<[u8]>::to_vec).unwrap_or_default()
+    }
+    /// Wakes whoever waits in [`TokenCount::text_since`] (the request has ended).
+    pub fn wake(&self) {
+        self.0.grew.notify_all();
     }
 }
 
@@ -86,8 +124,14 @@ pub struct Request {
     pub top_p: Option<f32>,
     /// GBNF grammar constraining generation (root rule `root`).
     pub grammar: Option<String>,
+    /// A conversation to template instead of `system` + `prompt` (a chat job).
+    pub messages: Vec<ChatTurn>,
+    /// Generation stops before the first of these strings, which is left out of the text.
+    pub stop: Vec<String>,
+    /// Give the prompt to the model as it is, without the chat template.
+    pub raw_prompt: bool,
     pub cancel: CancelFlag,
-    /// Tokens generated so far, updated every step.
+    /// Tokens and text generated so far, updated every step.
     pub progress: TokenCount,
 }
 
@@ -103,6 +147,9 @@ impl Request {
             top_k: None,
             top_p: None,
             grammar: None,
+            messages: Vec::new(),
+            stop: Vec::new(),
+            raw_prompt: false,
             cancel: CancelFlag::new(),
             progress: TokenCount::new(),
         }
@@ -114,6 +161,13 @@ impl Request {
             ..Request::generate(prompt)
         }
     }
+}
+
+/// One message of a conversation: `role` is `system`, `user` or `assistant`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatTurn {
+    pub role: String,
+    pub content: String,
 }
 
 /// Why a generation stopped. Anything else is an [`EngineError`].

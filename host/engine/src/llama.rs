@@ -18,8 +18,8 @@ use crate::model_thread::{ModelThread, Msg, Reply};
 use crate::prefix::{Held, Placement, place};
 use crate::text::strip_think_blocks;
 use crate::{
-    Backend, CancelFlag, EngineConfig, EngineError, Finish, ModelInfo, Request, RequestKind,
-    Response, TokenCount, check_model_file,
+    Backend, CancelFlag, ChatTurn, EngineConfig, EngineError, Finish, ModelInfo, Request,
+    RequestKind, Response, TokenCount, check_model_file,
 };
 
 /// A running llama.cpp engine. Cheap to share (`Arc`); dropping it stops the thread and
@@ -258,6 +258,7 @@ struct Slot {
     out: Vec<u8>,
     generated: u32,
     max_tokens: u32,
+    stop: Vec<String>,
 }
 
 impl Slot {
@@ -291,21 +292,52 @@ pub(crate) fn chat_prompt(
     system: Option<&str>,
     user: &str,
 ) -> Result<String, EngineError> {
-    let Ok(template) = model.chat_template(None) else {
-        return Ok(user.to_owned());
-    };
-    let message = |role: &str, content: &str| {
-        LlamaChatMessage::new(role.into(), content.into())
-            .map_err(|e| EngineError::Unsupported(format!("prompt contains a NUL byte: {e}")))
-    };
-    let mut chat = Vec::new();
+    let mut turns = Vec::new();
     if let Some(system) = system {
-        chat.push(message("system", system)?);
+        turns.push(ChatTurn {
+            role: "system".into(),
+            content: system.into(),
+        });
     }
-    chat.push(message("user", user)?);
+    turns.push(ChatTurn {
+        role: "user".into(),
+        content: user.into(),
+    });
+    template_turns(model, &turns)
+}
+
+/// The model's chat template over a conversation; without a template, the messages'
+/// contents one per line.
+fn template_turns(model: &LlamaModel, turns: &[ChatTurn]) -> Result<String, EngineError> {
+    let Ok(template) = model.chat_template(None) else {
+        let contents: Vec<&str> = turns.iter().map(|t| t.content.as_str()).collect();
+        return Ok(contents.join("\n"));
+    };
+    let chat = turns
+        .iter()
+        .map(|t| {
+            LlamaChatMessage::new(t.role.clone(), t.content.clone())
+                .map_err(|e| EngineError::Unsupported(format!("prompt contains a NUL byte: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     model
         .apply_chat_template(&template, &chat, true)
         .map_err(|e| EngineError::Unsupported(format!("cannot apply chat template: {e}")))
+}
+
+/// Where the first stop string starts in `out`, looking only where `piece_len` new bytes
+/// could have completed one.
+fn stop_at(out: &[u8], piece_len: usize, stop: &[String]) -> Option<usize> {
+    stop.iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| {
+            let from = out.len().saturating_sub(piece_len + s.len() - 1);
+            out[from..]
+                .windows(s.len())
+                .position(|w| w == s.as_bytes())
+                .map(|at| from + at)
+        })
+        .min()
 }
 
 struct Scheduler<'m> {
@@ -457,7 +489,13 @@ impl<'m> Scheduler<'m> {
     }
 
     fn prepare(&self, req: &Request, reply: Reply) -> Result<Slot, EngineError> {
-        let prompt_text = chat_prompt(self.model, req.system.as_deref(), &req.prompt)?;
+        let prompt_text = if req.raw_prompt {
+            req.prompt.clone()
+        } else if req.messages.is_empty() {
+            chat_prompt(self.model, req.system.as_deref(), &req.prompt)?
+        } else {
+            template_turns(self.model, &req.messages)?
+        };
         let prompt = self
             .model
             .vocab()
@@ -486,6 +524,7 @@ impl<'m> Scheduler<'m> {
             out: Vec::new(),
             generated: 0,
             max_tokens: req.max_tokens.unwrap_or(defaults.max_tokens).max(1),
+            stop: req.stop.clone(),
         })
     }
 
@@ -601,11 +640,23 @@ impl<'m> Scheduler<'m> {
             slot.phase = if vocab.is_eog(token) {
                 Phase::Finished(Ending::Generated(Finish::EndOfGeneration))
             } else {
-                slot.out.extend(vocab.token_to_piece(token, false, None));
+                let piece = vocab.token_to_piece(token, false, None);
+                let piece_len = piece.len();
+                slot.out.extend(piece);
                 slot.tokens.push(token);
+                let stop = stop_at(&slot.out, piece_len, &slot.stop);
+                // Published text stops where a stop string starts.
+                let new_from = slot.out.len() - piece_len;
+                let keep = stop.unwrap_or(slot.out.len());
+                if keep > new_from {
+                    slot.progress.push_text(&slot.out[new_from..keep]);
+                }
                 slot.generated += 1;
                 slot.progress.set(slot.generated);
-                if slot.generated >= slot.max_tokens {
+                if let Some(at) = stop {
+                    slot.out.truncate(at);
+                    Phase::Finished(Ending::Generated(Finish::EndOfGeneration))
+                } else if slot.generated >= slot.max_tokens {
                     Phase::Finished(Ending::Generated(Finish::TokenLimit))
                 } else if slot.pos >= limit {
                     Phase::Finished(Ending::ContextFull)

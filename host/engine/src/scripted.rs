@@ -223,6 +223,7 @@ impl ScriptedBackend {
         for piece in text.split_inclusive(char::is_whitespace) {
             self.step_once(&request.cancel, &out)?;
             out.push_str(piece);
+            request.progress.push_text(piece.as_bytes());
             generated += 1;
             request.progress.set(generated);
             if generated >= max_tokens {

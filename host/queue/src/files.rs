@@ -11,6 +11,8 @@
 //!             embedding.json   a done embed job's output
 //!             error.txt        why a failed job failed
 //!             response.txt     what a failed generation had produced
+//!             partial.txt      a running text job's output so far (crate::stream)
+//!             messages.json    a chat job's messages (the last user message is prompt.txt)
 //! ```
 
 pub const PROMPT_FILE: &str = "prompt.txt";
@@ -24,6 +26,13 @@ pub const EMBEDDING_FILE: &str = "embedding.json";
 pub const ERROR_FILE: &str = "error.txt";
 /// Raw model output kept beside the error when a job fails after generating.
 pub const RESPONSE_FILE: &str = "response.txt";
+/// A running text job's raw output so far, appended as tokens are generated. It only
+/// exists in `processing/`: the daemon removes it just before the job ends, so the text
+/// is complete when the job has left `processing/` (crate::stream).
+pub const PARTIAL_FILE: &str = "partial.txt";
+/// A chat job's messages, `[{"role": "system"|"user"|"assistant", "content": "..."}]`,
+/// applied through the model's chat template; `prompt.txt` holds the last user message.
+pub const MESSAGES_FILE: &str = "messages.json";
 /// Cancel requests for running jobs: `nrvna cancel` drops `<ws>/.cancel/<id>`, the owning
 /// daemon stops the job and removes the file.
 pub const CANCEL_DIR: &str = ".cancel";

@@ -43,6 +43,9 @@ pub struct Sampling {
     pub top_k: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f32>,
+    /// Generation stops before the first of these strings (left out of the result).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
 }
 
 /// How a job ended, as `meta.json`'s `status` records it. Its state directory says the
@@ -114,6 +117,9 @@ pub struct Meta {
     pub sampling: Sampling,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_format: Option<OutputFormat>,
+    /// The prompt goes to the model as it is, without the chat template (`/v1/completions`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub raw_prompt: bool,
     /// Number of times a daemon has started this job.
     #[serde(default)]
     pub attempts: u32,
@@ -137,6 +143,10 @@ pub struct Meta {
     pub cached_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generated_tokens: Option<u32>,
+    /// Why a done text job's generation stopped: `stop` (the model ended it, or a stop
+    /// string) or `length` (the token limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
     /// Generated tokens per second from claim to completion, set when a text job is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_s: Option<f64>,

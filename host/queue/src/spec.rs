@@ -6,7 +6,7 @@
 //! ```text
 //! prompt.txt, messages.json, images/<file>, schema.json, grammar.gbnf, agent.wasm
 //!             the payload files the job has (absent ones are not parts)
-//! options     mode, system message, sampling options and output format (meta.json)
+//! options     mode, system message, sampling options, output format and raw_prompt (meta.json)
 //! agent       an agent job's arguments and storage name (meta.json)
 //! ```
 //! The spec's sha256 is the sha256 of the lines `NAME\0HEX\n`, sorted by name. Outputs,
@@ -20,12 +20,8 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::error::{IoContext, Result};
-use crate::files::{AGENT_FILE, GRAMMAR_FILE, IMAGES_DIR, PROMPT_FILE, SCHEMA_FILE};
+use crate::files::{AGENT_FILE, GRAMMAR_FILE, IMAGES_DIR, MESSAGES_FILE, PROMPT_FILE, SCHEMA_FILE};
 use crate::meta::{Meta, Mode};
-
-/// A chat job's messages (written by `wrk --messages`, when that lands): part of the
-/// spec whenever a job has it.
-const MESSAGES_FILE: &str = "messages.json";
 
 /// Single payload files that are part of the spec when present.
 const PAYLOAD_FILES: [&str; 5] = [
@@ -71,6 +67,7 @@ impl Spec {
             "system": meta.system,
             "sampling": meta.sampling,
             "output_format": meta.output_format,
+            "raw_prompt": meta.raw_prompt,
         });
         parts.insert("options".into(), hex(&Sha256::digest(options.to_string())));
         if meta.mode == Mode::Agent {

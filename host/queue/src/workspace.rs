@@ -99,6 +99,9 @@ impl Default for Limits {
     }
 }
 
+/// Most stop strings one job may have.
+pub const MAX_STOP: usize = 16;
+
 /// A job to submit. Build it, then hand it to [`Workspace::submit`].
 #[derive(Debug, Clone, Default)]
 pub struct Submission {
@@ -114,6 +117,8 @@ pub struct Submission {
     pub files: Vec<(String, Vec<u8>)>,
     /// An agent job's arguments and name.
     pub agent: AgentJob,
+    /// The prompt goes to the model as it is, without the chat template.
+    pub raw_prompt: bool,
 }
 
 impl Submission {
@@ -184,6 +189,19 @@ impl Submission {
                 what: "top-p",
                 expected: "in (0, 1]".into(),
                 got: p.to_string(),
+            });
+        }
+        if self.sampling.stop.len() > MAX_STOP
+            || self
+                .sampling
+                .stop
+                .iter()
+                .any(|s| s.is_empty() || s.len() > 256)
+        {
+            return Err(QueueError::InvalidOption {
+                what: "stop strings",
+                expected: format!("at most {MAX_STOP}, each 1-256 bytes"),
+                got: format!("{:?}", self.sampling.stop),
             });
         }
         if self.sampling.max_tokens == Some(0) {
@@ -308,6 +326,8 @@ pub struct Outcome {
     pub generated_tokens: Option<u32>,
     /// Name of the model the job ran on.
     pub model: Option<String>,
+    /// `stop` or `length`, for a text job's generation.
+    pub finish_reason: Option<String>,
 }
 
 /// What an ended job produced ([`Workspace::outcome`]).
@@ -529,6 +549,7 @@ impl Workspace {
             sampling: sub.sampling.clone(),
             output_format: sub.output_format,
             agent: sub.agent.clone(),
+            raw_prompt: sub.raw_prompt,
             ..Meta::default()
         };
         // Everything the spec covers is staged by now.
@@ -1020,6 +1041,9 @@ impl Workspace {
         }
         if outcome.model.is_some() {
             meta.model = outcome.model;
+        }
+        if outcome.finish_reason.is_some() {
+            meta.finish_reason = outcome.finish_reason;
         }
         write_meta(&dir, &meta)?;
         sync_dir(&dir)?;

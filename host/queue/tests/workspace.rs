@@ -50,6 +50,7 @@ fn a_job_walks_through_every_state() {
             cached_tokens: Some(1),
             generated_tokens: Some(2),
             model: Some("m".into()),
+            ..Outcome::default()
         },
     )
     .unwrap();

@@ -21,10 +21,11 @@ use nrvna_queue::{Claim, Outcome, State, Submission, Workspace};
 
 use crate::cli::{DEFAULT_MODEL_FILE, resolve_model};
 
+mod http;
 mod load;
 mod prefix;
 
-const PROMPT: &str = "Write a long story about a dragon who learns to bake bread.";
+pub(super) const PROMPT: &str = "Write a long story about a dragon who learns to bake bread.";
 /// Per-job context for the benchmark: the prompt plus 64 tokens fit with room to spare.
 const BENCH_CTX: u32 = 512;
 
@@ -55,14 +56,21 @@ pub struct BenchArgs {
     /// Directory for the queue-alone workspaces [default: the system temp dir]
     #[arg(long, value_name = "DIR")]
     queue_dir: Option<PathBuf>,
+    /// Sequential requests per measure of the http section
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    http_rounds: u32,
+    /// Concurrent streaming clients (and `wrk` jobs) of the http section, on 8 workers
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    http_clients: u32,
     /// Sections to run: engine, pickup, queue, prefix (prompt-prefix reuse on and off),
     /// load (throughput with and without two `nice -n 19` busy loops beside it),
-    /// sandbox (the hardening checks' costs)
+    /// sandbox (the hardening checks' costs), http (the HTTP API's overhead, first token
+    /// and streaming throughput)
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "engine,pickup,queue",
-        value_parser = ["engine", "pickup", "queue", "prefix", "load", "sandbox"]
+        value_parser = ["engine", "pickup", "queue", "prefix", "load", "sandbox", "http"]
     )]
     only: Vec<String>,
     /// Components (.wasm) whose compile-cost check the sandbox section measures: a file
@@ -101,6 +109,13 @@ pub fn run(args: BenchArgs) -> Result<String> {
     }
     if wants("load") {
         out.push_str(&load::section(&model, args.repeat)?);
+    }
+    if wants("http") {
+        out.push_str(&http::section(
+            &model,
+            args.http_rounds as usize,
+            args.http_clients as usize,
+        )?);
     }
     if wants("queue") {
         out.push_str(&queue_alone(
@@ -280,33 +295,54 @@ struct DaemonRun {
 }
 
 /// A daemon process on a fresh workspace, stopped on drop.
-struct BenchDaemon {
+pub(super) struct BenchDaemon {
     child: Child,
     _dir: tempfile::TempDir,
-    ws: PathBuf,
+    pub(super) ws: PathBuf,
 }
 
 impl BenchDaemon {
     fn start(model: &Path, workers: usize, predict: u32) -> Result<BenchDaemon> {
-        BenchDaemon::start_with(
+        BenchDaemon::start_with_args(model, workers, predict, &[])
+    }
+
+    /// [`BenchDaemon::start`] with more `nrvnad` arguments.
+    pub(super) fn start_with_args(
+        model: &Path,
+        workers: usize,
+        predict: u32,
+        args: &[&str],
+    ) -> Result<BenchDaemon> {
+        BenchDaemon::spawn(
             model,
             workers,
             &[
                 ("NRVNA_CTX", BENCH_CTX.to_string()),
                 ("NRVNA_PREDICT", predict.to_string()),
             ],
+            args,
         )
     }
 
     /// A daemon with `env` set (on top of the caller's environment, less its OpenMP wait
     /// policy: the daemon picks its own unless `env` names one).
     fn start_with(model: &Path, workers: usize, env: &[(&str, String)]) -> Result<BenchDaemon> {
+        BenchDaemon::spawn(model, workers, env, &[])
+    }
+
+    fn spawn(
+        model: &Path,
+        workers: usize,
+        env: &[(&str, String)],
+        args: &[&str],
+    ) -> Result<BenchDaemon> {
         let dir = tempfile::tempdir()?;
         let ws = dir.path().join("ws");
         let child = Command::new(sibling("nrvnad")?)
             .arg(model)
             .arg(&ws)
             .arg(workers.to_string())
+            .args(args)
             .env_remove("OMP_WAIT_POLICY")
             .env_remove("GOMP_SPINCOUNT")
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -334,7 +370,7 @@ impl BenchDaemon {
         Ok(d)
     }
 
-    fn submit(&self, args: &[&str]) -> Result<String> {
+    pub(super) fn submit(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(sibling("wrk")?)
             .arg(&self.ws)
             .args(args)
@@ -348,7 +384,7 @@ impl BenchDaemon {
 
     /// Waits for `n` ended jobs, woken by file-system events rather than polling, so
     /// the measuring process takes no CPU from the daemon it measures.
-    fn wait_all(&self, n: usize) -> Result<Workspace> {
+    pub(super) fn wait_all(&self, n: usize) -> Result<Workspace> {
         let ws = Workspace::open(&self.ws)?;
         nrvna_queue::watch::wait_until(&ws, None, |ws| {
             let c = ws.counts()?;
@@ -382,7 +418,7 @@ impl Drop for BenchDaemon {
 }
 
 /// One of our binaries, next to this one.
-fn sibling(name: &str) -> Result<PathBuf> {
+pub(super) fn sibling(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name(name);
     if !path.is_file() {
@@ -549,13 +585,13 @@ fn queue_alone(n: usize, threads: &[usize], dir: Option<&Path>) -> Result<String
     Ok(out)
 }
 
-fn seconds(ts: &str) -> Result<f64> {
+pub(super) fn seconds(ts: &str) -> Result<f64> {
     let t = chrono::NaiveDateTime::parse_from_str(ts, "%Y-%m-%dT%H:%M:%S%.fZ")
         .with_context(|| format!("bad timestamp {ts:?}"))?;
     Ok(t.and_utc().timestamp_micros() as f64 / 1e6)
 }
 
-fn percentile(values: &mut [f64], q: f64) -> f64 {
+pub(super) fn percentile(values: &mut [f64], q: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }

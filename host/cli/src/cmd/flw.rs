@@ -3,11 +3,12 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
+use nrvna_queue::stream::{Followed, TextFollower};
 use nrvna_queue::watch::{wait_terminal_with, wait_until};
 use nrvna_queue::{ArtifactKind, JobId, JobOutcome, Meta, PROMPT_FILE, State, Workspace};
 use nrvna_sandbox::parse_duration;
@@ -28,6 +29,7 @@ Examples:
   flw ./ws                                  counts and the 5 most recent jobs
   result=$(flw ./ws \"$id\")                  wait, then capture the text
   wrk ./ws \"hi\" | xargs flw ./ws            submit and wait in one line
+  flw ./ws \"$id\" --stream                  print the text as it is generated
   flw ./ws \"$id\" --no-wait || echo \"not yet\"
   flw ./ws --tag batch1 -W                  barrier: wait for every job tagged batch1
   flw ./ws --children \"$parent\" --json      the children of a job, as NDJSON
@@ -67,6 +69,10 @@ struct Args {
     /// JSON output: one object for a job or for the status; NDJSON for sets
     #[arg(long)]
     json: bool,
+    /// Print the job's text as it is generated, then end as a wait does (its exit code).
+    /// Text printed is the raw output, think blocks included
+    #[arg(long, conflicts_with_all = ["no_wait", "json", "wait_idle"])]
+    stream: bool,
     /// Select the jobs carrying this tag
     #[arg(long, value_name = "TAG", conflicts_with_all = ["id", "children"])]
     tag: Option<String>,
@@ -144,7 +150,67 @@ fn wait_for_job(
     Ok(last)
 }
 
+/// How often `--stream` looks for new text.
+const STREAM_POLL: Duration = Duration::from_millis(10);
+
+/// `--stream`: prints the job's text as its daemon publishes it (nrvna_queue::stream),
+/// then ends as a wait does. A job that ended before any text was seen prints its result.
+fn stream(ws: &Workspace, id: &JobId, args: &Args, timeout: Option<Duration>) -> Result<u8> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut follower = TextFollower::new(ws, id);
+    let mut out = std::io::stdout().lock();
+    let mut last = String::new();
+    loop {
+        match follower.poll()? {
+            Followed::NotFound => {
+                eprintln!("flw: no job {id} in {}", ws.root().display());
+                return Ok(exit::NOT_FOUND);
+            }
+            Followed::Running { text } => {
+                if !text.is_empty() {
+                    out.write_all(text.as_bytes())?;
+                    out.flush()?;
+                    last = text;
+                }
+            }
+            Followed::Restarted => {
+                eprintln!("\nflw: job {id} went back to the queue; its output starts over");
+            }
+            Followed::Ended {
+                state,
+                text,
+                streamed,
+            } => {
+                if !streamed {
+                    drop(out);
+                    return print_outcome(ws, id, state, args);
+                }
+                out.write_all(text.as_bytes())?;
+                if !text.is_empty() {
+                    last = text;
+                }
+                if out.is_terminal() && !last.ends_with('\n') {
+                    out.write_all(b"\n")?;
+                }
+                out.flush()?;
+                return Ok(match ws.outcome(state, id)? {
+                    Some(outcome) => ended_exit(id, &outcome),
+                    None => exit::NOT_READY,
+                });
+            }
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            eprintln!("flw: job {id} has not ended (timed out streaming)");
+            return Ok(exit::NOT_READY);
+        }
+        std::thread::sleep(STREAM_POLL);
+    }
+}
+
 fn result(ws: &Workspace, id: &JobId, args: &Args, timeout: Option<Duration>) -> Result<u8> {
+    if args.stream {
+        return stream(ws, id, args, timeout);
+    }
     let state = if args.no_wait {
         ws.state_of(id)?
     } else {
@@ -154,6 +220,11 @@ fn result(ws: &Workspace, id: &JobId, args: &Args, timeout: Option<Duration>) ->
         eprintln!("flw: no job {id} in {}", ws.root().display());
         return Ok(exit::NOT_FOUND);
     };
+    print_outcome(ws, id, state, args)
+}
+
+/// Prints what job `id` in `state` produced, and says with which exit code.
+fn print_outcome(ws: &Workspace, id: &JobId, state: State, args: &Args) -> Result<u8> {
     if args.json {
         println!("{}", job_json(ws, id, state));
         return Ok(match state {
@@ -173,18 +244,7 @@ fn result(ws: &Workspace, id: &JobId, args: &Args, timeout: Option<Duration>) ->
             out.flush()?;
             Ok(exit::OK)
         }
-        Some(JobOutcome::Cancelled) => {
-            eprintln!("flw: job {id} was cancelled");
-            Ok(exit::FAILED)
-        }
-        Some(JobOutcome::Denied { reason }) => {
-            eprintln!("flw: job {id} was {reason}");
-            Ok(exit::FAILED)
-        }
-        Some(JobOutcome::Failed { reason, .. }) => {
-            eprintln!("flw: job {id} failed: {reason}");
-            Ok(exit::FAILED)
-        }
+        Some(outcome) => Ok(ended_exit(id, &outcome)),
         None => {
             let how = if args.no_wait {
                 ""
@@ -203,6 +263,17 @@ fn result(ws: &Workspace, id: &JobId, args: &Args, timeout: Option<Duration>) ->
             Ok(exit::NOT_READY)
         }
     }
+}
+
+/// The exit code of an ended job; why it did not end done goes to stderr.
+fn ended_exit(id: &JobId, outcome: &JobOutcome) -> u8 {
+    match outcome {
+        JobOutcome::Done(_) => return exit::OK,
+        JobOutcome::Cancelled => eprintln!("flw: job {id} was cancelled"),
+        JobOutcome::Denied { reason } => eprintln!("flw: job {id} was {reason}"),
+        JobOutcome::Failed { reason, .. } => eprintln!("flw: job {id} failed: {reason}"),
+    }
+    exit::FAILED
 }
 
 /// One job as JSON: its meta fields, its state, and its artifact.

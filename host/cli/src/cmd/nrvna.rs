@@ -120,7 +120,8 @@ enum Command {
 
 const BENCH_HELP: &str = "\
 Sections: engine (the raw llama.cpp ceiling and the daemon end to end for each N, with
-their ratio), pickup (an idle daemon), queue (no model). The agent runtime's bench runs
+their ratio), pickup (an idle daemon), queue (no model), and, asked for by name, http
+(the HTTP API's overhead, first token and streaming throughput). The agent runtime's bench runs
 its test fixtures, so it lives with the tests: cargo run --release -p nrvna-tests
 --example bench-sandbox. Takes about 20 minutes on the default model on 2 cores (each N runs the raw loop and the
 daemon twice, in turn; --repeat 1 halves it); docs/benchmarks.md keeps the results.
@@ -128,7 +129,8 @@ daemon twice, in turn; --repeat 1 halves it); docs/benchmarks.md keeps the resul
 Examples:
   nrvna bench                          everything, N = 1,2,4,8,16
   nrvna bench --only engine --slots 1,8 --repeat 3
-  nrvna bench --only queue --queue-jobs 20000";
+  nrvna bench --only queue --queue-jobs 20000
+  nrvna bench --only http";
 
 const CANCEL_HELP: &str = "\
 A queued job is cancelled at once; for a running one the cancel is requested, and its

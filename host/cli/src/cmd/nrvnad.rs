@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::Parser;
+use nrvna_http::{HttpServer, Metrics};
+use nrvna_queue::Workspace;
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
 use nrvna_sandbox::parse_duration;
 
@@ -32,6 +34,7 @@ Examples:
   nrvnad smollm2 ./ws --drain          work through the queue, then exit
   nrvnad smollm2 ./ws --embed-model minilm
                                        embed with all-MiniLM-L6-v2 (scripts/setup)
+  nrvnad smollm2 ./ws --http           OpenAI-compatible API on 127.0.0.1:8480
   nrvnad status ./ws                   ready / starting / not running
   nrvnad stop ./ws                     graceful stop, forced after --timeout
 
@@ -92,6 +95,23 @@ struct Args {
     /// Agent jobs run at once (more wait their turn)
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     agent_jobs: u16,
+    /// Serve the OpenAI-compatible HTTP API on ADDR: HOST:PORT, or a PORT on 127.0.0.1,
+    /// or nothing for 127.0.0.1:8480. Every request becomes a job tagged `http`
+    /// (docs/http.md) [default: NRVNA_HTTP, else off]
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "", help_heading = "HTTP API")]
+    http: Option<String>,
+    /// Key every HTTP request must send as `Authorization: Bearer KEY`; required when
+    /// --http is not on loopback [default: NRVNA_API_KEY]
+    #[arg(long, value_name = "KEY", help_heading = "HTTP API")]
+    api_key: Option<String>,
+    /// Largest HTTP request body, in bytes (larger: 413) [default: NRVNA_HTTP_MAX_BODY,
+    /// else 8 MiB]
+    #[arg(long, value_name = "BYTES", help_heading = "HTTP API")]
+    http_max_body: Option<usize>,
+    /// Answer HTTP requests with 429 and Retry-After while more than N jobs are queued
+    /// [default: NRVNA_MAX_QUEUE, else no limit]
+    #[arg(long, value_name = "N", help_heading = "HTTP API")]
+    max_queue: Option<usize>,
     /// What every agent job (`wrk WS --agent X.wasm`) may use; nothing is granted unless
     /// given here
     #[command(flatten, next_help_heading = "Agent job grants and limits")]
@@ -176,8 +196,31 @@ fn serve(args: Args) -> Result<ExitCode> {
         max_running: args.agent_jobs as usize,
         cache_dir: default_cache_dir(),
     });
+    config.http = daemon::config::http_config(
+        args.http.as_deref(),
+        args.api_key,
+        args.http_max_body,
+        args.max_queue,
+    )?;
     let signals = SignalCounter::install()?;
-    let daemon = daemon::start(config, Banner::Nrvnad)?;
+    // The server listens before the model loads, so /health can say `loading`.
+    let http = match config.http.clone() {
+        Some(http) => {
+            let ws = Workspace::create(&config.workspace)?;
+            let metrics = Metrics::new();
+            let server = HttpServer::start(http, ws, metrics.clone(), schema_to_grammar())?;
+            eprintln!(
+                "nrvnad: HTTP API on http://{} (OpenAI-compatible, docs/http.md)",
+                server.local_addr()
+            );
+            Some((server, metrics))
+        }
+        None => None,
+    };
+    let mut daemon = daemon::start(config, Banner::Nrvnad)?;
+    if let Some((server, metrics)) = http {
+        daemon = daemon.with_http(server, metrics);
+    }
     match daemon.serve(&signals)? {
         Ended::Clean => {
             eprintln!("nrvnad: stopped");
@@ -188,6 +231,13 @@ fn serve(args: Args) -> Result<ExitCode> {
             Ok(ExitCode::from(exit::FAILED))
         }
     }
+}
+
+/// The engine's JSON Schema → grammar converter, for `response_format`.
+fn schema_to_grammar() -> nrvna_http::SchemaToGrammar {
+    std::sync::Arc::new(|schema: &str| {
+        nrvna_engine::schema_to_grammar(schema).map_err(|e| e.to_string())
+    })
 }
 
 fn status(args: StatusArgs) -> Result<ExitCode> {

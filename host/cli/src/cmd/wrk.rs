@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use nrvna_queue::messages;
 use nrvna_queue::{
-    AGENT_FILE, AgentJob, GRAMMAR_FILE, JobId, Limits, Mode, OutputFormat, SCHEMA_FILE, Sampling,
-    Submission, Workspace,
+    AGENT_FILE, AgentJob, GRAMMAR_FILE, JobId, Limits, MESSAGES_FILE, Mode, OutputFormat,
+    SCHEMA_FILE, Sampling, Submission, Workspace,
 };
 
 use crate::cli::{VersionFlag, init_logging, parse_args};
@@ -31,6 +32,7 @@ Examples:
   git diff | wrk ./ws - --system \"You review code.\"
   wrk ./ws \"Name three colours\" --json-schema colours.json
   wrk ./ws --embed \"text to embed\"
+  wrk ./ws --messages chat.json             a conversation, templated as the model's chat
   wrk ./ws --agent refine.wasm -- --rounds 2 \"Write a haiku\"   (an agent job)
   wrk ./ws --hold \"Refund order 42\"   (runs once nrvna approve ./ws ID says so)
 
@@ -93,6 +95,11 @@ struct Args {
     /// Constrain the output with this GBNF grammar (root rule `root`)
     #[arg(long, value_name = "FILE")]
     grammar: Option<PathBuf>,
+    /// A chat job: FILE is a JSON list of {"role": "system"|"user"|"assistant",
+    /// "content": "..."} messages, templated together (kept as messages.json; the last
+    /// user message is the prompt)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["prompt", "embed", "system", "images"])]
+    messages: Option<PathBuf>,
     /// Queue an agent job: the daemon runs this component with the prompt words as its
     /// arguments (put `--` before arguments that start with a dash)
     #[arg(long, value_name = "COMPONENT.wasm", conflicts_with_all = ["embed", "json_schema", "grammar", "images", "system"])]
@@ -122,7 +129,17 @@ fn submit(args: Args) -> Result<JobId> {
     if let Some(component) = &args.agent {
         return submit_agent(&args, component);
     }
-    let prompt = read_prompt(&args.prompt)?;
+    let mut files = Vec::new();
+    let prompt = match &args.messages {
+        Some(path) => {
+            let bytes = read_spec(path, "--messages")?;
+            let list = messages::parse(bytes.as_bytes())
+                .with_context(|| format!("--messages {}", path.display()))?;
+            files.push((MESSAGES_FILE.to_owned(), bytes.into_bytes()));
+            messages::last_user(&list).unwrap_or_default().to_owned()
+        }
+        None => read_prompt(&args.prompt)?,
+    };
     let parent = parent(&args)?;
     let mode = if args.embed {
         Mode::Embed
@@ -131,7 +148,6 @@ fn submit(args: Args) -> Result<JobId> {
     } else {
         Mode::Text
     };
-    let mut files = Vec::new();
     let mut output_format = None;
     if let Some(path) = &args.json_schema {
         let schema = read_spec(path, "--json-schema")?;
@@ -164,10 +180,12 @@ fn submit(args: Args) -> Result<JobId> {
             seed: args.seed,
             top_k: args.top_k,
             top_p: args.top_p,
+            stop: Vec::new(),
         },
         output_format,
         files,
         agent: AgentJob::default(),
+        raw_prompt: false,
     };
     if !sub.images.is_empty() {
         // Name a bad image file first; then refuse, as no daemon can run the job.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nrvna_engine::{EngineConfig, SamplingDefaults, check_model_file};
+use nrvna_http::HttpConfig;
 use nrvna_sandbox::Grants;
 
 use crate::cli::resolve_model;
@@ -123,6 +124,18 @@ pub mod vars {
         min: 0,
         max: 1,
     };
+    pub const HTTP_MAX_BODY: NumVar<usize> = NumVar {
+        name: "NRVNA_HTTP_MAX_BODY",
+        what: "largest HTTP request body, bytes",
+        min: 1024,
+        max: 1 << 30,
+    };
+    pub const MAX_QUEUE: NumVar<usize> = NumVar {
+        name: "NRVNA_MAX_QUEUE",
+        what: "queued jobs before HTTP answers 429",
+        min: 1,
+        max: 10_000_000,
+    };
     pub const LLAMA_LOG: NumVar<u8> = NumVar {
         name: "NRVNA_LLAMA_LOG",
         what: "show llama.cpp's own log on stderr",
@@ -156,6 +169,8 @@ pub fn env_help() -> String {
         vars::PREFIX_CACHE.help_row(u8::from(engine.prefix_cache)),
         vars::FSYNC.help_row(1),
         vars::LLAMA_LOG.help_row(0),
+        vars::HTTP_MAX_BODY.help_row(nrvna_http::DEFAULT_MAX_BODY),
+        vars::MAX_QUEUE.help_row("none"),
     ];
     let mut out = String::from("Environment (parsed strictly; a bad value stops start-up):\n");
     for row in rows {
@@ -165,6 +180,8 @@ pub fn env_help() -> String {
     out.push_str(
         "  NRVNA_MODELS_DIR    where a bare model name is looked up     ~/.cache/nrvna/models\n\
          \x20 NRVNA_EMBED_MODEL   embedding model (--embed-model wins)     the chat model, mean-pooled\n\
+         \x20 NRVNA_HTTP          serve the HTTP API here (--http wins)    off\n\
+         \x20 NRVNA_API_KEY       key HTTP clients send as a Bearer token  none\n\
          \x20 NRVNA_LOG           log filter (error, warn, info, debug)    info\n\
          \x20 OMP_WAIT_POLICY     how decode threads wait (active: spin)   passive\n\
          \x20 XDG_CACHE_HOME      compiled agents cached in its nrvna/wasm ~/.cache\n\
@@ -191,6 +208,8 @@ pub struct DaemonConfig {
     pub drain: bool,
     /// How long running jobs may finish after a stop before they are requeued.
     pub grace: Duration,
+    /// The OpenAI-compatible HTTP API (`--http`); `None`: no server.
+    pub http: Option<HttpConfig>,
     /// `None`: agent jobs fail with a reason (the in-process daemon of `nrvna exec`, whose
     /// component runs beside it, not inside it).
     pub agents: Option<AgentSettings>,
@@ -226,6 +245,7 @@ impl DaemonConfig {
             max_attempts: vars::MAX_ATTEMPTS.read_or(DEFAULT_MAX_ATTEMPTS)?,
             drain: false,
             grace: Duration::from_secs(15),
+            http: None,
             agents: None,
         })
     }
@@ -233,6 +253,63 @@ impl DaemonConfig {
     pub fn workers(&self) -> usize {
         self.engine.slots
     }
+}
+
+/// What `--http` and its companions (or `NRVNA_HTTP`, `NRVNA_API_KEY`,
+/// `NRVNA_HTTP_MAX_BODY`, `NRVNA_MAX_QUEUE`) ask for; `None`: no HTTP server. An address
+/// is `HOST:PORT`, a bare `PORT` (on loopback), or empty for the default.
+pub fn http_config(
+    addr: Option<&str>,
+    api_key: Option<String>,
+    max_body: Option<usize>,
+    max_queue: Option<usize>,
+) -> Result<Option<HttpConfig>> {
+    let addr = match addr {
+        Some(a) => a.to_owned(),
+        None => match env_str("NRVNA_HTTP")? {
+            Some(a) => a,
+            None => return Ok(None),
+        },
+    };
+    let addr = parse_http_addr(&addr)?;
+    let api_key = match api_key {
+        Some(key) => Some(key),
+        None => env_str("NRVNA_API_KEY")?,
+    };
+    let max_body = match max_body {
+        Some(n) => n,
+        None => vars::HTTP_MAX_BODY.read_or(nrvna_http::DEFAULT_MAX_BODY)?,
+    };
+    let max_queue = match max_queue {
+        Some(n) => Some(n),
+        None => vars::MAX_QUEUE.read()?,
+    };
+    let config = HttpConfig {
+        addr,
+        api_key,
+        max_body_bytes: max_body,
+        max_queue,
+    };
+    config.check().map_err(anyhow::Error::msg)?;
+    Ok(Some(config))
+}
+
+/// `HOST:PORT`, `PORT` (loopback) or `""` (loopback, the default port).
+pub fn parse_http_addr(text: &str) -> Result<std::net::SocketAddr> {
+    let text = text.trim();
+    let loopback = std::net::Ipv4Addr::LOCALHOST;
+    if text.is_empty() {
+        return Ok((loopback, nrvna_http::DEFAULT_PORT).into());
+    }
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok((loopback, port).into());
+    }
+    text.parse().with_context(|| {
+        format!(
+            "--http {text:?}: expected HOST:PORT (127.0.0.1:{0}), a port, or nothing for              127.0.0.1:{0}",
+            nrvna_http::DEFAULT_PORT
+        )
+    })
 }
 
 /// The dedicated embedding model: `--embed-model`, else `NRVNA_EMBED_MODEL`, resolved like

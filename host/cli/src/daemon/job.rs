@@ -1,13 +1,15 @@
 //! Running one claimed job through the engine and settling it in the workspace.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use nrvna_engine::{
-    Backend, CancelFlag, EngineError, Finish, Request, RequestKind, Response, TokenCount,
+    Backend, CancelFlag, ChatTurn, EngineError, Finish, Request, RequestKind, Response, TokenCount,
 };
+use nrvna_queue::stream::{self, PartialWriter};
 use nrvna_queue::{
-    ClaimedJob, EMBEDDING_FILE, GRAMMAR_FILE, Mode, Outcome, OutputFormat, RESPONSE_FILE,
-    RESULT_FILE, State, Workspace,
+    ClaimedJob, EMBEDDING_FILE, GRAMMAR_FILE, JobId, MESSAGES_FILE, Mode, Outcome, OutputFormat,
+    QueueError, RESPONSE_FILE, RESULT_FILE, State, Workspace, messages,
 };
 
 /// How a job left the worker.
@@ -35,7 +37,11 @@ pub fn run_job(
         Err(reason) => return settle(ws, job, Err((reason, Outcome::default()))),
     };
     let model = Some(engine.info().model_for(request.kind).to_owned());
-    let result = engine.run(request);
+    let result = if request.kind == RequestKind::Generate {
+        run_streaming(ws, engine, job, request)
+    } else {
+        engine.run(request)
+    };
     if let Err(EngineError::Cancelled { .. }) = &result
         && interrupted.load(Ordering::SeqCst)
     {
@@ -53,12 +59,17 @@ pub fn run_job(
             generated_tokens,
             finish,
         }) => {
+            let finish_reason = match finish {
+                Finish::EndOfGeneration => "stop",
+                Finish::TokenLimit => "length",
+            };
             let outcome = |artifact: &str| Outcome {
                 artifacts: vec![(artifact.to_owned(), text.clone().into_bytes())],
                 prompt_tokens: Some(prompt_tokens),
                 cached_tokens: Some(cached_tokens),
                 generated_tokens: Some(generated_tokens),
                 model: model.clone(),
+                finish_reason: Some(finish_reason.to_owned()),
             };
             if job.meta.output_format == Some(OutputFormat::JsonSchema)
                 && let Err(e) = serde_json::from_str::<serde_json::Value>(&text)
@@ -104,6 +115,69 @@ pub fn run_job(
     };
     settle(ws, job, settled)
 }
+
+/// Runs a generation while a second thread appends its text to the job's `partial.txt`
+/// as it comes (nrvna_queue::stream); every byte is written, and the file removed, before
+/// this returns, so the text is complete once the job leaves `processing/`.
+fn run_streaming(
+    ws: &Workspace,
+    engine: &dyn Backend,
+    job: &ClaimedJob,
+    request: Request,
+) -> Result<Response, EngineError> {
+    let generated = request.progress.clone();
+    let ended = AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        let publisher = std::thread::Builder::new()
+            .name("nrvna-partial".into())
+            .spawn_scoped(scope, || publish_partial(ws, &job.id, &generated, &ended));
+        let result = engine.run(request);
+        ended.store(true, Ordering::SeqCst);
+        generated.wake();
+        if let Ok(publisher) = publisher {
+            let _ = publisher.join();
+        }
+        result
+    });
+    stream::remove_partial(ws, &job.id);
+    result
+}
+
+/// Appends what the engine generates to `partial.txt` until the generation has ended and
+/// everything is written. A live view only: a write failure stops it, not the job.
+fn publish_partial(ws: &Workspace, id: &JobId, generated: &TokenCount, ended: &AtomicBool) {
+    let mut writer = None;
+    let mut written = 0;
+    loop {
+        // Read the flag first: if it says ended, the text read after it is all there is.
+        let last = ended.load(Ordering::SeqCst);
+        let new = generated.text_since(written, PARTIAL_WAIT);
+        if !new.is_empty() {
+            if writer.is_none() {
+                match PartialWriter::create(ws, id) {
+                    Ok(w) => writer = Some(w),
+                    Err(e) => {
+                        tracing::warn!("job {id}: cannot publish partial output: {e}");
+                        return;
+                    }
+                }
+            }
+            if let Some(w) = &mut writer
+                && let Err(e) = w.append(&new)
+            {
+                tracing::warn!("job {id}: cannot publish partial output: {e}");
+                return;
+            }
+            written += new.len();
+        }
+        if last && new.is_empty() {
+            return;
+        }
+    }
+}
+
+/// How long the publisher waits for new text before it looks at the end flag again.
+const PARTIAL_WAIT: Duration = Duration::from_millis(20);
 
 /// Why a JSON-schema job's output does not parse: cut off by the token limit (the
 /// grammar never got to close the JSON), or something else the parser names.
@@ -154,6 +228,20 @@ fn build_request(
         }
         None => None,
     };
+    let messages = match ws.read_file(State::Running, &job.id, MESSAGES_FILE) {
+        Ok(bytes) => messages::parse(&bytes)
+            .map_err(|e| format!("{MESSAGES_FILE}: {e}"))?
+            .into_iter()
+            .map(|m| ChatTurn {
+                role: m.role.as_str().to_owned(),
+                content: m.content,
+            })
+            .collect(),
+        Err(QueueError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Vec::new()
+        }
+        Err(e) => return Err(format!("cannot read {MESSAGES_FILE}: {e}")),
+    };
     let s = &job.meta.sampling;
     Ok(Request {
         kind,
@@ -165,6 +253,9 @@ fn build_request(
         top_k: s.top_k,
         top_p: s.top_p,
         grammar,
+        messages,
+        stop: s.stop.clone(),
+        raw_prompt: job.meta.raw_prompt,
         cancel,
         progress,
     })

@@ -49,6 +49,8 @@ pub struct DaemonOptions {
     pub grace: Duration,
     /// Runs agent jobs; `None` fails them with a reason.
     pub agents: Option<AgentHost>,
+    /// The HTTP API this daemon serves, and the metrics it reports to.
+    pub http: Option<(nrvna_http::HttpServer, nrvna_http::Metrics)>,
 }
 
 /// A job being worked on, so shutdown can interrupt it and `nrvna ps` can see it.
@@ -70,6 +72,7 @@ struct Shared {
     stopping: AtomicBool,
     failures: AtomicUsize,
     agents: Option<AgentHost>,
+    metrics: Option<nrvna_http::Metrics>,
 }
 
 /// How the daemon ended, for its exit code.
@@ -105,7 +108,9 @@ fn run(
         stopping: AtomicBool::new(false),
         failures: AtomicUsize::new(0),
         agents: opts.agents.take(),
+        metrics: opts.http.as_ref().map(|(_, m)| m.clone()),
     });
+    let http = opts.http.take().map(|(server, _)| server);
 
     let ready_dir = shared.ws.state_dir(State::Queued);
     let watcher = DirWatcher::new(&[&ready_dir]).context("cannot watch input/ready")?;
@@ -140,6 +145,9 @@ fn run(
             shared.stopping.store(true, Ordering::SeqCst);
             shared.pending.close();
             stop_at = Some(Instant::now() + opts.grace);
+            if let Some(server) = &http {
+                server.draining();
+            }
         }
         if let Some(deadline) = stop_at {
             let idle = shared
@@ -167,6 +175,7 @@ fn run(
     let _ = watch_thread.join();
     // Nothing runs any more: no job's progress is current.
     shared.ws.clear_progress(None);
+    drop(http);
     drop(lock);
     let failures = shared.failures.load(Ordering::SeqCst);
     if opts.drain && failures > 0 {
@@ -307,6 +316,9 @@ fn worker_loop(shared: &Arc<Shared>) {
         match shared.ws.claim(&id) {
             Ok(Claim::Claimed(job)) => {
                 job_line(&id, "running", None, "");
+                if let Some(metrics) = &shared.metrics {
+                    metrics.job_started(queue_wait(&id));
+                }
                 if job.meta.mode == Mode::Agent
                     && let Some(host) = &shared.agents
                 {
@@ -355,7 +367,38 @@ fn worker_loop(shared: &Arc<Shared>) {
     }
 }
 
+/// How long a job waited between its submission (its id says when) and now.
+fn queue_wait(id: &JobId) -> Option<Duration> {
+    let submitted = Duration::from_micros(u64::try_from(id.submitted_micros()?).ok()?);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    now.checked_sub(submitted)
+}
+
+/// Tells the metrics how a job ended, with its tokens from its meta.json.
+fn count_end(shared: &Shared, id: &JobId, end: &JobEnd, took: Duration) {
+    let Some(metrics) = &shared.metrics else {
+        return;
+    };
+    let (how, state) = match end {
+        JobEnd::Done => ("done", Some(State::Done)),
+        JobEnd::Failed(_) => ("failed", Some(State::Failed)),
+        JobEnd::Cancelled => ("cancelled", Some(State::Failed)),
+        JobEnd::Requeued => ("requeued", None),
+        JobEnd::Lost(_) => ("lost", None),
+    };
+    let meta = state.and_then(|s| shared.ws.read_meta(s, id).ok());
+    let tokens = meta.map_or_else(nrvna_http::JobTokens::default, |m| nrvna_http::JobTokens {
+        prompt: m.prompt_tokens.unwrap_or(0),
+        cached: m.cached_tokens.unwrap_or(0),
+        generated: m.generated_tokens.unwrap_or(0),
+    });
+    metrics.job_ended(how, took, tokens);
+}
+
 fn report_end(shared: &Shared, id: &JobId, end: &JobEnd, took: Duration) {
+    count_end(shared, id, end, took);
     let secs = Some(took.as_secs_f64());
     match end {
         JobEnd::Done => {

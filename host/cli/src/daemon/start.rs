@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use nrvna_engine::{Backend, LlamaEngine};
+use nrvna_http::{HttpServer, Metrics, Served};
 use nrvna_queue::Workspace;
 use nrvna_queue::lifecycle::DaemonLock;
 use nrvna_sandbox::{Runtime, RuntimeConfig};
@@ -59,6 +60,28 @@ impl Daemon {
     pub fn workspace(&self) -> &Workspace {
         &self.ws
     }
+
+    /// Serves the HTTP API `server` (started before the model loaded) from now on:
+    /// it is told the model's names, and the daemon reports its jobs to its metrics.
+    pub fn with_http(mut self, server: HttpServer, metrics: Metrics) -> Daemon {
+        let info = self.engine.info();
+        server.ready(Served {
+            chat_model: model_name(&info.path),
+            embed_model: info.embedder.as_ref().map(|e| model_name(&e.path)),
+            workers: self.options.workers,
+        });
+        self.options.http = Some((server, metrics));
+        self
+    }
+}
+
+/// A model's stable name for API clients: its file name without `.gguf`.
+pub fn model_name(path: &str) -> String {
+    let file = std::path::Path::new(path)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_owned());
+    file.strip_suffix(".gguf").unwrap_or(&file).to_owned()
 }
 
 /// Starts a daemon on `config.workspace`: creates and locks it, cleans abandoned staging,
@@ -110,6 +133,7 @@ pub fn start(config: DaemonConfig, banner: Banner) -> Result<Daemon> {
         drain: config.drain,
         grace: config.grace,
         agents,
+        http: None,
     };
     Ok(Daemon::new(ws, lock, Arc::new(engine), options))
 }

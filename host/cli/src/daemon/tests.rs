@@ -38,6 +38,7 @@ fn start_daemon(
         drain: false,
         grace: Duration::from_secs(10),
         agents: None,
+        http: None,
     };
     adjust(&mut options);
     let lock = DaemonLock::acquire(ws.root()).unwrap();

@@ -221,10 +221,12 @@ impl RunShared {
                 seed: options.seed,
                 top_k: None,
                 top_p: None,
+                stop: Vec::new(),
             },
             output_format,
             files,
             agent: Default::default(),
+            raw_prompt: false,
         };
         let run = self.clone();
         let images = options.images;

@@ -1,0 +1,122 @@
+//! `POST /v1/completions`: a raw prompt, given to the model as it is (no chat template).
+
+use std::sync::Arc;
+
+use axum::extract::State as AxumState;
+use axum::response::sse::Sse;
+use axum::response::{IntoResponse, Response};
+use nrvna_queue::{JobOutcome, Submission};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::chat::{Kind, SamplingParams, StreamOptions, chunks, set_job_header};
+use crate::error::ApiError;
+use crate::jobs::{self, CancelOnDrop};
+use crate::{AppState, parse_body};
+
+#[derive(Deserialize)]
+pub struct CompletionRequest {
+    pub model: Option<String>,
+    pub prompt: Prompt,
+    #[serde(flatten)]
+    pub sampling: SamplingParams,
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub echo: bool,
+}
+
+/// A string, or a list holding one string (more would be more jobs: refused, as `n`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    One(String),
+    Many(Vec<String>),
+}
+
+pub async fn handle(AxumState(state): AxumState<Arc<AppState>>, body: crate::Body) -> Response {
+    match completions(state, body).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn completions(state: Arc<AppState>, body: crate::Body) -> Result<Response, ApiError> {
+    let req: CompletionRequest = parse_body(body)?;
+    let model = state.check_model(req.model.as_deref(), false)?;
+    if let Some(n) = req.n
+        && n != 1
+    {
+        return Err(ApiError::invalid(
+            Some("n"),
+            format!("n is {n}; this server answers one choice per request (n = 1)"),
+        ));
+    }
+    if req.echo {
+        return Err(ApiError::invalid(Some("echo"), "echo is not supported"));
+    }
+    let prompt = match req.prompt {
+        Prompt::One(p) => p,
+        Prompt::Many(mut list) if list.len() == 1 => list.remove(0),
+        Prompt::Many(list) => {
+            return Err(ApiError::invalid(
+                Some("prompt"),
+                format!(
+                    "prompt is a list of {} strings; give one string per request",
+                    list.len()
+                ),
+            ));
+        }
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::invalid(Some("prompt"), "prompt is empty"));
+    }
+    let sampling = req.sampling.to_sampling()?;
+    let stop = sampling.stop.clone();
+    let sub = Submission {
+        prompt,
+        sampling,
+        raw_prompt: true,
+        ..Submission::default()
+    };
+    jobs::check_backpressure(&state, 1)?;
+    let id = jobs::submit(&state, sub, &[]).await?;
+    if req.stream {
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        let events = chunks(
+            Kind::Completion,
+            state.clone(),
+            id.clone(),
+            model,
+            include_usage,
+            stop,
+        );
+        let mut response = Sse::new(events).into_response();
+        set_job_header(&mut response, &id);
+        return Ok(response);
+    }
+    let mut guard = CancelOnDrop::new(&state.ws, &id);
+    let ended = jobs::wait(&state.ws, &id).await?;
+    guard.disarm();
+    let JobOutcome::Done(artifact) = &ended.outcome else {
+        return Err(jobs::job_error(&id, &ended.outcome));
+    };
+    let body = json!({
+        "id": format!("cmpl-{id}"),
+        "object": "text_completion",
+        "created": jobs::now_secs(),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "text": String::from_utf8_lossy(&artifact.bytes),
+            "finish_reason": ended.meta.finish_reason.as_deref().unwrap_or("stop"),
+            "logprobs": null,
+        }],
+        "usage": jobs::usage(&ended.meta),
+    });
+    let mut response = axum::Json(body).into_response();
+    set_job_header(&mut response, &id);
+    Ok(response)
+}
