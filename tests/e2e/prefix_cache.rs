@@ -165,7 +165,19 @@ fn a_job_copies_the_prefix_a_running_job_holds() {
     let ws = TestWs::new();
     let d = Daemon::start(&ws.path, &model(), 2, &[], &[("NRVNA_LOG", "debug")]);
     // Running, its prompt decoded (it has generated tokens), when the second job arrives.
-    let running = greedy(&ws, &prompt, 400);
+    // A grammar of 300 fixed words keeps it running whatever the machine's speed: greedy
+    // decoding alone may end this prompt's answer in a second.
+    let grammar = ws.path.with_file_name("long.gbnf");
+    std::fs::write(&grammar, format!("root ::= \"{}\"\n", "river ".repeat(300))).unwrap();
+    let running = ws.submit(&[
+        &prompt,
+        "--max-tokens",
+        "400",
+        "--temp",
+        "0",
+        "--grammar",
+        grammar.to_str().unwrap(),
+    ]);
     let progress = ws.path.join(".progress").join(&running);
     assert!(wait_for(Duration::from_secs(120), || {
         std::fs::read_to_string(&progress)
