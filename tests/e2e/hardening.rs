@@ -222,6 +222,49 @@ fn writes_through_grants_are_budgeted_per_run_tree() {
     assert_daemon_serves(&ws);
 }
 
+#[test]
+fn positioned_writes_are_budgeted_per_run_tree() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    let (data, grant) = data_dir(&ws);
+    // `pwrite` is WASI's `descriptor.write`, which goes through no stream.
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--dir", &grant, "--max-write-bytes", "10M"],
+        &["pwrite-flood", "/data/big", "100"],
+    );
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(
+        stdout(&out).starts_with("wrote 10 MiB\nrefused: "),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        stderr(&out).contains("write bytes limit reached")
+            && stderr(&out).contains("the limit of 10485760 bytes (--max-write-bytes)"),
+        "{}",
+        show(&out)
+    );
+    let written = std::fs::metadata(data.join("big"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(written <= 10 << 20, "{written} bytes on disk");
+    // Streamed and positioned writes share the budget, nested agents included.
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--dir", &grant, "--max-write-bytes", "15M"],
+        &["swallow", "pwrite-flood", "/data/nested", "100"],
+    );
+    assert!(
+        stdout(&out).starts_with("nested returned: wrote 15 MiB\nrefused: "),
+        "{}",
+        show(&out)
+    );
+    assert_daemon_serves(&ws);
+}
+
 /// A PNG of `bytes` bytes (the header is all the queue checks).
 fn png(path: &Path, bytes: usize) {
     let mut content = b"\x89PNG\r\n\x1a\n".to_vec();

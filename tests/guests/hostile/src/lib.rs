@@ -308,6 +308,34 @@ impl Guest for Hostile {
                 }
                 Ok(format!("wrote {n} MiB"))
             }
+            // Writes N MiB to PATH with positioned writes (`pwrite`, WASI's
+            // `descriptor.write`, no stream), 1 MiB at each offset, until refused.
+            "pwrite-flood" => {
+                use std::os::fd::AsRawFd;
+                unsafe extern "C" {
+                    fn pwrite(fd: i32, buf: *const u8, len: usize, offset: i64) -> isize;
+                }
+                let path = arg(1);
+                let n: usize = arg(2).parse().map_err(|e| format!("N: {e}"))?;
+                let f = std::fs::File::create(&path).map_err(|e| format!("{path}: {e}"))?;
+                let chunk = vec![b'x'; 1 << 20];
+                for i in 0..n {
+                    // SAFETY: `chunk` outlives the call and `len` is its length.
+                    let wrote = unsafe {
+                        pwrite(
+                            f.as_raw_fd(),
+                            chunk.as_ptr(),
+                            chunk.len(),
+                            (i as i64) << 20,
+                        )
+                    };
+                    if wrote != chunk.len() as isize {
+                        let e = std::io::Error::last_os_error();
+                        return Ok(format!("wrote {i} MiB\nrefused: {e}"));
+                    }
+                }
+                Ok(format!("wrote {n} MiB"))
+            }
             other => Err(format!("unknown mode {other:?}")),
         }
     }
