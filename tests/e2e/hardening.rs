@@ -479,6 +479,35 @@ fn a_limit_in_a_nested_agent_stops_the_whole_run() {
 // ----- 5. results built for the guest --------------------------------------------------------
 
 #[test]
+fn host_work_for_a_run_is_charged_to_its_cpu_limit() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    // Each submit is one cheap call that makes the host convert an 800-property
+    // schema (about 0.15 s of host CPU on the reference machine). Counted as one
+    // epoch tick a call, 60 of them would pass under `--cpu 1s`.
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--cpu", "1s", "--timeout", "120s"],
+        &["schema-hammer", "60", "200", "4"],
+    );
+    assert_eq!(code(&out), 7, "{}", show(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cpu time limit reached: the run executed guest code, and host work for it, for more than 1s (--cpu)"),
+        "{}",
+        show(&out)
+    );
+    let made = err.matches("info: hammer ").count();
+    assert!(
+        (1..30).contains(&made),
+        "{made} submits before the limit: {}",
+        show(&out)
+    );
+    assert_daemon_serves(&ws);
+}
+
+#[test]
 fn huge_ids_and_keys_are_cut_before_any_per_byte_work() {
     // 20 status calls and a kv.get with 15 MiB of control characters: each error is short
     // and cheap, well inside 5 s of wall clock.

@@ -257,6 +257,30 @@ impl Guest for Hostile {
                 ));
                 Ok(format!("submit: {:?}", jobs::submit("fill it", &opts)))
             }
+            // Submits N jobs (cancelling each), each with a schema of OBJECTS nested
+            // objects of PROPS properties: host work (conversion) for a cheap call. Logs
+            // each submit, so the test can count how many the run got to make.
+            "schema-hammer" => {
+                let n: usize = arg(1).parse().map_err(|e| format!("N: {e}"))?;
+                let props: usize = arg(2).parse().map_err(|e| format!("PROPS: {e}"))?;
+                let objects: usize = arg(3).parse().map_err(|e| format!("OBJECTS: {e}"))?;
+                let leaf: Vec<String> = (0..props)
+                    .map(|i| format!(r#""p{i}":{{"type":"string"}}"#))
+                    .collect();
+                let leaf = format!(r#"{{"type":"object","properties":{{{}}}}}"#, leaf.join(","));
+                let outer: Vec<String> = (0..objects).map(|i| format!(r#""o{i}":{leaf}"#)).collect();
+                let mut opts = options(None);
+                opts.json_schema = Some(format!(
+                    r#"{{"type":"object","properties":{{{}}}}}"#,
+                    outer.join(",")
+                ));
+                for i in 0..n {
+                    let id = jobs::submit("fill it", &opts).map_err(|e| format!("submit {i}: {e:?}"))?;
+                    let _ = jobs::cancel(&id);
+                    nrvna::agent::log::log(nrvna::agent::log::Level::Info, &format!("hammer {i}"));
+                }
+                Ok(format!("submitted {n}"))
+            }
             // Waits for N copies of the job ID at once; counts what comes back.
             "wait-all-copies" => {
                 let n: usize = arg(2).parse().map_err(|e| format!("N: {e}"))?;
