@@ -507,6 +507,45 @@ fn host_work_for_a_run_is_charged_to_its_cpu_limit() {
     assert_daemon_serves(&ws);
 }
 
+// ----- 3. agent-runtime threads ---------------------------------------------------------------
+
+#[test]
+fn a_trivial_agent_job_stays_responsive_beside_slow_host_work() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    // Two agent jobs (as many as the daemon has agent-runtime threads) that keep the
+    // host converting 800-property schemas, one submit after another.
+    let slow: Vec<String> = (0..2)
+        .map(|_| hostile_job(&ws, &["schema-hammer", "80", "200", "4"]))
+        .collect();
+    for id in &slow {
+        ws.wait_started(id, 1);
+    }
+    let asked = Instant::now();
+    let quick = hostile_job(&ws, &["env"]);
+    let (rc, _, err) = ws.follow(&quick);
+    let took = asked.elapsed();
+    assert_eq!(rc, 0, "{err}");
+    let still_running = slow
+        .iter()
+        .filter(|id| ws.path.join("processing").join(id).exists())
+        .count();
+    assert_eq!(
+        still_running, 2,
+        "the slow jobs ended before the quick one: the test showed nothing"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "a trivial agent job took {took:?} beside two jobs doing slow host work"
+    );
+    for id in &slow {
+        let (rc, text, err) = ws.follow(id);
+        assert_eq!(rc, 0, "{err}");
+        assert!(text.contains("submitted 80"), "{text}");
+    }
+    assert_daemon_serves(&ws);
+}
+
 #[test]
 fn huge_ids_and_keys_are_cut_before_any_per_byte_work() {
     // 20 status calls and a kv.get with 15 MiB of control characters: each error is short
