@@ -712,6 +712,46 @@ fn component_with_locals(locals: usize) -> Vec<u8> {
     component
 }
 
+/// A component holding one core module with one function whose body is `bytes` nops.
+fn component_with_body(bytes: usize) -> Vec<u8> {
+    let mut body = vec![0];
+    body.extend(std::iter::repeat_n(0x01, bytes));
+    body.push(0x0b);
+    let mut code = vec![1];
+    code.extend(leb128(body.len()));
+    code.extend(body);
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    module.extend(section(1, &[1, 0x60, 0, 0]));
+    module.extend(section(3, &[1, 0]));
+    module.extend(section(10, &code));
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    component.extend(section(1, &module));
+    component
+}
+
+#[test]
+fn a_function_body_past_the_compile_cap_is_refused_before_compiling() {
+    let ws = TestWs::new();
+    // A 1 MiB function body of blocks compiles for over 20 s; bodies are capped at 64 KiB.
+    let path = ws.scratch().join("body.wasm");
+    std::fs::write(&path, component_with_body(100_000)).unwrap();
+    let out = nrvna_tests::run(
+        Command::new(bin("nrvna"))
+            .arg("exec")
+            .arg(&path)
+            .arg("--ws")
+            .arg(&ws.path),
+    );
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert!(
+        stderr(&out).contains(
+            "compile cost: function #1 is 100002 bytes; the limit is 65536 bytes per function"
+        ),
+        "{}",
+        show(&out)
+    );
+}
+
 #[test]
 fn compiling_is_bounded_before_and_while_it_runs() {
     let ws = TestWs::new();
