@@ -222,6 +222,49 @@ fn writes_through_grants_are_budgeted_per_run_tree() {
     assert_daemon_serves(&ws);
 }
 
+#[test]
+fn positioned_writes_are_budgeted_per_run_tree() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    let (data, grant) = data_dir(&ws);
+    // `pwrite` is WASI's `descriptor.write`, which goes through no stream.
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--dir", &grant, "--max-write-bytes", "10M"],
+        &["pwrite-flood", "/data/big", "100"],
+    );
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(
+        stdout(&out).starts_with("wrote 10 MiB\nrefused: "),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        stderr(&out).contains("write bytes limit reached")
+            && stderr(&out).contains("the limit of 10485760 bytes (--max-write-bytes)"),
+        "{}",
+        show(&out)
+    );
+    let written = std::fs::metadata(data.join("big"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(written <= 10 << 20, "{written} bytes on disk");
+    // Streamed and positioned writes share the budget, nested agents included.
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--dir", &grant, "--max-write-bytes", "15M"],
+        &["swallow", "pwrite-flood", "/data/nested", "100"],
+    );
+    assert!(
+        stdout(&out).starts_with("nested returned: wrote 15 MiB\nrefused: "),
+        "{}",
+        show(&out)
+    );
+    assert_daemon_serves(&ws);
+}
+
 /// A PNG of `bytes` bytes (the header is all the queue checks).
 fn png(path: &Path, bytes: usize) {
     let mut content = b"\x89PNG\r\n\x1a\n".to_vec();
@@ -436,6 +479,74 @@ fn a_limit_in_a_nested_agent_stops_the_whole_run() {
 // ----- 5. results built for the guest --------------------------------------------------------
 
 #[test]
+fn host_work_for_a_run_is_charged_to_its_cpu_limit() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    // Each submit is one cheap call that makes the host convert an 800-property
+    // schema (about 0.15 s of host CPU on the reference machine). Counted as one
+    // epoch tick a call, 60 of them would pass under `--cpu 1s`.
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--cpu", "1s", "--timeout", "120s"],
+        &["schema-hammer", "60", "200", "4"],
+    );
+    assert_eq!(code(&out), 7, "{}", show(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cpu time limit reached: the run executed guest code, and host work for it, for more than 1s (--cpu)"),
+        "{}",
+        show(&out)
+    );
+    let made = err.matches("info: hammer ").count();
+    assert!(
+        (1..30).contains(&made),
+        "{made} submits before the limit: {}",
+        show(&out)
+    );
+    assert_daemon_serves(&ws);
+}
+
+// ----- 3. agent-runtime threads ---------------------------------------------------------------
+
+#[test]
+fn a_trivial_agent_job_stays_responsive_beside_slow_host_work() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    // Two agent jobs (as many as the daemon has agent-runtime threads) that keep the
+    // host converting 800-property schemas, one submit after another.
+    let slow: Vec<String> = (0..2)
+        .map(|_| hostile_job(&ws, &["schema-hammer", "80", "200", "4"]))
+        .collect();
+    for id in &slow {
+        ws.wait_started(id, 1);
+    }
+    let asked = Instant::now();
+    let quick = hostile_job(&ws, &["env"]);
+    let (rc, _, err) = ws.follow(&quick);
+    let took = asked.elapsed();
+    assert_eq!(rc, 0, "{err}");
+    let still_running = slow
+        .iter()
+        .filter(|id| ws.path.join("processing").join(id).exists())
+        .count();
+    assert_eq!(
+        still_running, 2,
+        "the slow jobs ended before the quick one: the test showed nothing"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "a trivial agent job took {took:?} beside two jobs doing slow host work"
+    );
+    for id in &slow {
+        let (rc, text, err) = ws.follow(id);
+        assert_eq!(rc, 0, "{err}");
+        assert!(text.contains("submitted 80"), "{text}");
+    }
+    assert_daemon_serves(&ws);
+}
+
+#[test]
 fn huge_ids_and_keys_are_cut_before_any_per_byte_work() {
     // 20 status calls and a kv.get with 15 MiB of control characters: each error is short
     // and cheap, well inside 5 s of wall clock.
@@ -599,6 +710,46 @@ fn component_with_locals(locals: usize) -> Vec<u8> {
     let mut component = b"\0asm\x0d\0\x01\0".to_vec();
     component.extend(section(1, &module));
     component
+}
+
+/// A component holding one core module with one function whose body is `bytes` nops.
+fn component_with_body(bytes: usize) -> Vec<u8> {
+    let mut body = vec![0];
+    body.extend(std::iter::repeat_n(0x01, bytes));
+    body.push(0x0b);
+    let mut code = vec![1];
+    code.extend(leb128(body.len()));
+    code.extend(body);
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    module.extend(section(1, &[1, 0x60, 0, 0]));
+    module.extend(section(3, &[1, 0]));
+    module.extend(section(10, &code));
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    component.extend(section(1, &module));
+    component
+}
+
+#[test]
+fn a_function_body_past_the_compile_cap_is_refused_before_compiling() {
+    let ws = TestWs::new();
+    // A 1 MiB function body of blocks compiles for over 20 s; bodies are capped at 64 KiB.
+    let path = ws.scratch().join("body.wasm");
+    std::fs::write(&path, component_with_body(100_000)).unwrap();
+    let out = nrvna_tests::run(
+        Command::new(bin("nrvna"))
+            .arg("exec")
+            .arg(&path)
+            .arg("--ws")
+            .arg(&ws.path),
+    );
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert!(
+        stderr(&out).contains(
+            "compile cost: function #1 is 100002 bytes; the limit is 65536 bytes per function"
+        ),
+        "{}",
+        show(&out)
+    );
 }
 
 #[test]

@@ -98,6 +98,21 @@ const MAX_INSTANCES: usize = 100;
 const MAX_TABLES: usize = 100;
 const MAX_MEMORIES: usize = 10;
 
+/// Runs `work` and measures the CPU time this thread spent on it (not time blocked on
+/// I/O or locks), for [`RunBudget::charge_host_cpu`].
+pub(crate) fn measure_cpu<T>(work: impl FnOnce() -> T) -> (T, Duration) {
+    let now = || {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        Duration::new(
+            u64::try_from(t.tv_sec).unwrap_or(0),
+            u32::try_from(t.tv_nsec).unwrap_or(0),
+        )
+    };
+    let start = now();
+    let out = work();
+    (out, now().saturating_sub(start))
+}
+
 /// What a run has used of its [`Limits`]; shared by all its sandboxes.
 #[derive(Debug)]
 pub(crate) struct RunBudget {
@@ -106,6 +121,8 @@ pub(crate) struct RunBudget {
     tick: Duration,
     cpu_limit_ticks: u64,
     cpu_ticks: AtomicU64,
+    /// CPU time the host spent on the run's behalf (see [`RunBudget::charge_host_cpu`]).
+    host_cpu_nanos: AtomicU64,
     memory_used: AtomicU64,
     memory_peak: AtomicU64,
     jobs_submitted: AtomicU64,
@@ -133,6 +150,7 @@ impl RunBudget {
             tick,
             cpu_limit_ticks: cpu_limit_ticks.max(1),
             cpu_ticks: AtomicU64::new(0),
+            host_cpu_nanos: AtomicU64::new(0),
             memory_used: AtomicU64::new(0),
             memory_peak: AtomicU64::new(0),
             jobs_submitted: AtomicU64::new(0),
@@ -206,12 +224,36 @@ impl RunBudget {
 
     /// One epoch tick of guest execution; past the CPU limit the run stops.
     pub(crate) fn charge_cpu_tick(&self) -> Result<(), LimitHit> {
-        let used = self.cpu_ticks.fetch_add(1, Ordering::Relaxed) + 1;
+        self.charge_cpu_ticks(1)
+    }
+
+    /// CPU time the host spent working for the run off the guest's thread (converting
+    /// a schema, copying images, kv I/O): charged as the ticks it covers, the remainder
+    /// carried to the next charge. A call costs its work, not one tick, so many cheap
+    /// calls that each make the host work hard end the run at its CPU limit: the host
+    /// call that did the work checks [`RunBudget::check_cpu`] before it returns.
+    pub(crate) fn charge_host_cpu(&self, spent: Duration) {
+        let spent = u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX);
+        let tick = u64::try_from(self.tick.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let before = self.host_cpu_nanos.fetch_add(spent, Ordering::Relaxed);
+        let ticks = before.saturating_add(spent) / tick - before / tick;
+        self.cpu_ticks.fetch_add(ticks, Ordering::Relaxed);
+    }
+
+    /// Whether the run is still within its CPU limit (guest ticks and host work).
+    pub(crate) fn check_cpu(&self) -> Result<(), LimitHit> {
+        self.charge_cpu_ticks(0)
+    }
+
+    fn charge_cpu_ticks(&self, ticks: u64) -> Result<(), LimitHit> {
+        let used = self.cpu_ticks.fetch_add(ticks, Ordering::Relaxed) + ticks;
         if used > self.cpu_limit_ticks {
             return Err(LimitHit::new(
                 LimitKind::Cpu,
                 format!(
-                    "the run executed guest code for more than {}",
+                    "the run executed guest code, and host work for it, for more than {}",
                     show_duration(self.limits.cpu)
                 ),
             ));
@@ -611,6 +653,24 @@ mod tests {
         assert!(budget.charge_cpu_tick().is_ok() && budget.charge_cpu_tick().is_ok());
         assert_eq!(budget.charge_cpu_tick().unwrap_err().kind, LimitKind::Cpu);
         assert_eq!(budget.cpu_time(), Duration::from_millis(30));
+
+        // Host work is charged as the ticks it covers, remainders carried.
+        let host = RunBudget::new(
+            Limits {
+                cpu: Duration::from_millis(20),
+                ..Limits::DEFAULT
+            },
+            Duration::from_millis(10),
+        );
+        host.charge_host_cpu(Duration::from_millis(6));
+        assert_eq!(host.cpu_time(), Duration::ZERO);
+        host.charge_host_cpu(Duration::from_millis(6));
+        assert_eq!(host.cpu_time(), Duration::from_millis(10));
+        host.charge_host_cpu(Duration::from_millis(8));
+        assert!(host.check_cpu().is_ok());
+        assert_eq!(host.cpu_time(), Duration::from_millis(20));
+        host.charge_host_cpu(Duration::from_millis(10));
+        assert_eq!(host.check_cpu().unwrap_err().kind, LimitKind::Cpu);
 
         assert!(budget.check_job_quota(|| 0).is_ok());
         budget.count_job_submitted();

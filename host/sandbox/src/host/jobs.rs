@@ -19,7 +19,7 @@ use crate::bindings::nrvna::agent::jobs;
 use crate::bindings::nrvna::agent::types::{JobError, JobOutput, JobState, SubmitOptions};
 use crate::host::{HostCallError, HostState};
 use crate::kv::{self, Kv};
-use crate::limits::ApprovalTimer;
+use crate::limits::{ApprovalTimer, measure_cpu};
 use crate::run::RunShared;
 use crate::text::{cut, prefix, quoted};
 use crate::watch::{deadline_in, wait_for};
@@ -43,7 +43,10 @@ impl jobs::Host for HostState {
         options: SubmitOptions,
     ) -> Result<String, HostCallError> {
         let keys = self.kv.submitted_keys();
-        Ok(self.run.clone().submit(prompt, options, keys).await?)
+        let submitted = self.run.clone().submit(prompt, options, keys).await;
+        // Converting a schema and copying images was host CPU the run pays for.
+        self.run.budget.check_cpu()?;
+        Ok(submitted?)
     }
 
     async fn follow(
@@ -232,9 +235,13 @@ impl RunShared {
         let images = options.images;
         let keyed = options.key.map(|key| (keys, key));
         // Staging images and publishing the job fsync several files: off the async threads.
-        let joined = tokio::task::spawn_blocking(move || match keyed {
-            Some((keys, key)) => run.submit_keyed(wsi, sub, &images, &keys, &key),
-            None => run.submit_blocking(wsi, sub, &images, |_| Ok(())),
+        let joined = tokio::task::spawn_blocking(move || {
+            let (submitted, spent) = measure_cpu(|| match keyed {
+                Some((keys, key)) => run.submit_keyed(wsi, sub, &images, &keys, &key),
+                None => run.submit_blocking(wsi, sub, &images, |_| Ok(())),
+            });
+            run.budget.charge_host_cpu(spent);
+            submitted
         })
         .await;
         match joined {
@@ -347,6 +354,7 @@ impl RunShared {
         };
         let slots = self.runtime.inner().schema_slots.clone();
         let owned = schema.to_owned();
+        let budget = Arc::clone(&self.budget);
         let converted = tokio::time::timeout(SCHEMA_TIME, async move {
             let slot = slots
                 .acquire_owned()
@@ -356,7 +364,10 @@ impl RunShared {
             // holds it, so at most SCHEMA_SLOTS threads ever convert at once.
             tokio::task::spawn_blocking(move || {
                 let _slot = slot;
-                convert(&owned)
+                let (grammar, spent) = measure_cpu(|| convert(&owned));
+                // Charged also when it ends after the time limit refused it.
+                budget.charge_host_cpu(spent);
+                grammar
             })
             .await
             .map_err(|e| JobError::Failed(format!("json-schema conversion task: {e}")))

@@ -1,36 +1,48 @@
 //! The `kv` interface: the agent's own storage (see [`crate::kv::Kv`]).
 
+use std::sync::Arc;
+
 use crate::bindings::nrvna::agent::kv;
 use crate::bindings::nrvna::agent::types::JobError;
 use crate::host::{HostCallError, HostState};
+use crate::limits::{RunBudget, measure_cpu};
 
-/// Runs a storage operation on the blocking pool (writes fsync).
+/// Runs a storage operation on the blocking pool (writes fsync); the CPU it takes
+/// there is charged to the run's CPU budget, which stops the run past its limit.
 async fn off_async_threads<T: Send + 'static>(
+    budget: Arc<RunBudget>,
     f: impl FnOnce() -> Result<T, JobError> + Send + 'static,
-) -> Result<T, JobError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(JobError::Failed(format!("kv task failed: {e}"))))
+) -> Result<T, HostCallError> {
+    let charged = Arc::clone(&budget);
+    let done = tokio::task::spawn_blocking(move || {
+        let (out, spent) = measure_cpu(f);
+        charged.charge_host_cpu(spent);
+        out
+    })
+    .await
+    .unwrap_or_else(|e| Err(JobError::Failed(format!("kv task failed: {e}"))));
+    budget.check_cpu()?;
+    Ok(done?)
 }
 
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, HostCallError> {
         let kv = self.kv.clone();
-        Ok(off_async_threads(move || kv.get(&key)).await?)
+        off_async_threads(Arc::clone(&self.run.budget), move || kv.get(&key)).await
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), HostCallError> {
         let kv = self.kv.clone();
-        Ok(off_async_threads(move || kv.set(&key, &value)).await?)
+        off_async_threads(Arc::clone(&self.run.budget), move || kv.set(&key, &value)).await
     }
 
     async fn delete(&mut self, key: String) -> Result<(), HostCallError> {
         let kv = self.kv.clone();
-        Ok(off_async_threads(move || kv.delete(&key)).await?)
+        off_async_threads(Arc::clone(&self.run.budget), move || kv.delete(&key)).await
     }
 
     async fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, HostCallError> {
         let kv = self.kv.clone();
-        Ok(off_async_threads(move || kv.list(&prefix)).await?)
+        off_async_threads(Arc::clone(&self.run.budget), move || kv.list(&prefix)).await
     }
 }

@@ -2,8 +2,15 @@
 //! writes through a stream (files in `--dir` grants, stdout, stderr) is charged to the
 //! run's write budget ([`crate::Limits::write_bytes`]) first. Past it a write fails (the
 //! component sees an I/O error it can handle) and the run's log says which limit.
+//! Positioned writes (`descriptor.write`, which `pwrite` becomes) are charged the same.
 
-use wasmtime::component::Resource;
+use std::future::Future;
+use std::sync::Arc;
+
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, Resource};
+use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
+use wasmtime_wasi::p2::bindings::filesystem::types::{ErrorCode, Host as FsHost, HostDescriptor};
 use wasmtime_wasi::p2::bindings::io::streams::{
     self, Host, HostInputStream, HostOutputStream, StreamError as WitStreamError,
 };
@@ -17,17 +24,26 @@ impl HostState {
     /// fails (an `EDQUOT` the component sees as an I/O error) and the log names the
     /// limit (once).
     fn charge_write(&self, bytes: u64) -> StreamResult<()> {
+        if self.charge_write_or_log(bytes) {
+            Ok(())
+        } else {
+            Err(StreamError::LastOperationFailed(wasmtime::Error::new(
+                std::io::Error::from_raw_os_error(rustix::io::Errno::DQUOT.raw_os_error()),
+            )))
+        }
+    }
+
+    /// Charges `bytes`; false (and the limit logged, once) past the budget.
+    fn charge_write_or_log(&self, bytes: u64) -> bool {
         match self.run.budget.charge_write(bytes) {
-            Ok(()) => Ok(()),
+            Ok(()) => true,
             Err(message) => {
                 if self.run.budget.first_write_refusal() {
                     self.run
                         .log
                         .host(&self.agent_name, LogLevel::Warn, &message);
                 }
-                Err(StreamError::LastOperationFailed(wasmtime::Error::new(
-                    std::io::Error::from_raw_os_error(rustix::io::Errno::DQUOT.raw_os_error()),
-                )))
+                false
             }
         }
     }
@@ -158,13 +174,61 @@ impl HostInputStream for HostState {
     }
 }
 
-/// Links these in place of wasmtime-wasi's own `wasi:io/streams`.
-pub(crate) fn add_to_linker(
-    linker: &mut wasmtime::component::Linker<HostState>,
-) -> wasmtime::Result<()> {
+/// The instance wasmtime-wasi links `wasi:filesystem/types` as (its WIT's version;
+/// components importing any 0.2.x are matched to it). Re-opening it under another
+/// name would add an instance nobody imports, so [`add_to_linker`] checks the name
+/// is already defined.
+const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// Links these in place of wasmtime-wasi's own `wasi:io/streams`, and a budgeted
+/// `descriptor.write` (a positioned write, `pwrite`, which goes through no stream)
+/// in place of its own. Call after `wasmtime_wasi::p2::add_to_linker_async`.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    // wasmtime-wasi defined it already, so defining it without shadowing must fail;
+    // if it does not, the name is wrong and the budget would silently not apply.
+    linker.allow_shadowing(false);
+    if linker
+        .instance(FILESYSTEM_TYPES)?
+        .func_wrap_async("[method]descriptor.write", positioned_write)
+        .is_ok()
+    {
+        wasmtime::bail!(
+            "{FILESYSTEM_TYPES}#[method]descriptor.write was not linked by wasmtime-wasi: \
+             its WIT version changed"
+        );
+    }
     linker.allow_shadowing(true);
     let linked =
-        streams::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(linker, |s| s);
+        streams::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(linker, |s| s)
+            .and_then(|()| {
+                linker
+                    .instance(FILESYSTEM_TYPES)?
+                    .func_wrap_async("[method]descriptor.write", positioned_write)
+            });
     linker.allow_shadowing(false);
     linked
+}
+
+/// `descriptor.write(buf, offset)`: charged before the write, what was not written
+/// given back; past the budget it fails with `quota` and the log names the limit.
+fn positioned_write(
+    mut store: StoreContextMut<'_, HostState>,
+    (fd, buf, offset): (Resource<Descriptor>, Vec<u8>, u64),
+) -> Box<dyn Future<Output = wasmtime::Result<(Result<u64, ErrorCode>,)>> + Send + '_> {
+    Box::new(async move {
+        let state = store.data_mut();
+        let charged = buf.len() as u64;
+        if !state.charge_write_or_log(charged) {
+            return Ok((Err(ErrorCode::Quota),));
+        }
+        let run = Arc::clone(&state.run);
+        let mut fs = state.filesystem();
+        let written = HostDescriptor::write(&mut fs, fd, buf, offset).await;
+        run.budget
+            .refund_write(charged.saturating_sub(*written.as_ref().unwrap_or(&0)));
+        match written {
+            Ok(n) => Ok((Ok(n),)),
+            Err(e) => Ok((Err(FsHost::convert_error_code(&mut fs, e)?),)),
+        }
+    })
 }

@@ -257,6 +257,30 @@ impl Guest for Hostile {
                 ));
                 Ok(format!("submit: {:?}", jobs::submit("fill it", &opts)))
             }
+            // Submits N jobs (cancelling each), each with a schema of OBJECTS nested
+            // objects of PROPS properties: host work (conversion) for a cheap call. Logs
+            // each submit, so the test can count how many the run got to make.
+            "schema-hammer" => {
+                let n: usize = arg(1).parse().map_err(|e| format!("N: {e}"))?;
+                let props: usize = arg(2).parse().map_err(|e| format!("PROPS: {e}"))?;
+                let objects: usize = arg(3).parse().map_err(|e| format!("OBJECTS: {e}"))?;
+                let leaf: Vec<String> = (0..props)
+                    .map(|i| format!(r#""p{i}":{{"type":"string"}}"#))
+                    .collect();
+                let leaf = format!(r#"{{"type":"object","properties":{{{}}}}}"#, leaf.join(","));
+                let outer: Vec<String> = (0..objects).map(|i| format!(r#""o{i}":{leaf}"#)).collect();
+                let mut opts = options(None);
+                opts.json_schema = Some(format!(
+                    r#"{{"type":"object","properties":{{{}}}}}"#,
+                    outer.join(",")
+                ));
+                for i in 0..n {
+                    let id = jobs::submit("fill it", &opts).map_err(|e| format!("submit {i}: {e:?}"))?;
+                    let _ = jobs::cancel(&id);
+                    nrvna::agent::log::log(nrvna::agent::log::Level::Info, &format!("hammer {i}"));
+                }
+                Ok(format!("submitted {n}"))
+            }
             // Waits for N copies of the job ID at once; counts what comes back.
             "wait-all-copies" => {
                 let n: usize = arg(2).parse().map_err(|e| format!("N: {e}"))?;
@@ -303,6 +327,34 @@ impl Guest for Hostile {
                 let chunk = vec![b'x'; 1 << 20];
                 for i in 0..n {
                     if let Err(e) = f.write_all(&chunk) {
+                        return Ok(format!("wrote {i} MiB\nrefused: {e}"));
+                    }
+                }
+                Ok(format!("wrote {n} MiB"))
+            }
+            // Writes N MiB to PATH with positioned writes (`pwrite`, WASI's
+            // `descriptor.write`, no stream), 1 MiB at each offset, until refused.
+            "pwrite-flood" => {
+                use std::os::fd::AsRawFd;
+                unsafe extern "C" {
+                    fn pwrite(fd: i32, buf: *const u8, len: usize, offset: i64) -> isize;
+                }
+                let path = arg(1);
+                let n: usize = arg(2).parse().map_err(|e| format!("N: {e}"))?;
+                let f = std::fs::File::create(&path).map_err(|e| format!("{path}: {e}"))?;
+                let chunk = vec![b'x'; 1 << 20];
+                for i in 0..n {
+                    // SAFETY: `chunk` outlives the call and `len` is its length.
+                    let wrote = unsafe {
+                        pwrite(
+                            f.as_raw_fd(),
+                            chunk.as_ptr(),
+                            chunk.len(),
+                            (i as i64) << 20,
+                        )
+                    };
+                    if wrote != chunk.len() as isize {
+                        let e = std::io::Error::last_os_error();
                         return Ok(format!("wrote {i} MiB\nrefused: {e}"));
                     }
                 }
