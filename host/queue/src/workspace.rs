@@ -1187,7 +1187,8 @@ pub(crate) fn out_of_descriptors(e: &std::io::Error) -> bool {
 /// The claim's check of a job's spec: a job whose spec differs from the one recorded at
 /// submission, or (approved jobs) from the one approved, is not run; `Err` says why.
 /// Jobs without a recorded spec (staged by hand, or by an older nrvna) are not checked.
-fn check_spec(dir: &Path, meta: &Meta) -> std::result::Result<(), String> {
+/// Short of file descriptors, the job stays queued as for the rest of the claim.
+fn check_spec(dir: &Path, meta: &Meta) -> std::result::Result<(), Unloadable> {
     let approved = meta
         .decision
         .as_ref()
@@ -1196,24 +1197,26 @@ fn check_spec(dir: &Path, meta: &Meta) -> std::result::Result<(), String> {
     if meta.spec_sha256.is_none() && approved.is_none() {
         return Ok(());
     }
-    let spec = Spec::of(dir, meta).map_err(|e| format!("cannot read the job's spec: {e}"))?;
+    let spec = Spec::of(dir, meta).map_err(|e| match Unloadable::from(e) {
+        Unloadable::Job(reason) => Unloadable::Job(format!("cannot read the job's spec: {reason}")),
+        host => host,
+    })?;
     if let Some(recorded) = &meta.spec_sha256
         && *recorded != spec.sha256
     {
-        return Err(format!(
+        return Err(Unloadable::Job(format!(
             "the job's spec changed after it was submitted ({}); it was not run \
              (nrvna verify shows the check)",
             spec.describe_differences(&meta.spec_parts)
-        ));
+        )));
     }
     if let Some(approved) = approved
         && *approved != spec.sha256
     {
-        return Err(
+        return Err(Unloadable::from(
             "the job's spec changed after it was approved (its sha256 differs from the one \
-             approved); it was not run"
-                .into(),
-        );
+             approved); it was not run",
+        ));
     }
     Ok(())
 }
