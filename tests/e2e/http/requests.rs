@@ -409,9 +409,10 @@ fn a_client_that_disconnects_cancels_its_job() {
     let ws = TestWs::new();
     let http = HttpDaemon::start(&ws, 1, &[]);
     let url = http.url("/v1/chat/completions");
-    // Streamed: the client reads the first chunk and goes away.
-    let body = r#"{"messages":[{"role":"user","content":"Count to one thousand."}],
-        "max_tokens":2000,"stream":true}"#;
+    // Streamed: the client reads the first chunks and goes away. Greedy, on a prompt whose
+    // answer runs long: a sampled answer may end after the chunks the client waits for.
+    let body = r#"{"messages":[{"role":"user","content":"Write a long story about a dragon who learns to bake bread."}],
+        "max_tokens":2000,"stream":true,"temperature":0}"#;
     let headers = ws.scratch().join("h1.txt");
     let mut child = Command::new("curl")
         .args(["-sS", "-N", "-D"])
@@ -450,7 +451,13 @@ fn a_client_that_disconnects_cancels_its_job() {
     );
     assert_eq!(ws.meta("failed", &id)["status"], "cancelled");
     // Not streamed: the client gives up while its job waits behind a long one.
-    let long = ws.submit(&["Write a long story about a dragon.", "--max-tokens", "300"]);
+    let long = ws.submit(&[
+        "Write a long story about a dragon who learns to bake bread.",
+        "--max-tokens",
+        "300",
+        "--temp",
+        "0",
+    ]);
     ws.wait_started(&long, 1);
     let out = Command::new("curl")
         .args([
