@@ -8,8 +8,8 @@
 //!
 //! The signal is the kernel's count of runnable tasks (`procs_running` in `/proc/stat`),
 //! read between steps, when the engine's own helper threads sleep (they wait passively;
-//! `thread_wait` sees to that) and only the scheduler thread runs. What is left is load
-//! from elsewhere. The count is smoothed and acted on with hysteresis, because changing
+//! `thread_wait` sees to that), less the threads of this process that run at that moment.
+//! What is left is load from elsewhere. The count is smoothed and acted on with hysteresis, because changing
 //! the thread count rebuilds the llama.cpp context (llama-cpp-2 offers no other way) and
 //! a one-off `ls` must not cost that.
 
@@ -127,11 +127,41 @@ impl ThreadGovernor {
     }
 }
 
-/// The runnable tasks on this machine other than the calling thread, from
-/// `/proc/stat`; `None` where it cannot be read (not Linux, no procfs).
+/// The runnable tasks on this machine that are not this process's, from `/proc/stat`;
+/// `None` where it cannot be read (not Linux, no procfs). This process's own running
+/// threads (the daemon's writers, agents) are counted only when the machine-wide count
+/// says something besides the calling thread runs, which keeps the common quiet case at
+/// one read.
 pub(crate) fn runnable_others() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    parse_procs_running(&stat).map(|n| n.saturating_sub(1) as f64)
+    let running = parse_procs_running(&stat)?;
+    if running <= 1 {
+        return Some(0.0);
+    }
+    let own = own_running_threads().unwrap_or(1).max(1);
+    Some(running.saturating_sub(own) as f64)
+}
+
+/// Threads of this process in state R (running or runnable), the caller included.
+fn own_running_threads() -> Option<u64> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let mut running = 0;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue; // the thread has ended
+        };
+        if task_state(&stat) == Some('R') {
+            running += 1;
+        }
+    }
+    Some(running)
+}
+
+/// The state letter of a `/proc/*/task/*/stat` line: the field after the command name,
+/// which is in parentheses and may itself hold spaces and parentheses.
+fn task_state(stat: &str) -> Option<char> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().next()?.chars().next()
 }
 
 fn parse_procs_running(stat: &str) -> Option<u64> {
@@ -228,5 +258,14 @@ mod tests {
         let stat = "cpu  1 2 3\nctxt 5\nprocs_running 3\nprocs_blocked 0\n";
         assert_eq!(parse_procs_running(stat), Some(3));
         assert_eq!(parse_procs_running("cpu 1\n"), None);
+    }
+
+    #[test]
+    fn a_task_state_is_read_past_a_command_name_with_parentheses() {
+        assert_eq!(task_state("42 (tokio (rt) 1) R 1 2 3"), Some('R'));
+        assert_eq!(task_state("43 (nrvnad) S 1 2 3"), Some('S'));
+        assert_eq!(task_state("garbage"), None);
+        // The calling thread runs while it reads its own state.
+        assert!(own_running_threads().is_some_and(|n| n >= 1));
     }
 }
