@@ -271,3 +271,75 @@ fn a_dedicated_embedding_model_serves_embed_jobs() {
     );
     assert_eq!(embedding(&ws, "A cat sits on the mat"), cat);
 }
+
+/// Processes that keep every core busy until dropped.
+struct BusyLoops(Vec<std::process::Child>);
+
+impl BusyLoops {
+    fn start(count: usize) -> BusyLoops {
+        BusyLoops(
+            (0..count)
+                .map(|_| {
+                    std::process::Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("spawn a busy loop")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for BusyLoops {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn the_decode_thread_count_follows_foreign_load_without_changing_any_text() {
+    // Greedy jobs long enough that the context is rebuilt while they decode.
+    let jobs = |ws: &TestWs| -> Vec<String> {
+        ["rivers", "mountains", "the sea", "forests"]
+            .iter()
+            .map(|topic| {
+                ws.submit(&[
+                    &format!("Write a long essay about {topic}."),
+                    "--max-tokens",
+                    "160",
+                    "--temp",
+                    "0",
+                ])
+            })
+            .collect()
+    };
+    // Reference: one fixed thread (the tests' default), no rebuilds.
+    let fixed_ws = TestWs::new();
+    let fixed_ids = jobs(&fixed_ws);
+    let fixed_daemon = Daemon::start(&fixed_ws.path, &model(), 4, &[], &[]);
+    let fixed = results(&fixed_ws, &fixed_ids);
+    assert!(!fixed_daemon.log_text().contains("decode threads"));
+    drop(fixed_daemon);
+
+    // Adaptive (NRVNA_THREADS unset), with every core kept busy from elsewhere.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let ws = TestWs::new();
+    let d = Daemon::start(&ws.path, &model(), 4, &[], &[("NRVNA_THREADS", "")]);
+    let loops = BusyLoops::start(cores + 1);
+    let ids = jobs(&ws);
+    let adaptive = results(&ws, &ids);
+    drop(loops);
+    let log = d.log_text();
+    if cores > 1 {
+        assert!(
+            log.contains(&format!("decode threads {cores} → 1")),
+            "no change to one thread under load:\n{log}"
+        );
+    }
+    for (i, (a, f)) in adaptive.iter().zip(&fixed).enumerate() {
+        assert_eq!(a, f, "job {i}: the rebuilt context changed the text");
+    }
+}

@@ -8,6 +8,7 @@
 
 pub mod bench;
 mod config;
+mod cpu_share;
 mod embed;
 mod gbnf;
 mod llama;

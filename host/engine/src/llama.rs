@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::time::Instant;
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -12,6 +13,7 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
+use crate::cpu_share::{ThreadGovernor, runnable_others};
 use crate::embed::{ChatModelEmbedder, Embedder};
 use crate::load::{LoadedModel, ModelRole, decode_threads};
 use crate::model_thread::{ModelThread, Msg, Reply};
@@ -117,9 +119,17 @@ fn engine_main(
         }
     };
     let _ = ready.send(Ok(info.clone()));
+    let governor = adapts_threads(&config).then(|| {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        ThreadGovernor::new(cores, threads)
+    });
     let mut scheduler = Scheduler {
+        loaded: &loaded,
         model: loaded.model(),
         ctx,
+        governor,
         fallback_embedder: ChatModelEmbedder::new(
             &loaded,
             info.ctx_per_slot,
@@ -134,6 +144,16 @@ fn engine_main(
         waiting: VecDeque::new(),
     };
     scheduler.run(rx);
+}
+
+/// Whether the decode thread count follows the load on the machine (`cpu_share`): only
+/// when the user fixed no count (`NRVNA_THREADS`), decoding runs on the CPU, and idle
+/// helper threads sleep (`OMP_WAIT_POLICY=passive`, which the programs set unless told
+/// otherwise), since spinning helpers would count as foreign load.
+fn adapts_threads(config: &EngineConfig) -> bool {
+    let passive =
+        std::env::var("OMP_WAIT_POLICY").is_ok_and(|policy| policy.eq_ignore_ascii_case("passive"));
+    config.threads.is_none() && config.gpu_layers == 0 && passive
 }
 
 fn model_info(loaded: &LoadedModel, config: &EngineConfig) -> ModelInfo {
@@ -341,8 +361,11 @@ fn stop_at(out: &[u8], piece_len: usize, stop: &[String]) -> Option<usize> {
 }
 
 struct Scheduler<'m> {
+    loaded: &'m LoadedModel,
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
+    /// Picks the decode thread count from the machine's load; `None`: it stays fixed.
+    governor: Option<ThreadGovernor>,
     fallback_embedder: ChatModelEmbedder<'m>,
     config: EngineConfig,
     info: ModelInfo,
@@ -389,6 +412,7 @@ impl<'m> Scheduler<'m> {
             self.admit();
             self.drop_cancelled();
             if !self.slots.is_empty() {
+                self.adapt_threads();
                 self.step(&mut batch);
             }
         }
@@ -566,6 +590,89 @@ impl<'m> Scheduler<'m> {
                 i += 1;
             }
         }
+    }
+
+    /// Follows other programs' load on the CPU (`cpu_share`), between two steps, when
+    /// the helper threads sleep and every sequence's cells are settled.
+    fn adapt_threads(&mut self) {
+        let Some(governor) = self.governor.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        if !governor.due(now) {
+            return;
+        }
+        let Some(others) = runnable_others() else {
+            tracing::debug!("no /proc/stat: the decode thread count stays fixed");
+            self.governor = None;
+            return;
+        };
+        let from = governor.current();
+        let Some(threads) = governor.observe(now, others) else {
+            return;
+        };
+        let load = governor.load();
+        match self.rebuild_context(threads) {
+            Ok(()) => tracing::info!(
+                "decode threads {from} → {threads}: {load:.1} runnable tasks elsewhere on the \
+                 machine"
+            ),
+            Err(e) => {
+                tracing::warn!("decode threads stay at {from}: {e}");
+                if let Some(governor) = self.governor.as_mut() {
+                    governor.revert(from, now);
+                }
+            }
+        }
+    }
+
+    /// Replaces the context with one of `threads` threads, carrying every sequence's
+    /// cells over (llama-cpp-2 keeps `llama_set_n_threads` out of reach). When the
+    /// saved state does not load, the new context starts empty and the running jobs
+    /// fail with a decode error.
+    fn rebuild_context(&mut self, threads: i32) -> Result<(), String> {
+        // Both caches exist for a moment.
+        if let Some(available) = mem_available() {
+            let needed = self.info.kv_bytes + self.info.kv_bytes / 4;
+            if available < needed {
+                return Err(format!(
+                    "rebuilding the context needs {:.2} GiB free for a second KV cache, \
+                     {:.2} GiB is",
+                    gib(needed),
+                    gib(available)
+                ));
+            }
+        }
+        let size = self.ctx.get_state_size();
+        let mut state = vec![0u8; size];
+        // SAFETY: `state` holds `get_state_size()` bytes, the most llama.cpp writes.
+        let written = unsafe { self.ctx.copy_state_data(state.as_mut_ptr()) }.min(size);
+        let fresh = self
+            .loaded
+            .generation_context(
+                self.info.slots as u32,
+                self.info.ctx_per_slot,
+                self.config.batch,
+                threads,
+            )
+            .map_err(|e| e.to_string())?;
+        drop(std::mem::replace(&mut self.ctx, fresh));
+        // SAFETY: the bytes are what a context of the same model and shape wrote.
+        let read = unsafe { self.ctx.set_state_data(&state[..written]) };
+        if read != written {
+            self.fail_all(|| {
+                EngineError::Decode(
+                    "the KV cache could not be carried into a context rebuilt for a new \
+                     thread count"
+                        .into(),
+                )
+            });
+            self.ctx.clear_kv_cache();
+            for c in &mut self.cached {
+                c.tokens.clear();
+            }
+        }
+        Ok(())
     }
 
     /// One decode of the shared batch, then sampling for every slot in it.

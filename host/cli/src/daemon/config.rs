@@ -96,7 +96,7 @@ pub mod vars {
     };
     pub const THREADS: NumVar<u32> = NumVar {
         name: "NRVNA_THREADS",
-        what: "CPU threads for decoding",
+        what: "fixed decode threads (unset: adapt)",
         min: 1,
         max: 1024,
     };
@@ -163,7 +163,7 @@ pub fn env_help() -> String {
         vars::SEED.help_row("random"),
         vars::TOP_K.help_row(s.top_k),
         vars::TOP_P.help_row(s.top_p),
-        vars::THREADS.help_row("all"),
+        vars::THREADS.help_row("auto"),
         vars::WORKERS.help_row(DEFAULT_WORKERS),
         vars::MAX_ATTEMPTS.help_row(DEFAULT_MAX_ATTEMPTS),
         vars::PREFIX_CACHE.help_row(u8::from(engine.prefix_cache)),

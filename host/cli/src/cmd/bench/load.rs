@@ -1,9 +1,9 @@
 //! `nrvna bench --only load`: the same batch (16 jobs × 32 tokens on 4 workers) on a
 //! quiet machine and beside two `nice -n 19` busy loops that the bench starts and stops
-//! itself, for today's default (all cores, threads waiting passively at barriers), the
-//! old one (all cores, libgomp's default ~3 ms spin) and every fixed `NRVNA_THREADS` from
-//! 1 to the core count with the old spin (what one could choose before); and how long a
-//! `wrk` submit takes while the batch decodes.
+//! itself, for today's default (a thread count that follows the load, threads waiting
+//! passively at barriers), the old one (all cores, libgomp's default ~3 ms spin) and every
+//! fixed `NRVNA_THREADS` from 1 to the core count with the old spin (what one could choose
+//! before); and how long a `wrk` submit takes while the batch decodes.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -62,7 +62,7 @@ struct LoadRun {
 /// How the daemon runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Variant {
-    /// As shipped: all cores, passive wait (`thread_wait`).
+    /// As shipped: a thread per core not busy elsewhere (`cpu_share`), passive wait.
     Default,
     /// All cores, libgomp's default spin: the daemon before passive waits.
     OldDefault,
@@ -73,7 +73,7 @@ enum Variant {
 impl Variant {
     fn name(self) -> String {
         match self {
-            Variant::Default => "default (all cores, passive wait)".into(),
+            Variant::Default => "default (adaptive count, passive wait)".into(),
             Variant::OldDefault => "old default (all cores, spinning)".into(),
             Variant::Fixed(n) => format!("{n}, spinning"),
         }
