@@ -23,9 +23,10 @@ use nrvna_queue::{JobId, JobOutcome, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::chat::{ChatRequest, completion_object};
+use crate::chat::ChatRequest;
 use crate::error::ApiError;
 use crate::jobs;
+use crate::respond::Kind;
 use crate::{AppState, parse_body};
 
 /// Where the Files and Batches API keeps its records, in the workspace.
@@ -427,7 +428,7 @@ fn batch_lines(
         let line = match &ended {
             JobOutcome::Done(artifact) => {
                 let text = String::from_utf8_lossy(&artifact.bytes);
-                let body = completion_object(&id, &model, &text, &meta);
+                let body = Kind::Chat.object(&id, &model, &text, &meta);
                 json!({
                     "id": format!("batch_req_{id}"),
                     "custom_id": custom_id,

@@ -81,7 +81,7 @@ async fn embeddings(state: Arc<AppState>, body: crate::Body) -> Result<Response,
     let mut data = Vec::new();
     let mut prompt_tokens = 0;
     for (index, id) in ids.iter().enumerate() {
-        let ended = jobs::wait(&state.ws, id).await?;
+        let ended = jobs::wait(&state, id).await?;
         let JobOutcome::Done(artifact) = &ended.outcome else {
             return Err(jobs::job_error(id, &ended.outcome));
         };

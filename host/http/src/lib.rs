@@ -12,7 +12,9 @@ mod completions;
 mod embeddings;
 pub mod error;
 mod jobs;
+pub mod live;
 mod metrics;
+mod respond;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -33,6 +35,7 @@ use serde_json::json;
 
 pub use error::ApiError;
 pub use jobs::HTTP_TAG;
+pub use live::{LiveJob, LiveJobs};
 pub use metrics::{JobTokens, Metrics};
 
 /// The header every answer about a job carries.
@@ -93,6 +96,8 @@ pub(crate) struct AppState {
     served: RwLock<Option<Served>>,
     health: AtomicU8,
     metrics: Metrics,
+    /// What the hosting daemon pushes about its running jobs.
+    live: LiveJobs,
     schema_to_grammar: SchemaToGrammar,
 }
 
@@ -216,6 +221,7 @@ impl HttpServer {
             served: RwLock::new(None),
             health: AtomicU8::new(LOADING),
             metrics,
+            live: LiveJobs::new(),
             schema_to_grammar,
         });
         let app = router(state.clone());
@@ -241,6 +247,12 @@ impl HttpServer {
             shutdown: Some(tx),
             thread: Some(thread),
         })
+    }
+
+    /// Where the hosting daemon pushes its jobs' starts, text and ends, so requests wake
+    /// on them instead of polling the workspace.
+    pub fn live(&self) -> LiveJobs {
+        self.state.live.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
