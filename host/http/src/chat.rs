@@ -198,17 +198,24 @@ pub async fn handle(AxumState(state): AxumState<Arc<AppState>>, body: crate::Bod
     }
 }
 
+/// Refuses `n` other than 1: one request is one job.
+pub fn check_n(n: Option<u32>) -> Result<(), ApiError> {
+    match n {
+        Some(n) if n != 1 => Err(ApiError::invalid(
+            Some("n"),
+            format!(
+                "n is {n}; this server answers one choice per request (n = 1): send {n} \
+                 requests, each its own job"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The job a chat request asks for, and the model name to answer with.
 pub fn submission(state: &AppState, req: ChatRequest) -> Result<(Submission, String), ApiError> {
     let model = state.check_model(req.model.as_deref(), false)?;
-    if let Some(n) = req.n
-        && n != 1
-    {
-        return Err(ApiError::invalid(
-            Some("n"),
-            format!("n is {n}; this server answers one choice per request (n = 1)"),
-        ));
-    }
+    check_n(req.n)?;
     let messages = to_messages(req.messages)?;
     let (files, output_format) = structured_output(state, req.response_format.as_ref())?;
     let mut files = files;

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use nrvna_queue::Submission;
 use serde::Deserialize;
 
-use crate::chat::{SamplingParams, StreamOptions};
+use crate::chat::{SamplingParams, StreamOptions, check_n};
 use crate::error::ApiError;
 use crate::respond::{Answer, Kind, respond};
 use crate::{AppState, parse_body};
@@ -43,15 +43,25 @@ pub async fn handle(AxumState(state): AxumState<Arc<AppState>>, body: crate::Bod
 
 async fn completions(state: Arc<AppState>, body: crate::Body) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse_body(body)?;
+    let stream = req.stream;
+    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let (sub, model) = submission(&state, req)?;
+    let answer = Answer {
+        kind: Kind::Completion,
+        model,
+        stream,
+        include_usage,
+    };
+    respond(state, sub, answer).await
+}
+
+/// The job a completion request asks for, and the model name to answer with.
+pub fn submission(
+    state: &AppState,
+    req: CompletionRequest,
+) -> Result<(Submission, String), ApiError> {
     let model = state.check_model(req.model.as_deref(), false)?;
-    if let Some(n) = req.n
-        && n != 1
-    {
-        return Err(ApiError::invalid(
-            Some("n"),
-            format!("n is {n}; this server answers one choice per request (n = 1)"),
-        ));
-    }
+    check_n(req.n)?;
     if req.echo {
         return Err(ApiError::invalid(Some("echo"), "echo is not supported"));
     }
@@ -71,18 +81,11 @@ async fn completions(state: Arc<AppState>, body: crate::Body) -> Result<Response
     if prompt.is_empty() {
         return Err(ApiError::invalid(Some("prompt"), "prompt is empty"));
     }
-    let sampling = req.sampling.to_sampling()?;
     let sub = Submission {
         prompt,
-        sampling,
+        sampling: req.sampling.to_sampling()?,
         raw_prompt: true,
         ..Submission::default()
     };
-    let answer = Answer {
-        kind: Kind::Completion,
-        model,
-        stream: req.stream,
-        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
-    };
-    respond(state, sub, answer).await
+    Ok((sub, model))
 }

@@ -1,6 +1,7 @@
 //! Requests as jobs: submit through the queue, wait for the job's end, and cancel it if
 //! the client goes away first.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -74,16 +75,26 @@ pub fn check_backpressure(state: &AppState, jobs: usize) -> Result<(), ApiError>
 
 /// Submits a job tagged `http` (plus `extra_tags`) off the async threads.
 pub async fn submit(
+    state: &Arc<AppState>,
+    sub: Submission,
+    extra_tags: &[String],
+) -> Result<JobId, ApiError> {
+    let state = state.clone();
+    let tags = extra_tags.to_vec();
+    tokio::task::spawn_blocking(move || submit_blocking(&state, sub, &tags))
+        .await
+        .map_err(|e| ApiError::server(format!("submission task failed: {e}")))?
+}
+
+/// Submits a job tagged `http` (plus `extra_tags`) on this thread.
+pub fn submit_blocking(
     state: &AppState,
     mut sub: Submission,
     extra_tags: &[String],
 ) -> Result<JobId, ApiError> {
     sub.tags.push(HTTP_TAG.to_owned());
     sub.tags.extend(extra_tags.iter().cloned());
-    let ws = state.ws.clone();
-    let id = tokio::task::spawn_blocking(move || ws.submit(sub))
-        .await
-        .map_err(|e| ApiError::server(format!("submission task failed: {e}")))??;
+    let id = state.ws.submit(sub)?;
     state.metrics.job_submitted();
     Ok(id)
 }
