@@ -360,6 +360,10 @@ fn worker_loop(shared: &Arc<Shared>) {
                     &interrupted,
                     live.as_deref(),
                 );
+                // Waiting clients first: the job is settled; the log and metrics can wait.
+                if let Some(live) = &live {
+                    live.settle();
+                }
                 report_end(shared, &id, &end, started.elapsed());
             }
             Ok(Claim::Gone) => {}
