@@ -220,9 +220,21 @@ impl Daemon {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
+        Daemon::spawn_program(&bin("nrvnad"), ws, model, workers, args, env)
+    }
+
+    /// [`Daemon::spawn`] of another build of `nrvnad` (a test example).
+    pub fn spawn_program(
+        program: &Path,
+        ws: &Path,
+        model: &Path,
+        workers: usize,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let log = ws.with_extension(format!("nrvnad-{}.log", unique()));
         let log_file = fs::File::create(&log).expect("daemon log");
-        let mut cmd = Command::new(bin("nrvnad"));
+        let mut cmd = Command::new(program);
         cmd.arg(model)
             .arg(ws)
             .arg(workers.to_string())

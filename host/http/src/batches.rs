@@ -23,9 +23,12 @@ use nrvna_queue::{JobId, JobOutcome, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::chat::{ChatRequest, completion_object};
+use crate::chat::{self, ChatRequest};
+use crate::completions::{self, CompletionRequest};
+use crate::embeddings::{self, EmbeddingsRequest};
 use crate::error::ApiError;
 use crate::jobs;
+use crate::respond::Kind;
 use crate::{AppState, parse_body};
 
 /// Where the Files and Batches API keeps its records, in the workspace.
@@ -60,6 +63,10 @@ struct BatchRecord {
     cancelled_at: Option<u64>,
     #[serde(default)]
     metadata: Option<Value>,
+    /// Why the batch could not be queued whole (its daemon died while queueing it, and
+    /// the input could not be read again): status `failed`.
+    #[serde(default)]
+    failed: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -259,14 +266,18 @@ pub async fn create(AxumState(state): AxumState<Arc<AppState>>, body: crate::Bod
     }
 }
 
+/// The endpoints a batch may name.
+const BATCH_ENDPOINTS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+
 async fn create_batch(state: Arc<AppState>, body: crate::Body) -> Result<Value, ApiError> {
     let req: CreateBatch = parse_body(body)?;
-    if req.endpoint != "/v1/chat/completions" {
+    if !BATCH_ENDPOINTS.contains(&req.endpoint.as_str()) {
         return Err(ApiError::invalid(
             Some("endpoint"),
             format!(
-                "endpoint {:?} is not served in batches; use /v1/chat/completions",
-                req.endpoint
+                "endpoint {:?} is not served in batches; use one of {}",
+                req.endpoint,
+                BATCH_ENDPOINTS.join(", ")
             ),
         ));
     }
@@ -277,10 +288,40 @@ async fn create_batch(state: Arc<AppState>, body: crate::Body) -> Result<Value, 
         ));
     }
     let input_id = checked_id(&req.input_file_id, "file-")
-        .map_err(|_| ApiError::invalid(Some("input_file_id"), "no such file"))?;
-    let input = fs::read(files_dir(&state).join(input_id))
-        .map_err(|_| ApiError::invalid(Some("input_file_id"), format!("no file {input_id}")))?;
+        .map_err(|_| ApiError::invalid(Some("input_file_id"), "no such file"))?
+        .to_owned();
     // Every line is checked before anything is queued: a bad file queues nothing.
+    let requests = read_requests(&state, &req.endpoint, &input_id)?;
+    jobs::check_backpressure(&state, requests.len())?;
+    let record = BatchRecord {
+        id: format!("batch_{}", JobId::generate()),
+        endpoint: req.endpoint,
+        input_file_id: input_id,
+        completion_window: req.completion_window,
+        created_at: jobs::now_secs(),
+        total: requests.len(),
+        submitted: false,
+        cancelled_at: None,
+        metadata: req.metadata,
+        failed: None,
+    };
+    save(&state, &record)?;
+    tokio::task::spawn_blocking(move || {
+        let record = queue_requests(&state, record, requests)?;
+        batch_object(&state, &record)
+    })
+    .await
+    .map_err(|e| ApiError::server(format!("batch task failed: {e}")))?
+}
+
+/// A batch's requests as jobs to queue: (custom_id, line, job), every line checked.
+fn read_requests(
+    state: &AppState,
+    endpoint: &str,
+    input_id: &str,
+) -> Result<Vec<(String, usize, nrvna_queue::Submission)>, ApiError> {
+    let input = fs::read(files_dir(state).join(input_id))
+        .map_err(|_| ApiError::invalid(Some("input_file_id"), format!("no file {input_id}")))?;
     let mut requests = Vec::new();
     let mut seen = HashMap::new();
     for (i, line) in input.split(|&b| b == b'\n').enumerate() {
@@ -294,10 +335,10 @@ async fn create_batch(state: Arc<AppState>, body: crate::Body) -> Result<Value, 
             )
         };
         let parsed: InputLine = serde_json::from_slice(line).map_err(|e| bad(e.to_string()))?;
-        if parsed.method != "POST" || parsed.url != req.endpoint {
+        if parsed.method != "POST" || parsed.url != endpoint {
             return Err(bad(format!(
-                "{} {} does not match the batch's endpoint POST {}",
-                parsed.method, parsed.url, req.endpoint
+                "{} {} does not match the batch's endpoint POST {endpoint}",
+                parsed.method, parsed.url
             )));
         }
         if seen.insert(parsed.custom_id.clone(), i).is_some() {
@@ -306,12 +347,21 @@ async fn create_batch(state: Arc<AppState>, body: crate::Body) -> Result<Value, 
                 parsed.custom_id
             )));
         }
-        let chat: ChatRequest =
-            serde_json::from_value(parsed.body).map_err(|e| bad(e.to_string()))?;
-        if chat.stream {
+        if parsed.body.get("stream").and_then(Value::as_bool) == Some(true) {
             return Err(bad("a batch request cannot stream".into()));
         }
-        let (sub, _) = crate::chat::submission(&state, chat).map_err(|e| bad(e.message))?;
+        let built = match endpoint {
+            "/v1/chat/completions" => serde_json::from_value::<ChatRequest>(parsed.body)
+                .map_err(|e| bad(e.to_string()))
+                .and_then(|r| chat::submission(state, r).map_err(|e| bad(e.message))),
+            "/v1/completions" => serde_json::from_value::<CompletionRequest>(parsed.body)
+                .map_err(|e| bad(e.to_string()))
+                .and_then(|r| completions::submission(state, r).map_err(|e| bad(e.message))),
+            _ => serde_json::from_value::<EmbeddingsRequest>(parsed.body)
+                .map_err(|e| bad(e.to_string()))
+                .and_then(|r| embeddings::batch_submission(state, r).map_err(|e| bad(e.message))),
+        };
+        let (sub, _) = built?;
         requests.push((parsed.custom_id, i + 1, sub));
     }
     if requests.is_empty() || requests.len() > MAX_REQUESTS {
@@ -323,32 +373,107 @@ async fn create_batch(state: Arc<AppState>, body: crate::Body) -> Result<Value, 
             ),
         ));
     }
-    jobs::check_backpressure(&state, requests.len())?;
-    let mut record = BatchRecord {
-        id: format!("batch_{}", JobId::generate()),
-        endpoint: req.endpoint,
-        input_file_id: input_id.to_owned(),
-        completion_window: req.completion_window,
-        created_at: jobs::now_secs(),
-        total: requests.len(),
-        submitted: false,
-        cancelled_at: None,
-        metadata: req.metadata,
-    };
-    let path = dir(&state).join(format!("{}.json", record.id));
-    let bytes =
-        |r: &BatchRecord| serde_json::to_vec(r).map_err(|e| ApiError::server(e.to_string()));
-    write_durable(&path, &bytes(&record)?)?;
+    Ok(requests)
+}
+
+fn save(state: &AppState, record: &BatchRecord) -> Result<(), ApiError> {
+    let bytes = serde_json::to_vec(record).map_err(|e| ApiError::server(e.to_string()))?;
+    write_durable(&dir(state).join(format!("{}.json", record.id)), &bytes)
+}
+
+/// Queues the requests that have no job yet (all of them for a new batch; the rest for
+/// one whose daemon died while queueing it), then marks the batch submitted.
+fn queue_requests(
+    state: &AppState,
+    mut record: BatchRecord,
+    requests: Vec<(String, usize, nrvna_queue::Submission)>,
+) -> Result<BatchRecord, ApiError> {
+    let queued: std::collections::HashSet<usize> = batch_jobs(state, &record)?
+        .into_iter()
+        .map(|(_, line, _, _)| line)
+        .collect();
     let tag = record.id.clone();
     for (custom_id, line, mut sub) in requests {
+        if queued.contains(&line) {
+            continue;
+        }
         let named = serde_json::to_vec(&BatchRequest { custom_id, line })
             .map_err(|e| ApiError::server(e.to_string()))?;
         sub.files.push((BATCH_REQUEST_FILE.to_owned(), named));
-        jobs::submit(&state, sub, std::slice::from_ref(&tag)).await?;
+        jobs::submit_blocking(state, sub, std::slice::from_ref(&tag))?;
+        // Tests kill the daemon here, with the batch part queued.
+        nrvna_queue::failpoint_at("batch-request-queued");
     }
     record.submitted = true;
-    write_durable(&path, &bytes(&record)?)?;
-    batch_object(&state, &record)
+    save(state, &record)?;
+    Ok(record)
+}
+
+/// Finishes what a daemon that died while queueing a batch left: each batch record not
+/// marked submitted gets the rest of its jobs, or, when its input cannot be read again,
+/// is failed and its queued jobs cancelled. Run once the model is known (the requests
+/// are checked against it), before the server says ready.
+pub fn recover(state: &AppState) {
+    let Ok(entries) = fs::read_dir(dir(state)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+            continue;
+        };
+        if !id.starts_with("batch_") {
+            continue;
+        }
+        let Ok(record) = load(state, id) else {
+            continue;
+        };
+        if record.submitted || record.failed.is_some() {
+            continue;
+        }
+        if record.cancelled_at.is_some() {
+            // Cancelled while queueing: what was queued is cancelled; nothing more comes.
+            let mut record = record;
+            record.total = batch_jobs(state, &record).map_or(0, |j| j.len());
+            record.submitted = true;
+            if let Err(e) = save(state, &record) {
+                tracing::warn!("batch {id}: cannot record its end: {}", e.message);
+            }
+            continue;
+        }
+        let queued = match read_requests(state, &record.endpoint, &record.input_file_id) {
+            Ok(requests) if requests.len() == record.total => {
+                queue_requests(state, record.clone(), requests).map(|_| ())
+            }
+            Ok(requests) => Err(ApiError::server(format!(
+                "its input now holds {} requests, not {}",
+                requests.len(),
+                record.total
+            ))),
+            Err(e) => Err(e),
+        };
+        match queued {
+            Ok(()) => tracing::info!("batch {id}: queued the rest of its requests"),
+            Err(e) => fail_batch(state, record, &e.message),
+        }
+    }
+}
+
+/// Fails a batch that could not be queued whole; cancels what it queued.
+fn fail_batch(state: &AppState, mut record: BatchRecord, why: &str) {
+    let id = record.id.clone();
+    tracing::warn!("batch {id}: cannot finish queueing it: {why}; failed");
+    for (_, _, job, job_state) in batch_jobs(state, &record).unwrap_or_default() {
+        if !job_state.is_terminal() {
+            let _ = state.ws.cancel(&job);
+        }
+    }
+    record.failed = Some(format!(
+        "the daemon stopped while queueing this batch and cannot queue the rest: {why}"
+    ));
+    if let Err(e) = save(state, &record) {
+        tracing::warn!("batch {id}: cannot record its failure: {}", e.message);
+    }
 }
 
 /// A batch's jobs: (custom_id, line, id, state), in input order.
@@ -358,6 +483,10 @@ fn batch_jobs(
 ) -> Result<Vec<(String, usize, JobId, State)>, ApiError> {
     let mut out = Vec::new();
     for (id, job_state) in state.ws.all_jobs()? {
+        // Staged but never published (its submitter died): not queued.
+        if job_state == State::Writing {
+            continue;
+        }
         let Ok(meta) = state.ws.read_meta(job_state, &id) else {
             continue;
         };
@@ -381,20 +510,24 @@ fn batch_object(state: &AppState, record: &BatchRecord) -> Result<Value, ApiErro
     let failed = jobs.iter().filter(|j| j.3 == State::Failed).count();
     let ended = done + failed == record.total && record.submitted;
     let status = match (record.submitted, record.cancelled_at, ended) {
+        _ if record.failed.is_some() => "failed",
         (false, None, _) => "validating",
         (_, Some(_), false) => "cancelling",
         (_, Some(_), true) => "cancelled",
         (true, None, true) => "completed",
         (true, None, false) => "in_progress",
     };
-    let finished = status == "completed" || status == "cancelled";
+    let finished = matches!(status, "completed" | "cancelled" | "failed");
     let output = (finished && done > 0).then(|| format!("file-{}-output", record.id));
     let errors = (finished && failed > 0).then(|| format!("file-{}-errors", record.id));
     Ok(json!({
         "id": record.id,
         "object": "batch",
         "endpoint": record.endpoint,
-        "errors": null,
+        "errors": record.failed.as_ref().map(|why| json!({
+            "object": "list",
+            "data": [{"code": "batch_interrupted", "message": why, "param": null, "line": null}],
+        })),
         "input_file_id": record.input_file_id,
         "completion_window": record.completion_window,
         "status": status,
@@ -403,6 +536,7 @@ fn batch_object(state: &AppState, record: &BatchRecord) -> Result<Value, ApiErro
         "created_at": record.created_at,
         "in_progress_at": record.submitted.then_some(record.created_at),
         "completed_at": (status == "completed").then(jobs::now_secs),
+        "failed_at": (status == "failed").then_some(record.created_at),
         "cancelling_at": record.cancelled_at,
         "cancelled_at": (status == "cancelled").then_some(record.cancelled_at).flatten(),
         "expires_at": record.created_at + 24 * 3600,
@@ -416,7 +550,8 @@ fn batch_lines(
     state: &AppState,
     record: &BatchRecord,
 ) -> Result<HashMap<&'static str, String>, ApiError> {
-    let model = state.check_model(None, false).unwrap_or_default();
+    let embed = record.endpoint == "/v1/embeddings";
+    let model = state.check_model(None, embed).unwrap_or_default();
     let mut output = String::new();
     let mut errors = String::new();
     for (custom_id, _, id, job_state) in batch_jobs(state, record)? {
@@ -427,7 +562,11 @@ fn batch_lines(
         let line = match &ended {
             JobOutcome::Done(artifact) => {
                 let text = String::from_utf8_lossy(&artifact.bytes);
-                let body = completion_object(&id, &model, &text, &meta);
+                let body = match record.endpoint.as_str() {
+                    "/v1/embeddings" => embeddings::batch_body(&model, &artifact.bytes, &meta),
+                    "/v1/completions" => Kind::Completion.object(&id, &model, &text, &meta),
+                    _ => Kind::Chat.object(&id, &model, &text, &meta),
+                };
                 json!({
                     "id": format!("batch_req_{id}"),
                     "custom_id": custom_id,

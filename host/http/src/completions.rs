@@ -3,15 +3,13 @@
 use std::sync::Arc;
 
 use axum::extract::State as AxumState;
-use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
-use nrvna_queue::{JobOutcome, Submission};
+use nrvna_queue::Submission;
 use serde::Deserialize;
-use serde_json::json;
 
-use crate::chat::{Kind, SamplingParams, StreamOptions, chunks, set_job_header};
+use crate::chat::{SamplingParams, StreamOptions, check_n};
 use crate::error::ApiError;
-use crate::jobs::{self, CancelOnDrop};
+use crate::respond::{Answer, Kind, respond};
 use crate::{AppState, parse_body};
 
 #[derive(Deserialize)]
@@ -45,15 +43,25 @@ pub async fn handle(AxumState(state): AxumState<Arc<AppState>>, body: crate::Bod
 
 async fn completions(state: Arc<AppState>, body: crate::Body) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse_body(body)?;
+    let stream = req.stream;
+    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let (sub, model) = submission(&state, req)?;
+    let answer = Answer {
+        kind: Kind::Completion,
+        model,
+        stream,
+        include_usage,
+    };
+    respond(state, sub, answer).await
+}
+
+/// The job a completion request asks for, and the model name to answer with.
+pub fn submission(
+    state: &AppState,
+    req: CompletionRequest,
+) -> Result<(Submission, String), ApiError> {
     let model = state.check_model(req.model.as_deref(), false)?;
-    if let Some(n) = req.n
-        && n != 1
-    {
-        return Err(ApiError::invalid(
-            Some("n"),
-            format!("n is {n}; this server answers one choice per request (n = 1)"),
-        ));
-    }
+    check_n(req.n)?;
     if req.echo {
         return Err(ApiError::invalid(Some("echo"), "echo is not supported"));
     }
@@ -73,50 +81,11 @@ async fn completions(state: Arc<AppState>, body: crate::Body) -> Result<Response
     if prompt.is_empty() {
         return Err(ApiError::invalid(Some("prompt"), "prompt is empty"));
     }
-    let sampling = req.sampling.to_sampling()?;
-    let stop = sampling.stop.clone();
     let sub = Submission {
         prompt,
-        sampling,
+        sampling: req.sampling.to_sampling()?,
         raw_prompt: true,
         ..Submission::default()
     };
-    jobs::check_backpressure(&state, 1)?;
-    let id = jobs::submit(&state, sub, &[]).await?;
-    if req.stream {
-        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        let events = chunks(
-            Kind::Completion,
-            state.clone(),
-            id.clone(),
-            model,
-            include_usage,
-            stop,
-        );
-        let mut response = Sse::new(events).into_response();
-        set_job_header(&mut response, &id);
-        return Ok(response);
-    }
-    let mut guard = CancelOnDrop::new(&state.ws, &id);
-    let ended = jobs::wait(&state.ws, &id).await?;
-    guard.disarm();
-    let JobOutcome::Done(artifact) = &ended.outcome else {
-        return Err(jobs::job_error(&id, &ended.outcome));
-    };
-    let body = json!({
-        "id": format!("cmpl-{id}"),
-        "object": "text_completion",
-        "created": jobs::now_secs(),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "text": String::from_utf8_lossy(&artifact.bytes),
-            "finish_reason": ended.meta.finish_reason.as_deref().unwrap_or("stop"),
-            "logprobs": null,
-        }],
-        "usage": jobs::usage(&ended.meta),
-    });
-    let mut response = axum::Json(body).into_response();
-    set_job_header(&mut response, &id);
-    Ok(response)
+    Ok((sub, model))
 }

@@ -81,7 +81,7 @@ async fn embeddings(state: Arc<AppState>, body: crate::Body) -> Result<Response,
     let mut data = Vec::new();
     let mut prompt_tokens = 0;
     for (index, id) in ids.iter().enumerate() {
-        let ended = jobs::wait(&state.ws, id).await?;
+        let ended = jobs::wait(&state, id).await?;
         let JobOutcome::Done(artifact) = &ended.outcome else {
             return Err(jobs::job_error(id, &ended.outcome));
         };
@@ -118,6 +118,57 @@ async fn embeddings(state: Arc<AppState>, body: crate::Body) -> Result<Response,
         response.headers_mut().insert(crate::JOB_ID_HEADER, value);
     }
     Ok(response)
+}
+
+/// A batch line's job: one input (a string or a list of one), as floats; a line with
+/// more inputs is refused (one line is one job).
+pub fn batch_submission(
+    state: &AppState,
+    req: EmbeddingsRequest,
+) -> Result<(Submission, String), ApiError> {
+    let model = state.check_model(req.model.as_deref(), true)?;
+    if let Some(format) = req.encoding_format.as_deref()
+        && format != "float"
+    {
+        return Err(ApiError::invalid(
+            Some("encoding_format"),
+            format!("encoding_format {format:?} is not served in batches; use \"float\""),
+        ));
+    }
+    let text = match req.input {
+        Input::One(s) => s,
+        Input::Many(mut list) if list.len() == 1 => list.remove(0),
+        Input::Many(list) => {
+            return Err(ApiError::invalid(
+                Some("input"),
+                format!(
+                    "input has {} strings; a batch line embeds one (give one line per string)",
+                    list.len()
+                ),
+            ));
+        }
+    };
+    if text.is_empty() {
+        return Err(ApiError::invalid(Some("input"), "input is empty"));
+    }
+    let sub = Submission {
+        prompt: text,
+        mode: Mode::Embed,
+        ..Submission::default()
+    };
+    Ok((sub, model))
+}
+
+/// A done embed job as a batch line's response body (one embedding, as floats).
+pub fn batch_body(model: &str, bytes: &[u8], meta: &nrvna_queue::Meta) -> Value {
+    let parsed: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    let prompt_tokens = meta.prompt_tokens.unwrap_or(0);
+    json!({
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": parsed["vector"]}],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    })
 }
 
 /// OpenAI's `base64` encoding: the vector's little-endian f32 bytes, in base64.

@@ -1,6 +1,7 @@
 //! Requests as jobs: submit through the queue, wait for the job's end, and cancel it if
 //! the client goes away first.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -8,8 +9,9 @@ use nrvna_queue::{JobId, JobOutcome, Meta, State, Submission, Workspace};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::live::LIVE_CHECK;
 
-/// How often a waiting request looks at its job's state (and a stream at its text).
+/// How often a stream reading `partial.txt` looks at it after new text.
 pub const POLL: Duration = Duration::from_millis(2);
 
 /// The tag every job submitted over HTTP carries.
@@ -73,16 +75,26 @@ pub fn check_backpressure(state: &AppState, jobs: usize) -> Result<(), ApiError>
 
 /// Submits a job tagged `http` (plus `extra_tags`) off the async threads.
 pub async fn submit(
+    state: &Arc<AppState>,
+    sub: Submission,
+    extra_tags: &[String],
+) -> Result<JobId, ApiError> {
+    let state = state.clone();
+    let tags = extra_tags.to_vec();
+    tokio::task::spawn_blocking(move || submit_blocking(&state, sub, &tags))
+        .await
+        .map_err(|e| ApiError::server(format!("submission task failed: {e}")))?
+}
+
+/// Submits a job tagged `http` (plus `extra_tags`) on this thread.
+pub fn submit_blocking(
     state: &AppState,
     mut sub: Submission,
     extra_tags: &[String],
 ) -> Result<JobId, ApiError> {
     sub.tags.push(HTTP_TAG.to_owned());
     sub.tags.extend(extra_tags.iter().cloned());
-    let ws = state.ws.clone();
-    let id = tokio::task::spawn_blocking(move || ws.submit(sub))
-        .await
-        .map_err(|e| ApiError::server(format!("submission task failed: {e}")))??;
+    let id = state.ws.submit(sub)?;
     state.metrics.job_submitted();
     Ok(id)
 }
@@ -93,16 +105,35 @@ pub struct Ended {
     pub outcome: JobOutcome,
 }
 
-/// Waits until job `id` ends.
-pub async fn wait(ws: &Workspace, id: &JobId) -> Result<Ended, ApiError> {
+/// Waits until job `id` ends: woken by the daemon's live view when it settles the job,
+/// and looking at the workspace every [`LIVE_CHECK`] besides (a job can end without the
+/// daemon: cancelled while queued).
+pub async fn wait(state: &AppState, id: &JobId) -> Result<Ended, ApiError> {
+    let live = state.live.job(id);
+    let mut changes = live.watch();
     loop {
-        match ws.state_of(id)? {
-            Some(state) if state.is_terminal() => return ended(ws, id, state),
-            Some(_) => tokio::time::sleep(POLL).await,
+        changes.borrow_and_update();
+        let settled_before = live.settled();
+        match state.ws.state_of(id)? {
+            Some(job_state) if job_state.is_terminal() => return ended(&state.ws, id, job_state),
+            Some(_) => {}
             None => {
                 return Err(
                     ApiError::server(format!("job {id} vanished from the workspace")).for_job(id),
                 );
+            }
+        }
+        let deadline = tokio::time::Instant::now() + LIVE_CHECK;
+        // Settled but not ended: put back in the queue; wait for its next run.
+        if settled_before {
+            let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+            continue;
+        }
+        // Tokens wake this too: only the settling matters.
+        while !live.settled() {
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => break,
             }
         }
     }

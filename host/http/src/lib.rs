@@ -12,7 +12,9 @@ mod completions;
 mod embeddings;
 pub mod error;
 mod jobs;
+pub mod live;
 mod metrics;
+mod respond;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -33,6 +35,7 @@ use serde_json::json;
 
 pub use error::ApiError;
 pub use jobs::HTTP_TAG;
+pub use live::{LiveJob, LiveJobs};
 pub use metrics::{JobTokens, Metrics};
 
 /// The header every answer about a job carries.
@@ -41,6 +44,8 @@ pub const JOB_ID_HEADER: &str = "x-nrvna-job-id";
 pub const DEFAULT_PORT: u16 = 8480;
 /// The body limit when none is configured.
 pub const DEFAULT_MAX_BODY: usize = 8 << 20;
+/// How long a connection may take to send a request's whole header, when not configured.
+pub const DEFAULT_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How the server listens and what it accepts.
 #[derive(Debug, Clone)]
@@ -51,6 +56,9 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Refuse new jobs (429) past this many queued ones.
     pub max_queue: Option<usize>,
+    /// Close a connection that has not sent a request's whole header in this time (a
+    /// slow-loris client must not hold connections forever).
+    pub header_read_timeout: std::time::Duration,
 }
 
 impl HttpConfig {
@@ -93,6 +101,8 @@ pub(crate) struct AppState {
     served: RwLock<Option<Served>>,
     health: AtomicU8,
     metrics: Metrics,
+    /// What the hosting daemon pushes about its running jobs.
+    live: LiveJobs,
     schema_to_grammar: SchemaToGrammar,
 }
 
@@ -216,21 +226,16 @@ impl HttpServer {
             served: RwLock::new(None),
             health: AtomicU8::new(LOADING),
             metrics,
+            live: LiveJobs::new(),
             schema_to_grammar,
         });
         let app = router(state.clone());
+        let header_timeout = state.config.header_read_timeout;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("nrvna-http".into())
             .spawn(move || {
-                runtime.block_on(async move {
-                    let served = axum::serve(listener, app).with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    });
-                    if let Err(e) = served.await {
-                        tracing::error!("the HTTP server stopped: {e}");
-                    }
-                });
+                runtime.block_on(serve(listener, app, header_timeout, rx));
                 // Streams still open are dropped here (their jobs are cancelled).
                 runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             })
@@ -243,22 +248,69 @@ impl HttpServer {
         })
     }
 
+    /// Where the hosting daemon pushes its jobs' starts, text and ends, so requests wake
+    /// on them instead of polling the workspace.
+    pub fn live(&self) -> LiveJobs {
+        self.state.live.clone()
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// The model has loaded: serve requests.
+    /// The model has loaded: finish queueing any batch a killed daemon left half
+    /// queued, then serve requests.
     pub fn ready(&self, served: Served) {
         self.state.metrics.set_slots(served.workers);
         if let Ok(mut slot) = self.state.served.write() {
             *slot = Some(served);
         }
+        batches::recover(&self.state);
         self.state.health.store(READY, Ordering::SeqCst);
     }
 
     /// The daemon is stopping: `/health` says so.
     pub fn draining(&self) {
         self.state.health.store(DRAINING, Ordering::SeqCst);
+    }
+}
+
+/// Accepts connections until `shutdown`, each served by hyper's HTTP/1 connection with a
+/// header-read timeout (which `axum::serve` does not offer).
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: std::time::Duration,
+    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, typically: wait for some to close.
+                    tracing::warn!("cannot accept an HTTP connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return,
+        };
+        // Small SSE chunks must go out as they are written.
+        let _ = stream.set_nodelay(true);
+        let connection =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("HTTP connection ended: {e}");
+            }
+        });
     }
 }
 

@@ -99,3 +99,49 @@ fn slow_loris_a_thousand_connections_and_vanishing_clients_leave_it_serving() {
     assert_eq!(status, 200, "{text}");
     assert_eq!(ws.entries("output").len(), 1);
 }
+
+#[test]
+fn a_connection_that_sends_its_header_slowly_is_closed_at_the_header_timeout() {
+    let ws = TestWs::new();
+    let http = HttpDaemon::start(&ws, 1, &["--http-header-timeout", "1"]);
+    let addr = host_port(&http);
+    let mut loris: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nx-slow: ")
+                .unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    let mut closed_at: Vec<Option<Duration>> = vec![None; loris.len()];
+    while started.elapsed() < Duration::from_secs(6) && closed_at.iter().any(Option::is_none) {
+        for (s, closed) in loris.iter_mut().zip(&mut closed_at) {
+            if closed.is_some() {
+                continue;
+            }
+            // Still dribbling: a byte of header every 100 ms, never the end of it.
+            let wrote = s.write_all(b"a");
+            let mut buf = [0u8; 256];
+            let read = s.read(&mut buf);
+            let open = wrote.is_ok()
+                && matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            if !open {
+                *closed = Some(started.elapsed());
+            }
+        }
+        // A client that sends its header at once is served meanwhile.
+        assert_eq!(health(&addr), 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (i, closed) in closed_at.iter().enumerate() {
+        let at = closed.unwrap_or_else(|| panic!("slow connection {i} still open after 6 s"));
+        // Closed by the 1 s timeout, not before (headers were still coming).
+        assert!(
+            at >= Duration::from_millis(900) && at < Duration::from_secs(4),
+            "slow connection {i} closed after {at:?}"
+        );
+    }
+    assert_eq!(health(&addr), 200);
+}

@@ -4,6 +4,7 @@
 
 mod clients;
 mod hostile;
+mod recovery;
 mod requests;
 
 use std::path::{Path, PathBuf};

@@ -605,3 +605,72 @@ fn health_says_draining_while_a_stopping_daemon_finishes_its_jobs() {
     });
     assert!(draining, "{seen}");
 }
+
+#[test]
+fn max_completion_tokens_top_p_base64_embeddings_and_one_model_by_name() {
+    let ws = TestWs::new();
+    let http = HttpDaemon::start(&ws, 1, &[]);
+    // max_completion_tokens wins over max_tokens; top_p and seed reach the job (its
+    // meta.json holds the sampling fields at its top level).
+    let (status, headers, text) = post_json(
+        &http.url("/v1/chat/completions"),
+        r#"{"messages":[{"role":"user","content":"Write a long story about a ship."}],
+            "max_tokens":50,"max_completion_tokens":3,"top_p":0.5,"seed":7}"#,
+        &[],
+    );
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{text}");
+    assert_eq!(v["usage"]["completion_tokens"], 3, "{text}");
+    let id = header(&headers, "x-nrvna-job-id").unwrap();
+    let meta = ws.meta("output", &id);
+    assert_eq!(meta["max_tokens"], 3, "{meta}");
+    assert_eq!(meta["top_p"], 0.5, "{meta}");
+    assert_eq!(meta["seed"], 7, "{meta}");
+
+    // base64: the vector's little-endian f32 bytes; the same vector as floats.
+    let embed = |format: &str| {
+        let body = format!(r#"{{"input":"a cat","encoding_format":"{format}"}}"#);
+        let (status, _, text) = post_json(&http.url("/v1/embeddings"), &body, &[]);
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()["data"][0]["embedding"].clone()
+    };
+    let floats = embed("float");
+    let encoded = embed("base64");
+    let decoded = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(encoded.as_str().unwrap().as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap()
+        .stdout;
+    let floats = floats.as_array().unwrap();
+    assert_eq!(decoded.len(), floats.len() * 4);
+    for (bytes, f) in decoded.chunks(4).zip(floats) {
+        let x = f32::from_le_bytes(bytes.try_into().unwrap());
+        assert!(
+            (f64::from(x) - f.as_f64().unwrap()).abs() < 1e-6,
+            "{x} vs {f}"
+        );
+    }
+
+    // One model by name; another is a 404 model_not_found.
+    let (body, status) = split_status(&curl(&[&http.url("/v1/models/SmolLM2-135M-Instruct.Q4_1")]));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["object"],
+        "model"
+    );
+    let (body, status) = split_status(&curl(&[&http.url("/v1/models/gpt-4o")]));
+    assert_eq!(status, 404, "{body}");
+    assert_error_object(&body, Some("model_not_found"));
+}

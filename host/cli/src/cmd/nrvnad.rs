@@ -112,6 +112,10 @@ struct Args {
     /// [default: NRVNA_MAX_QUEUE, else no limit]
     #[arg(long, value_name = "N", help_heading = "HTTP API")]
     max_queue: Option<usize>,
+    /// Close an HTTP connection that has not sent a request's whole header within SECS
+    /// (slow clients must not hold connections open) [default: 30]
+    #[arg(long, value_name = "SECS", help_heading = "HTTP API", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    http_header_timeout: Option<u64>,
     /// What every agent job (`wrk WS --agent X.wasm`) may use; nothing is granted unless
     /// given here
     #[command(flatten, next_help_heading = "Agent job grants and limits")]
@@ -201,6 +205,7 @@ fn serve(args: Args) -> Result<ExitCode> {
         args.api_key,
         args.http_max_body,
         args.max_queue,
+        args.http_header_timeout.map(Duration::from_secs),
     )?;
     let signals = SignalCounter::install()?;
     // The server listens before the model loads, so /health can say `loading`.

@@ -263,6 +263,7 @@ pub fn http_config(
     api_key: Option<String>,
     max_body: Option<usize>,
     max_queue: Option<usize>,
+    header_timeout: Option<std::time::Duration>,
 ) -> Result<Option<HttpConfig>> {
     let addr = match addr {
         Some(a) => a.to_owned(),
@@ -289,6 +290,7 @@ pub fn http_config(
         api_key,
         max_body_bytes: max_body,
         max_queue,
+        header_read_timeout: header_timeout.unwrap_or(nrvna_http::DEFAULT_HEADER_READ_TIMEOUT),
     };
     config.check().map_err(anyhow::Error::msg)?;
     Ok(Some(config))

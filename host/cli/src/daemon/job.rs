@@ -6,6 +6,7 @@ use std::time::Duration;
 use nrvna_engine::{
     Backend, CancelFlag, ChatTurn, EngineError, Finish, Request, RequestKind, Response, TokenCount,
 };
+use nrvna_http::LiveJob;
 use nrvna_queue::stream::{self, PartialWriter};
 use nrvna_queue::{
     ClaimedJob, EMBEDDING_FILE, GRAMMAR_FILE, JobId, MESSAGES_FILE, Mode, Outcome, OutputFormat,
@@ -31,6 +32,7 @@ pub fn run_job(
     cancel: CancelFlag,
     progress: TokenCount,
     interrupted: &AtomicBool,
+    live: Option<&LiveJob>,
 ) -> JobEnd {
     let request = match build_request(ws, job, cancel, progress) {
         Ok(r) => r,
@@ -38,7 +40,7 @@ pub fn run_job(
     };
     let model = Some(engine.info().model_for(request.kind).to_owned());
     let result = if request.kind == RequestKind::Generate {
-        run_streaming(ws, engine, job, request)
+        run_streaming(ws, engine, job, request, live)
     } else {
         engine.run(request)
     };
@@ -117,20 +119,24 @@ pub fn run_job(
 }
 
 /// Runs a generation while a second thread appends its text to the job's `partial.txt`
-/// as it comes (nrvna_queue::stream); every byte is written, and the file removed, before
-/// this returns, so the text is complete once the job leaves `processing/`.
+/// as it comes (nrvna_queue::stream), and to its `live` view when an HTTP server in this
+/// process follows jobs; every byte is written, and the file removed, before this
+/// returns, so the text is complete once the job leaves `processing/`.
 fn run_streaming(
     ws: &Workspace,
     engine: &dyn Backend,
     job: &ClaimedJob,
     request: Request,
+    live: Option<&LiveJob>,
 ) -> Result<Response, EngineError> {
     let generated = request.progress.clone();
     let ended = AtomicBool::new(false);
     let result = std::thread::scope(|scope| {
         let publisher = std::thread::Builder::new()
             .name("nrvna-partial".into())
-            .spawn_scoped(scope, || publish_partial(ws, &job.id, &generated, &ended));
+            .spawn_scoped(scope, || {
+                publish_partial(ws, &job.id, &generated, &ended, live)
+            });
         let result = engine.run(request);
         ended.store(true, Ordering::SeqCst);
         generated.wake();
@@ -143,22 +149,34 @@ fn run_streaming(
     result
 }
 
-/// Appends what the engine generates to `partial.txt` until the generation has ended and
+/// Appends what the engine generates to `partial.txt` (and `live`) until the generation has ended and
 /// everything is written. A live view only: a write failure stops it, not the job.
-fn publish_partial(ws: &Workspace, id: &JobId, generated: &TokenCount, ended: &AtomicBool) {
+fn publish_partial(
+    ws: &Workspace,
+    id: &JobId,
+    generated: &TokenCount,
+    ended: &AtomicBool,
+    live: Option<&LiveJob>,
+) {
     let mut writer = None;
+    // A file that cannot be written stops the file, not the live view.
+    let mut file_failed = false;
     let mut written = 0;
     loop {
         // Read the flag first: if it says ended, the text read after it is all there is.
         let last = ended.load(Ordering::SeqCst);
         let new = generated.text_since(written, PARTIAL_WAIT);
         if !new.is_empty() {
-            if writer.is_none() {
+            // The in-process readers first: they are the ones waiting on this token.
+            if let Some(live) = live {
+                live.append(&new);
+            }
+            if writer.is_none() && !file_failed {
                 match PartialWriter::create(ws, id) {
                     Ok(w) => writer = Some(w),
                     Err(e) => {
                         tracing::warn!("job {id}: cannot publish partial output: {e}");
-                        return;
+                        file_failed = true;
                     }
                 }
             }
@@ -166,11 +184,15 @@ fn publish_partial(ws: &Workspace, id: &JobId, generated: &TokenCount, ended: &A
                 && let Err(e) = w.append(&new)
             {
                 tracing::warn!("job {id}: cannot publish partial output: {e}");
-                return;
+                writer = None;
+                file_failed = true;
             }
             written += new.len();
         }
         if last && new.is_empty() {
+            return;
+        }
+        if file_failed && live.is_none() {
             return;
         }
     }

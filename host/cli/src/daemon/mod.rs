@@ -73,6 +73,8 @@ struct Shared {
     failures: AtomicUsize,
     agents: Option<AgentHost>,
     metrics: Option<nrvna_http::Metrics>,
+    /// The HTTP server's live view of jobs, told of each job's start, text and end.
+    live: Option<nrvna_http::LiveJobs>,
 }
 
 /// How the daemon ended, for its exit code.
@@ -109,6 +111,7 @@ fn run(
         failures: AtomicUsize::new(0),
         agents: opts.agents.take(),
         metrics: opts.http.as_ref().map(|(_, m)| m.clone()),
+        live: opts.http.as_ref().map(|(server, _)| server.live()),
     });
     let http = opts.http.take().map(|(server, _)| server);
 
@@ -313,8 +316,13 @@ fn worker_loop(shared: &Arc<Shared>) {
             unregister(shared, &id);
             break;
         }
+        // Held until the job is settled: a reader that comes later finds it here.
+        let live = shared.live.as_ref().map(|l| l.job(&id));
         match shared.ws.claim(&id) {
             Ok(Claim::Claimed(job)) => {
+                if let Some(live) = &live {
+                    live.begin();
+                }
                 job_line(&id, "running", None, "");
                 if let Some(metrics) = &shared.metrics {
                     metrics.job_started(queue_wait(&id));
@@ -332,6 +340,9 @@ fn worker_loop(shared: &Arc<Shared>) {
                         cancel,
                         interrupted,
                         move |end, took| {
+                            if let Some(live) = live {
+                                live.settle();
+                            }
                             report_end(&done_shared, &done_id, &end, took);
                             unregister(&done_shared, &done_id);
                             done_shared.pending.settle(&done_id);
@@ -347,7 +358,12 @@ fn worker_loop(shared: &Arc<Shared>) {
                     cancel,
                     progress,
                     &interrupted,
+                    live.as_deref(),
                 );
+                // Waiting clients first: the job is settled; the log and metrics can wait.
+                if let Some(live) = &live {
+                    live.settle();
+                }
                 report_end(shared, &id, &end, started.elapsed());
             }
             Ok(Claim::Gone) => {}
@@ -361,6 +377,9 @@ fn worker_loop(shared: &Arc<Shared>) {
                 // on it while the cause (typically a full disk) lasts.
                 std::thread::sleep(Duration::from_secs(1));
             }
+        }
+        if let Some(live) = live {
+            live.settle();
         }
         unregister(shared, &id);
         shared.pending.settle(&id);

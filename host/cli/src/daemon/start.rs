@@ -107,6 +107,8 @@ pub fn start(config: DaemonConfig, banner: Banner) -> Result<Daemon> {
         ),
     }
     let started = Instant::now();
+    // Tests stop here to see the HTTP server answer while the model loads.
+    nrvna_queue::failpoint_at("daemon-before-model-load");
     let engine = LlamaEngine::start(config.engine).context("cannot load the model")?;
     if banner == Banner::Nrvnad {
         print_model(&engine, started);

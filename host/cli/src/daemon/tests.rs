@@ -222,6 +222,7 @@ fn run_claimed(ws: &Workspace, engine: &ScriptedBackend, job: &ClaimedJob) -> Jo
         CancelFlag::new(),
         progress,
         &AtomicBool::new(false),
+        None,
     )
 }
 
