@@ -210,6 +210,29 @@ impl Guest for Hostile {
                     Err(e) => Ok(format!("swallowed: {e:?}")),
                 }
             }
+            // Calls the granted agent NAME (ARGS after it) and reports what came back.
+            "call-agent" => {
+                let rest: Vec<String> = args[2..].to_vec();
+                match nrvna::agent::agents::call(&arg(1), &rest) {
+                    Ok(text) => Ok(format!("call returned: {text}")),
+                    Err(e) => Ok(format!("call failed: {e:?}")),
+                }
+            }
+            // N `status` calls on ID, then N `wait-all`s of COPIES copies of it, then N
+            // log lines: cheap calls each, host work each.
+            "host-calls" => {
+                let id = arg(1);
+                let n: usize = arg(2).parse().map_err(|e| format!("N: {e}"))?;
+                let copies: usize = arg(3).parse().map_err(|e| format!("COPIES: {e}"))?;
+                for _ in 0..n {
+                    let _ = jobs::status(&id);
+                }
+                let ids = vec![id; copies];
+                for _ in 0..n {
+                    let _ = jobs::wait_all(&ids, Some(0));
+                }
+                Ok(format!("made {n} of each"))
+            }
             // N log lines of TEXT (empty by default) through the log interface.
             "log-flood" => {
                 let n: u64 = arg(1).parse().map_err(|e| format!("N: {e}"))?;
