@@ -327,7 +327,9 @@ impl Guest for Hostile {
                 }
                 Ok(format!("ok {ok} bytes {bytes} quota {quota}\n{first_quota}"))
             }
-            // N `status` calls and one `kv.get` with an id/key of BYTES control characters.
+            // N `status` calls and one `kv.get` with an id/key of BYTES control characters,
+            // then HOLD_MS (0 by default) of waiting, for the test to read the host's
+            // peak memory.
             "huge-ids" => {
                 let n: usize = arg(1).parse().map_err(|e| format!("N: {e}"))?;
                 let bytes: usize = arg(2).parse().map_err(|e| format!("BYTES: {e}"))?;
@@ -339,6 +341,8 @@ impl Guest for Hostile {
                 }
                 let kv = format!("{:?}", nrvna::agent::kv::get(&junk));
                 longest = longest.max(kv.len());
+                let hold_ms: u64 = arg(3).parse().unwrap_or(0);
+                std::thread::sleep(std::time::Duration::from_millis(hold_ms));
                 Ok(format!("longest error {longest} bytes"))
             }
             // Appends N MiB to PATH, 1 MiB a write, until the host refuses.
