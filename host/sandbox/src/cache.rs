@@ -89,18 +89,15 @@ impl CompileCache {
     /// (temp file + rename, so readers never see half of one).
     pub(crate) fn store_artifact(&self, digest: &str, bytes: &[u8]) {
         let path = self.path(digest);
-        let result = (|| -> Result<(), String> {
-            let tmp = self
-                .dir
-                .join(format!(".{digest}.{}.tmp", std::process::id()));
-            let written = fs::File::create(&tmp)
-                .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-                .and_then(|()| fs::rename(&tmp, &path));
-            if written.is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
-            written.map_err(|e| e.to_string())
-        })();
+        let tmp = self
+            .dir
+            .join(format!(".{digest}.{}.tmp", std::process::id()));
+        let result = fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+            .and_then(|()| fs::rename(&tmp, &path));
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
         if let Err(e) = result {
             tracing::warn!(
                 "cannot write compiled-component cache {}: {e}",

@@ -127,6 +127,16 @@ fn compile_child(limit: Duration) -> Result<(), String> {
         .map_err(|e| format!("compile child: writing the artifact: {e}"))
 }
 
+/// `bytes` in an anonymous file in memory (`memfd`), at its start: the child's stdin.
+fn component_file(bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{MemfdFlags, SeekFrom, memfd_create, seek};
+    let fd = memfd_create("nrvna-component", MemfdFlags::CLOEXEC)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    seek(&file, SeekFrom::Start(0))?;
+    Ok(file)
+}
+
 /// How a compile in a child ended short of an artifact.
 #[derive(Debug)]
 pub(crate) enum ChildCompileError {
@@ -149,31 +159,29 @@ pub(crate) fn compile_in_child(
         ChildCompileError::Failed(format!("compile child: {what}: {e}"))
     };
     let deadline = Instant::now() + limit;
+    // The component goes in as a file in memory, not through a pipe: writing to the
+    // pipe of a child killed at the deadline would raise SIGPIPE, which ends nrvna's
+    // programs (they restore its default disposition, to end quietly in a shell pipe).
+    let input = component_file(bytes).map_err(|e| failed("staging the component", e))?;
     let mut child = Command::new(program)
         .arg(COMPILE_CHILD_ARG)
         .arg(limit.as_millis().to_string())
         .arg(name)
         .env_clear()
-        .stdin(Stdio::piped())
+        .stdin(Stdio::from(input))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| failed(&format!("cannot start {}", program.display()), e))?;
-    let (Some(mut stdin), Some(stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         let _ = child.kill();
         let _ = child.wait();
         return Err(ChildCompileError::Failed(
             "compile child: no pipes".to_owned(),
         ));
     };
-    let input = bytes.to_vec();
-    // Each pipe on a thread of its own, so a full one never blocks the others; they
-    // end when the child does (it is their only other end).
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
+    // Each pipe on a thread of its own, so a full one never blocks the other; they end
+    // when the child does (it is their only other end).
     let reader = std::thread::spawn(move || {
         let mut artifact = Vec::new();
         stdout
@@ -206,7 +214,6 @@ pub(crate) fn compile_in_child(
             }
         }
     };
-    let _ = writer.join();
     let artifact = reader.join();
     let message = errors.join().unwrap_or_default();
     let Some(status) = status else {
