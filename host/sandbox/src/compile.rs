@@ -26,9 +26,12 @@ use crate::runtime::{MAX_COMPONENT_BYTES, check_compile_cost};
 
 /// The first argument that makes a program a compile child (see [`serve_compile_child`]).
 pub const COMPILE_CHILD_ARG: &str = "__nrvna-compile-component";
-/// Address space a compile child may map: a worst-case function (64 KiB of nested
-/// blocks) takes about 170 MB to compile, and functions compile in parallel.
-pub const COMPILE_MEMORY_BYTES: u64 = 4 << 30;
+/// Address space a compile child may map, besides [`COMPILE_MEMORY_PER_THREAD`] for
+/// each core: the program's own mappings and its allocator's reservations.
+pub const COMPILE_MEMORY_BYTES: u64 = 2 << 30;
+/// Address space per compiling thread (one a core): a worst-case function (64 KiB of
+/// nested blocks) takes about 170 MB to compile, and functions compile in parallel.
+pub const COMPILE_MEMORY_PER_THREAD: u64 = 256 << 20;
 /// Largest artifact taken from a compile child (nrvna's components compile to a few
 /// MB; 16 MiB of wasm at most).
 const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
@@ -87,12 +90,15 @@ fn compile_child(limit: Duration) -> Result<(), String> {
     if rustix::process::getppid().is_none_or(|p| p.as_raw_nonzero().get() == 1) {
         return Err("compile child: the parent is gone".into());
     }
-    // CPU of all its threads together: the parent kills it at the deadline; this holds
-    // if the parent cannot (SIGXCPU at the soft limit, SIGKILL a second later).
+    // CPU of all its threads together, so compiling in parallel on many cores spends
+    // no more CPU than the limit allows one; and it holds if the parent cannot kill it
+    // at the deadline (SIGXCPU at the soft limit, SIGKILL a second later).
     let cpu = limit.as_secs() + 1;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let memory = COMPILE_MEMORY_BYTES + COMPILE_MEMORY_PER_THREAD * threads;
     let limits = [
         (Resource::Cpu, cpu, cpu + 1),
-        (Resource::As, COMPILE_MEMORY_BYTES, COMPILE_MEMORY_BYTES),
+        (Resource::As, memory, memory),
         (Resource::Core, 0, 0),
         (Resource::Fsize, 0, 0),
     ];
@@ -219,6 +225,15 @@ pub(crate) fn compile_in_child(
     let Some(status) = status else {
         return Err(ChildCompileError::TimedOut);
     };
+    {
+        use rustix::process::Signal;
+        use std::os::unix::process::ExitStatusExt;
+        // Ended by its CPU limit (SIGXCPU, whose default action ends it): its threads
+        // together spent the compile time limit in CPU before the deadline came.
+        if status.signal() == Some(Signal::XCPU.as_raw()) {
+            return Err(ChildCompileError::TimedOut);
+        }
+    }
     if !status.success() {
         return Err(ChildCompileError::Failed(if message.is_empty() {
             format!("compile child ended by {status}")
