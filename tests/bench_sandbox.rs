@@ -34,9 +34,21 @@ const PROMPTS: [&str; 4] = [
     "Name a country.",
 ];
 
-fn main() -> Result<()> {
-    print!("agent runtime:\n\n{}", run()?);
-    Ok(())
+fn main() -> std::process::ExitCode {
+    // Components compile in a child of this program, as under nrvna exec and nrvnad.
+    if let Some(code) = nrvna_sandbox::serve_compile_child() {
+        return code;
+    }
+    match run() {
+        Ok(table) => {
+            print!("agent runtime:\n\n{table}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench-sandbox: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Where a daemon of this process serves jobs, for [`nrvna_exec`].

@@ -567,8 +567,42 @@ fn huge_ids_and_keys_are_cut_before_any_per_byte_work() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(usize::MAX);
     assert!(longest < 4000, "{}", show(&out));
+    // The host's memory: the 15 MiB key and ids are copied in (the guest's to pass),
+    // never escaped whole (that cost 255 MiB for one kv.get). Read while the guest
+    // waits after its calls.
+    let mut child = spawn_exec(
+        &ws,
+        FX_HOSTILE,
+        &["--timeout", "20s", "--memory", "200M"],
+        &["huge-ids", "20", &bytes, "1500"],
+    );
+    let mut peak_kib = 0u64;
+    while matches!(child.try_wait(), Ok(None)) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
+        if let Some(kib) = status.ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        }) {
+            peak_kib = peak_kib.max(kib);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("nrvna exec output");
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(peak_kib > 0, "no peak memory read");
+    assert!(
+        peak_kib < PEAK_KIB_LIMIT,
+        "nrvna exec peaked at {} MiB of RSS",
+        peak_kib >> 10
+    );
     assert_daemon_serves(&ws);
 }
+
+/// What `nrvna exec` may peak at running `huge-ids`, in KiB: measured at 45 MiB (the
+/// guest's 15 MiB id, the host's copy of it, the process); escaping a key whole added
+/// 255 MiB.
+const PEAK_KIB_LIMIT: u64 = 128 << 10;
 
 #[test]
 fn wait_all_returns_no_more_than_the_guest_can_hold() {
@@ -791,5 +825,255 @@ fn compiling_is_bounded_before_and_while_it_runs() {
         "{}",
         show(&out)
     );
+    assert_daemon_serves(&ws);
+}
+
+/// A component of `functions` functions, each a body of `depth` nested blocks: under
+/// every per-function cap, and tens of milliseconds of compiling each (about 10 s of CPU
+/// for 200 on the 2-core reference machine).
+fn component_of_costly_functions(functions: usize, depth: usize) -> Vec<u8> {
+    let mut body = vec![0];
+    for _ in 0..depth {
+        body.extend([0x02, 0x40]);
+    }
+    body.extend(std::iter::repeat_n(0x0b, depth + 1));
+    let mut code = leb128(functions);
+    for _ in 0..functions {
+        code.extend(leb128(body.len()));
+        code.extend(&body);
+    }
+    let mut declared = leb128(functions);
+    declared.extend(std::iter::repeat_n(0, functions));
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    module.extend(section(1, &[1, 0x60, 0, 0]));
+    module.extend(section(3, &declared));
+    module.extend(section(10, &code));
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    component.extend(section(1, &module));
+    component
+}
+
+/// Processes compiling a component for nrvna (`nrvna __nrvna-compile-component ...`)
+/// whose command line contains `mark`, or whose parent is `parent`.
+fn compile_children(mark: Option<&str>, parent: Option<i32>) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in procs.flatten() {
+        let dir = entry.path();
+        let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !cmdline.contains(nrvna_sandbox::COMPILE_CHILD_ARG) {
+            continue;
+        }
+        let ppid = std::fs::read_to_string(dir.join("stat"))
+            .ok()
+            .and_then(|s| {
+                let after = s.rsplit_once(')')?.1.to_owned();
+                after.split_whitespace().nth(1)?.parse::<i32>().ok()
+            });
+        if mark.is_some_and(|m| cmdline.contains(m)) || (parent.is_some() && ppid == parent) {
+            found.push(format!("{}: {cmdline}", dir.display()));
+        }
+    }
+    found
+}
+
+/// CPU time (user + system) a process has used, from /proc.
+fn cpu_of(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of stat (11 and 12 after the name).
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+#[test]
+fn a_compile_past_its_time_limit_is_killed_and_releases_the_cpu() {
+    let ws = TestWs::new();
+    // 300 functions: about 15 s of compiling on the reference machine, minutes on a
+    // slower one; every one under the per-function caps, the whole under 16 MiB.
+    let name = format!("slowcompile_{}", std::process::id());
+    let path = ws.scratch().join(format!("{name}.wasm"));
+    std::fs::write(&path, component_of_costly_functions(300, 16_000)).unwrap();
+    let exec_slow = |flags: &[&str]| {
+        let started = Instant::now();
+        let out = nrvna_tests::run(
+            Command::new(bin("nrvna"))
+                .arg("exec")
+                .arg(&path)
+                .arg("--ws")
+                .arg(&ws.path)
+                .arg("--no-cache")
+                .args(flags),
+        );
+        (out, started.elapsed())
+    };
+    let (out, took) = exec_slow(&["--max-compile-time", "2s"]);
+    assert_eq!(code(&out), 7, "{}", show(&out));
+    assert!(
+        stderr(&out).contains(
+            "compile time limit reached: compiling the component took longer than 2s \
+             (--max-compile-time)"
+        ),
+        "{}",
+        show(&out)
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // The compile was a child process, killed and reaped before exec exited.
+    assert_eq!(compile_children(Some(&name), None), Vec::<String>::new());
+    // The run's wall clock, when tighter, stops it as well.
+    let (out, _) = exec_slow(&["--timeout", "1s"]);
+    assert_eq!(code(&out), 7, "{}", show(&out));
+    assert!(
+        stderr(&out).contains(
+            "wall-clock time limit reached: compiling the component took longer than 1s, \
+             the whole run's limit (--timeout)"
+        ),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(compile_children(Some(&name), None), Vec::<String>::new());
+
+    // agents.call compiles the callee under the same limit, and stops the run.
+    let slow_grant = format!("slow={}", path.display());
+    let _d = ws.daemon(1);
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &[
+            "--no-cache",
+            "--agent",
+            &slow_grant,
+            "--max-compile-time",
+            "2s",
+        ],
+        &["call-agent", "slow"],
+    );
+    assert_eq!(code(&out), 7, "{}", show(&out));
+    assert!(
+        stderr(&out).contains("compile time limit reached") && !stdout(&out).contains("call"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(compile_children(Some(&name), None), Vec::<String>::new());
+    drop(_d);
+
+    // As an agent job: the job fails naming the limit, a plain job is served, and the
+    // daemon spends no more CPU on the compile once the job has failed.
+    let d = Daemon::start(&ws.path, &model(), 1, &["--max-compile-time", "2s"], &[]);
+    let plain = plain_job(&ws);
+    let agent = ws.submit(&["--agent", path.to_str().unwrap_or_default()]);
+    let (rc, _, err) = ws.follow(&agent);
+    assert_eq!(rc, 1, "{err}\n{}", d.log_text());
+    assert!(
+        err.contains("compile time limit reached") && err.contains("--max-compile-time"),
+        "{err}"
+    );
+    assert_plain_job_done(&ws, &plain);
+    assert_eq!(compile_children(None, Some(d.pid())), Vec::<String>::new());
+    let before = cpu_of(d.pid());
+    std::thread::sleep(Duration::from_secs(3));
+    let spent = cpu_of(d.pid()).saturating_sub(before);
+    assert!(
+        spent < Duration::from_millis(500),
+        "the idle daemon used {spent:?} of CPU in 3 s after the compile was stopped"
+    );
+    assert_daemon_serves(&ws);
+}
+
+// ----- host CPU of cheap calls ----------------------------------------------------------------
+
+#[test]
+fn host_work_in_status_and_wait_all_is_charged_to_the_cpu_limit() {
+    use nrvna_queue::{Claim, Outcome, RESULT_FILE, Submission, Workspace};
+    let ws = TestWs::new();
+    let queue = Workspace::create(&ws.path).unwrap();
+    let id = queue
+        .submit(Submission {
+            prompt: "x".into(),
+            ..Submission::default()
+        })
+        .unwrap();
+    let Claim::Claimed(job) = queue.claim(&id).unwrap() else {
+        panic!("cannot claim {id}");
+    };
+    let outcome = Outcome {
+        artifacts: vec![(RESULT_FILE.into(), b"ok".to_vec())],
+        ..Outcome::default()
+    };
+    queue.complete(&job, outcome).unwrap();
+    let _d = ws.daemon(1);
+    // Each wait-all of 10 000 copies makes the host look up and read 10 000 results:
+    // one call, far more than one 10 ms tick of host CPU. Charged a tick a call, 40 of
+    // them (and 40 status calls) fit in --cpu 1s.
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--cpu", "1s", "--timeout", "120s"],
+        &["host-calls", id.as_str(), "40", "10000"],
+    );
+    assert_eq!(code(&out), 7, "{}", show(&out));
+    assert!(
+        stderr(&out).contains(
+            "cpu time limit reached: the run executed guest code, and host work for it, for \
+             more than 1s (--cpu)"
+        ),
+        "{}",
+        show(&out)
+    );
+    // A friendly amount of the same fits.
+    let out = exec(
+        &ws,
+        FX_HOSTILE,
+        &["--cpu", "1s"],
+        &["host-calls", id.as_str(), "3", "10"],
+    );
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert_eq!(stdout(&out).trim(), "made 3 of each");
+    assert_daemon_serves(&ws);
+}
+
+// ----- descriptors of --dir grants ------------------------------------------------------------
+
+#[test]
+fn dir_grants_count_as_handles_in_every_sandbox_of_the_tree() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    // 8 granted directories, opened for each of 16 nested sandboxes that never touch a
+    // file: 128 descriptors held by the run tree, past --max-handles 64.
+    let mut flags: Vec<String> = Vec::new();
+    for i in 0..8 {
+        let dir = ws.scratch().join(format!("d{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        flags.push("--dir".into());
+        flags.push(format!("{}:/d{i}", dir.display()));
+    }
+    let mut args = vec!["swallow"; 15];
+    args.push("env");
+    let with = |handles: &str| {
+        let mut all: Vec<&str> = flags.iter().map(String::as_str).collect();
+        all.extend(["--max-handles", handles]);
+        exec(&ws, FX_HOSTILE, &all, &args)
+    };
+    let out = with("64");
+    assert_eq!(code(&out), 7, "{}", show(&out));
+    assert!(
+        stderr(&out).contains("open handles limit reached")
+            && stderr(&out).contains("(--max-handles)"),
+        "{}",
+        show(&out)
+    );
+    let out = with("4096");
+    assert_eq!(code(&out), 0, "{}", show(&out));
     assert_daemon_serves(&ws);
 }

@@ -33,6 +33,8 @@ pub struct GrantArgs {
     pub memory: Option<u64>,
     #[arg(help = format!("Time executing guest code [default: {}]", show_time(Limits::default().cpu)), long, value_name = "DURATION", value_parser = parse_duration)]
     pub cpu: Option<Duration>,
+    #[arg(help = format!("Time compiling a component may take (killed past it) [default: {}]", show_time(Limits::default().compile_time)), long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_compile_time: Option<Duration>,
     #[arg(help = format!("Wall-clock time of the run [default: {}]", show_time(Limits::default().wall)), long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     #[arg(help = format!("Jobs the run may submit [default: {}]", Limits::default().max_jobs), long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -70,6 +72,7 @@ impl GrantArgs {
                 wall: self.timeout.unwrap_or(defaults.wall),
                 approval_wait: self.approval_timeout.unwrap_or(defaults.approval_wait),
                 cpu: self.cpu.unwrap_or(defaults.cpu),
+                compile_time: self.max_compile_time.unwrap_or(defaults.compile_time),
                 max_jobs: self.max_jobs.unwrap_or(defaults.max_jobs),
                 max_in_flight: self.max_in_flight.unwrap_or(defaults.max_in_flight),
                 max_prompt_bytes: self.max_prompt_bytes.unwrap_or(defaults.max_prompt_bytes),
@@ -126,6 +129,11 @@ pub fn limits_help() -> String {
             "--timeout DURATION",
             "wall-clock time, waits included",
             show_time(d.wall),
+        ),
+        (
+            "--max-compile-time DURATION",
+            "compiling one component",
+            show_time(d.compile_time),
         ),
         (
             "--approval-timeout DURATION",

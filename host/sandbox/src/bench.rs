@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::compile::{compile_child_program, compile_in_child, engine_config};
 use crate::kv::Kv;
+use crate::limits::measure_cpu;
 use crate::runtime::check_compile_cost;
 
 /// The fastest of several rounds of a check and of the work it guards (or of the work
@@ -57,6 +59,48 @@ pub fn compile_check(bytes: &[u8], rounds: u32) -> Result<Pair, String> {
                 .map(drop)
                 .map_err(|e| e.to_string())
         },
+    )
+}
+
+/// Compiling a component in this process (`first`) and in a compile child that could
+/// be killed at a deadline (`second`: starting the child, compiling, sending the
+/// artifact back, loading it), each round from scratch. `None` if this program serves
+/// no compiles (see [`crate::serve_compile_child`]).
+pub fn compile_in_child_process(bytes: &[u8], rounds: u32) -> Option<Result<Pair, String>> {
+    let program = compile_child_program()?;
+    let engine = match wasmtime::Engine::new(&engine_config()) {
+        Ok(engine) => engine,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    Some(interleaved(
+        rounds,
+        || {
+            wasmtime::component::Component::new(&engine, bytes)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+        || {
+            let artifact = compile_in_child(&program, "bench", bytes, Duration::from_secs(600))
+                .map_err(|e| format!("{e:?}"))?;
+            // SAFETY: the artifact comes from this program's own compile child, as in
+            // `Runtime::load`.
+            unsafe { wasmtime::component::Component::deserialize(&engine, &artifact) }
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+    ))
+}
+
+/// `kv.get` of a 1 KiB value as a plain call (`first`) and with the thread-CPU
+/// measurement that charges host work to `--cpu` around it (`second`).
+pub fn host_cpu_charge(ws: &Path, rounds: u32) -> Result<Pair, String> {
+    let kv = Kv::new(ws.to_owned(), "bench".into());
+    let err = |e: crate::bindings::nrvna::agent::types::JobError| format!("{e:?}");
+    kv.set("probe", &[7u8; 1024]).map_err(err)?;
+    interleaved(
+        rounds,
+        || kv.get("probe").map(drop).map_err(err),
+        || measure_cpu(|| kv.get("probe")).0.map(drop).map_err(err),
     )
 }
 

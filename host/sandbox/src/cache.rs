@@ -60,8 +60,8 @@ impl CompileCache {
         if !path.is_file() {
             return None;
         }
-        // SAFETY: the file was written by `store` below from `Component::serialize` of a
-        // compile by this same wasmtime (its name carries the engine's compatibility
+        // SAFETY: the file was written by `store`/`store_artifact` below from a compile
+        // by this same program (in process, or in its own compile child) and wasmtime (its name carries the engine's compatibility
         // hash), in a directory only this user can write; wasmtime still checks its
         // header and version and refuses a mismatch, which we treat as a miss.
         match unsafe { Component::deserialize_file(engine, &path) } {
@@ -77,22 +77,27 @@ impl CompileCache {
         }
     }
 
-    /// Writes the artifact (temp file + rename, so readers never see half of one).
+    /// Writes a compiled component's artifact.
     pub(crate) fn store(&self, digest: &str, component: &Component) {
+        match component.serialize() {
+            Ok(bytes) => self.store_artifact(digest, &bytes),
+            Err(e) => tracing::warn!("cannot serialize a compiled component for the cache: {e}"),
+        }
+    }
+
+    /// Writes an artifact this process compiled, or had its own compile child compile
+    /// (temp file + rename, so readers never see half of one).
+    pub(crate) fn store_artifact(&self, digest: &str, bytes: &[u8]) {
         let path = self.path(digest);
-        let result = (|| -> Result<(), String> {
-            let bytes = component.serialize().map_err(|e| e.to_string())?;
-            let tmp = self
-                .dir
-                .join(format!(".{digest}.{}.tmp", std::process::id()));
-            let written = fs::File::create(&tmp)
-                .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
-                .and_then(|()| fs::rename(&tmp, &path));
-            if written.is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
-            written.map_err(|e| e.to_string())
-        })();
+        let tmp = self
+            .dir
+            .join(format!(".{digest}.{}.tmp", std::process::id()));
+        let result = fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+            .and_then(|()| fs::rename(&tmp, &path));
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
         if let Err(e) = result {
             tracing::warn!(
                 "cannot write compiled-component cache {}: {e}",

@@ -26,6 +26,8 @@ pub enum LimitKind {
     Resources,
     /// Handles (open files, directories, streams) of the whole run (`--max-handles`).
     Handles,
+    /// Time compiling one component (`--max-compile-time`).
+    CompileTime,
 }
 
 impl LimitKind {
@@ -39,6 +41,7 @@ impl LimitKind {
             LimitKind::HostcallBytes => "host-call bytes",
             LimitKind::Resources => "component resources",
             LimitKind::Handles => "open handles",
+            LimitKind::CompileTime => "compile time",
         }
     }
 
@@ -52,6 +55,7 @@ impl LimitKind {
             LimitKind::HostcallBytes => "--max-hostcall-bytes",
             LimitKind::Resources => "fixed",
             LimitKind::Handles => "--max-handles",
+            LimitKind::CompileTime => "--max-compile-time",
         }
     }
 }

@@ -35,6 +35,7 @@ mod bindings {
 /// Costs of the hardening checks, for `nrvna bench --only sandbox`.
 pub mod bench;
 mod cache;
+mod compile;
 mod error;
 mod grants;
 mod host;
@@ -46,6 +47,9 @@ mod runtime;
 mod text;
 mod watch;
 
+pub use compile::{
+    COMPILE_CHILD_ARG, COMPILE_MEMORY_BYTES, COMPILE_MEMORY_PER_THREAD, serve_compile_child,
+};
 pub use error::{GrantError, LimitHit, LimitKind, SandboxError};
 pub use grants::{
     AgentGrant, DirGrant, EnvVar, Grants, RouteGrant, check_name, parse_bytes, parse_duration,

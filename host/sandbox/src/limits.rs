@@ -28,8 +28,11 @@ pub struct Limits {
     /// Time the run may spend, in all, waiting on jobs that are held for approval
     /// (`--approve submits`); not counted in `wall`, and never in `cpu`.
     pub approval_wait: Duration,
-    /// Time spent executing guest code (measured in epoch ticks).
+    /// Time spent executing guest code (measured in epoch ticks), and host work for it.
     pub cpu: Duration,
+    /// Time compiling a component may take (each component a run loads, `agents.call`
+    /// included); counted in `wall` too.
+    pub compile_time: Duration,
     /// Jobs the run may submit in all.
     pub max_jobs: u64,
     /// Jobs the run may have queued or running at once.
@@ -63,6 +66,7 @@ impl Limits {
         wall: Duration::from_secs(600),
         approval_wait: Duration::from_secs(24 * 3600),
         cpu: Duration::from_secs(60),
+        compile_time: Duration::from_secs(30),
         max_jobs: 1000,
         max_in_flight: 64,
         max_prompt_bytes: 1 << 20,
@@ -242,6 +246,14 @@ impl RunBudget {
         self.cpu_ticks.fetch_add(ticks, Ordering::Relaxed);
     }
 
+    /// CPU time the host spent for the run on the guest's own thread, in a host call:
+    /// the epoch tick that passes during the call is charged when the guest resumes
+    /// (one tick, however long the call took), so what is charged here is the rest.
+    /// Cheap calls are thus counted once, by the ticks, and long ones at their cost.
+    pub(crate) fn charge_host_cpu_in_call(&self, spent: Duration) {
+        self.charge_host_cpu(spent.saturating_sub(self.tick));
+    }
+
     /// Whether the run is still within its CPU limit (guest ticks and host work).
     pub(crate) fn check_cpu(&self) -> Result<(), LimitHit> {
         self.charge_cpu_ticks(0)
@@ -341,16 +353,28 @@ impl RunBudget {
         use wasmtime::component::ResourceTableError;
         e.chain()
             .any(|c| matches!(c.downcast_ref(), Some(ResourceTableError::Full)))
-            .then(|| {
-                LimitHit::new(
-                    LimitKind::Handles,
-                    format!(
-                        "the run's sandboxes (nested agents included) hold {} handles (open \
-                         files, directories, streams) together",
-                        self.limits.max_handles
-                    ),
-                )
-            })
+            .then(|| self.handles_hit())
+    }
+
+    /// The run's sandboxes together hold [`Limits::max_handles`].
+    pub(crate) fn handles_hit(&self) -> LimitHit {
+        LimitHit::new(
+            LimitKind::Handles,
+            format!(
+                "the run's sandboxes (nested agents included) hold {} handles (open files, \
+                 directories, streams) together",
+                self.limits.max_handles
+            ),
+        )
+    }
+
+    /// Whether a sandbox that holds `own` descriptors of its own from its start (its
+    /// `--dir` grants, opened for it) fits beside the `above` its callers hold.
+    pub(crate) fn check_handles(&self, above: u64, own: u64) -> Result<(), LimitHit> {
+        if above.saturating_add(own) > self.limits.max_handles {
+            return Err(self.handles_hit());
+        }
+        Ok(())
     }
 
     /// The run outlived its wall-clock limit.
@@ -433,12 +457,14 @@ impl RunBudget {
             })
     }
 
-    /// Gives back bytes charged for a write that moved fewer.
-    pub(crate) fn refund_write(&self, bytes: u64) {
+    /// Settles a write charged `charged` bytes before it ran: what it did not move (all
+    /// of it, if it failed) is given back.
+    pub(crate) fn settle_write<E>(&self, charged: u64, moved: &Result<u64, E>) {
+        let unused = charged.saturating_sub(*moved.as_ref().unwrap_or(&0));
         let _ = self
             .write_bytes
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
-                Some(u.saturating_sub(bytes))
+                Some(u.saturating_sub(unused))
             });
     }
 

@@ -48,6 +48,8 @@ pub(crate) struct RunShared {
     /// Serialises keyed submissions (`submit-options.key`).
     pub(crate) keyed: Mutex<()>,
     finished: AtomicBool,
+    /// When the run started (its wall clock).
+    pub(crate) started: Instant,
 }
 
 impl RunShared {
@@ -73,6 +75,7 @@ impl RunShared {
             submitted: Mutex::new(SubmittedJobs::default()),
             keyed: Mutex::new(()),
             finished: AtomicBool::new(false),
+            started: Instant::now(),
         }
     }
 

@@ -11,16 +11,17 @@ use std::time::{Duration, Instant};
 
 use nrvna_queue::{JobId, Workspace};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, UpdateDeadline};
+use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::bindings::{self, AgentPre};
 use crate::cache::{CompileCache, sha256_hex};
-use crate::error::{GrantError, LimitHit, SandboxError};
+use crate::compile::{ChildCompileError, compile_child_program, compile_in_child, engine_config};
+use crate::error::{GrantError, LimitHit, LimitKind, SandboxError};
 use crate::grants::{Grants, check_name};
 use crate::host::HostState;
 use crate::kv::Kv;
-use crate::limits::{MemoryLimiter, RunBudget};
+use crate::limits::{Limits, MemoryLimiter, RunBudget, show_duration};
 use crate::log::{LogPipe, LogSink, LogSource};
 use crate::run::RunShared;
 use crate::watch::Watchers;
@@ -203,12 +204,7 @@ pub struct RunStats {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Runtime, SandboxError> {
-        let mut wasm = Config::new();
-        wasm.wasm_component_model(true)
-            .epoch_interruption(true)
-            // A guest's deep recursion traps instead of exhausting the host's stack.
-            .max_wasm_stack(1 << 20);
-        let engine = Engine::new(&wasm).map_err(runtime_failure("engine"))?;
+        let engine = Engine::new(&engine_config()).map_err(runtime_failure("engine"))?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(runtime_failure("linking WASI"))?;
@@ -265,8 +261,34 @@ impl Runtime {
     }
 
     /// Loads a component file; its name (the storage namespace) is the file stem, with
-    /// characters outside `A-Z a-z 0-9 _ - .` replaced by `_`.
+    /// characters outside `A-Z a-z 0-9 _ - .` replaced by `_`. A compile takes at most
+    /// the default [`Limits::compile_time`].
     pub fn load(&self, path: &Path) -> Result<Agent, SandboxError> {
+        let limits = Limits::DEFAULT;
+        self.load_bounded(path, CompileDeadline::new(&limits, limits.wall))
+    }
+
+    /// Loads a component file as [`Runtime::load`] does, compiling it for at most
+    /// `limits.compile_time` and `limits.wall` (a run's wall clock counts its
+    /// compilation). In a program that called
+    /// [`serve_compile_child`](crate::serve_compile_child), the compile runs in a child
+    /// process that is killed at that deadline; otherwise on a thread that cannot be
+    /// stopped and finishes on its own. Returns the agent and how long loading took.
+    pub fn load_within(
+        &self,
+        path: &Path,
+        limits: &Limits,
+    ) -> Result<(Agent, Duration), SandboxError> {
+        let started = Instant::now();
+        let agent = self.load_bounded(path, CompileDeadline::new(limits, limits.wall))?;
+        Ok((agent, started.elapsed()))
+    }
+
+    pub(crate) fn load_bounded(
+        &self,
+        path: &Path,
+        deadline: CompileDeadline,
+    ) -> Result<Agent, SandboxError> {
         let read_err = |source| SandboxError::Read {
             path: path.to_owned(),
             source,
@@ -279,42 +301,22 @@ impl Runtime {
             )));
         }
         let bytes = std::fs::read(path).map_err(read_err)?;
-        self.load_bytes(&name_from_path(path), &bytes)
+        self.load_bytes_bounded(&name_from_path(path), &bytes, deadline)
     }
 
-    /// Loads a component file as [`Runtime::load`] does, on a thread of its own, giving
-    /// up after `limit` (a run's wall-clock limit counts its compilation). A compilation
-    /// past the limit cannot be interrupted: it ends on its thread, which keeps nothing
-    /// alive. Returns the agent and how long loading took.
-    pub fn load_within(
-        &self,
-        path: &Path,
-        limit: Duration,
-    ) -> Result<(Agent, Duration), SandboxError> {
-        let started = Instant::now();
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let runtime = self.clone();
-        let owned = path.to_owned();
-        std::thread::Builder::new()
-            .name("nrvna-compile".into())
-            .spawn(move || {
-                let _ = tx.send(runtime.load(&owned));
-            })
-            .map_err(|e| runtime_failure("compile thread")(wasmtime::Error::new(e)))?;
-        match rx.recv_timeout(limit) {
-            Ok(loaded) => Ok((loaded?, started.elapsed())),
-            Err(_) => Err(SandboxError::Limit(LimitHit::new(
-                crate::error::LimitKind::WallClock,
-                format!(
-                    "compiling the component took longer than {}, the whole run's limit",
-                    crate::limits::show_duration(limit)
-                ),
-            ))),
-        }
-    }
-
-    /// Loads a component from bytes under `name` (1-64 of `A-Z a-z 0-9 _ - .`).
+    /// Loads a component from bytes under `name` (1-64 of `A-Z a-z 0-9 _ - .`), a
+    /// compile bounded as [`Runtime::load`]'s.
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<Agent, SandboxError> {
+        let limits = Limits::DEFAULT;
+        self.load_bytes_bounded(name, bytes, CompileDeadline::new(&limits, limits.wall))
+    }
+
+    fn load_bytes_bounded(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        deadline: CompileDeadline,
+    ) -> Result<Agent, SandboxError> {
         let invalid = |source: wasmtime::Error| SandboxError::InvalidComponent {
             name: name.to_owned(),
             source,
@@ -351,13 +353,10 @@ impl Runtime {
             .and_then(|c| c.load(engine, &digest));
         let (component, source) = match cached {
             Some(c) => (c, LoadSource::DiskCache),
-            None => {
-                let c = Component::new(engine, bytes).map_err(invalid)?;
-                if let Some(cache) = &self.inner.cache {
-                    cache.store(&digest, &c);
-                }
-                (c, LoadSource::Compiled)
-            }
+            None => (
+                self.compile(name, &digest, bytes, deadline)?,
+                LoadSource::Compiled,
+            ),
         };
         let pre = self
             .inner
@@ -372,6 +371,57 @@ impl Runtime {
             loaded.insert(digest.clone(), pre.clone());
         }
         Ok(agent(pre, source))
+    }
+
+    /// Compiles a component (and caches it) within `deadline`: in a child process that
+    /// is killed at the deadline when this program serves compiles, else on a thread.
+    fn compile(
+        &self,
+        name: &str,
+        digest: &str,
+        bytes: &[u8],
+        deadline: CompileDeadline,
+    ) -> Result<Component, SandboxError> {
+        let invalid = |source: wasmtime::Error| SandboxError::InvalidComponent {
+            name: name.to_owned(),
+            source,
+        };
+        let engine = &self.inner.engine;
+        let Some(program) = compile_child_program() else {
+            // No child to kill: the compile goes on past the deadline on its own thread.
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let (engine, owned) = (engine.clone(), bytes.to_vec());
+            std::thread::Builder::new()
+                .name("nrvna-compile".into())
+                .spawn(move || {
+                    let _ = tx.send(Component::new(&engine, &owned));
+                })
+                .map_err(|e| runtime_failure("compile thread")(wasmtime::Error::new(e)))?;
+            let component = rx
+                .recv_timeout(deadline.limit)
+                .map_err(|_| SandboxError::Limit(deadline.hit()))?
+                .map_err(invalid)?;
+            if let Some(cache) = &self.inner.cache {
+                cache.store(digest, &component);
+            }
+            return Ok(component);
+        };
+        let artifact = match compile_in_child(&program, name, bytes, deadline.limit) {
+            Ok(artifact) => artifact,
+            Err(ChildCompileError::TimedOut) => return Err(SandboxError::Limit(deadline.hit())),
+            Err(ChildCompileError::Failed(message)) => {
+                return Err(invalid(wasmtime::Error::msg(message)));
+            }
+        };
+        // SAFETY: the artifact is `Engine::precompile_component`'s output of this
+        // program's own compiler, configured as this engine ([`engine_config`]), read
+        // from a pipe only this process holds (see the `compile` module); wasmtime still
+        // checks its header and its engine configuration.
+        let component = unsafe { Component::deserialize(engine, &artifact) }.map_err(invalid)?;
+        if let Some(cache) = &self.inner.cache {
+            cache.store_artifact(digest, &artifact);
+        }
+        Ok(component)
     }
 
     /// Runs `agent` with `args`. Returns when the component returns (`Ok`, with its own
@@ -430,6 +480,39 @@ impl Runtime {
                 jobs_cancelled,
             },
         })
+    }
+}
+
+/// How long a compile may take, and which limit stops it: the compile-time limit, or
+/// the run's wall clock when less of it is left.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CompileDeadline {
+    limit: Duration,
+    by_wall_clock: bool,
+}
+
+impl CompileDeadline {
+    /// The deadline under `limits` for a run with `wall_left` of its wall clock left.
+    pub(crate) fn new(limits: &Limits, wall_left: Duration) -> CompileDeadline {
+        CompileDeadline {
+            limit: limits.compile_time.min(wall_left),
+            by_wall_clock: wall_left < limits.compile_time,
+        }
+    }
+
+    fn hit(&self) -> LimitHit {
+        let took = show_duration(self.limit);
+        if self.by_wall_clock {
+            LimitHit::new(
+                LimitKind::WallClock,
+                format!("compiling the component took longer than {took}, the whole run's limit"),
+            )
+        } else {
+            LimitHit::new(
+                LimitKind::CompileTime,
+                format!("compiling the component took longer than {took}"),
+            )
+        }
     }
 }
 
@@ -516,6 +599,11 @@ pub(crate) fn run_sandbox(
         for var in &run.grants.env {
             wasi.env(&var.key, &var.value);
         }
+        // Checked before the grants' directories are opened for it.
+        let own = preopened_handles(&run);
+        run.budget
+            .check_handles(handles_above, own)
+            .map_err(SandboxError::Limit)?;
         for dir in &run.grants.dirs {
             let perms = if dir.read_only {
                 FsPerms::ReadOnly
@@ -532,8 +620,9 @@ pub(crate) fn run_sandbox(
         }
         let mut table = ResourceTable::new();
         // Handles are counted per run: the callers, suspended in `agents.call`, hold
-        // theirs for as long as this sandbox runs.
-        table.set_max_capacity(run.budget.handles_left(handles_above));
+        // theirs for as long as this sandbox runs. Each `--dir` grant is a directory
+        // opened for this sandbox: a descriptor it holds from the start.
+        table.set_max_capacity(run.budget.handles_left(handles_above + own));
         let kv = Kv::new(run.workspaces[0].root().to_owned(), agent_name.to_string())
             .with_byte_limit(run.budget.kv_bytes());
         let state = HostState {
@@ -575,6 +664,11 @@ pub(crate) fn run_sandbox(
         stderr.flush_partial();
         result
     })
+}
+
+/// Descriptors each sandbox of `run` holds from its start: one per `--dir` grant.
+pub(crate) fn preopened_handles(run: &RunShared) -> u64 {
+    run.grants.dirs.len() as u64
 }
 
 /// Wraps the error of a step of setting up the runtime.

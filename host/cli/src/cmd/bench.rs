@@ -73,7 +73,8 @@ pub struct BenchArgs {
         value_parser = ["engine", "pickup", "queue", "prefix", "load", "sandbox", "http"]
     )]
     only: Vec<String>,
-    /// Components (.wasm) whose compile-cost check the sandbox section measures: a file
+    /// Components (.wasm) whose compile-cost check and compile in a child process the
+    /// sandbox section measures: a file
     /// or a directory of them (e.g. the patterns the tests build, in
     /// $CARGO_TARGET_DIR/wasm-guests/wasm32-wasip2/release)
     #[arg(long, value_name = "PATH")]
@@ -167,6 +168,19 @@ fn sandbox_costs(components: Option<&Path>, rounds: u32) -> Result<String> {
             &format!("compiling {name} ({} KiB)", bytes.len() >> 10),
             pair,
         );
+        // Measured as an in-process compile and one in a compile child: the check
+        // (a compile that can be stopped) is the difference.
+        if let Some(pair) = bench::compile_in_child_process(&bytes, rounds.min(5)) {
+            let pair = pair.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            row(
+                "compile in a child process, killed at --max-compile-time",
+                &format!("compiling {name} in the process"),
+                bench::Pair {
+                    first: pair.second.saturating_sub(pair.first),
+                    second: pair.first,
+                },
+            );
+        }
     }
     let schema = r#"{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"},"tags":{"type":"array","items":{"type":"string"}},"address":{"type":"object","properties":{"city":{"type":"string"},"zip":{"type":"string"}},"required":["city"]}},"required":["name","age"]}"#;
     let value: serde_json::Value = serde_json::from_str(schema)?;
@@ -184,6 +198,16 @@ fn sandbox_costs(components: Option<&Path>, rounds: u32) -> Result<String> {
         "JSON Schema complexity",
         "converting a 7-property schema",
         pair,
+    );
+    let dir = tempfile::tempdir()?;
+    let pair = bench::host_cpu_charge(dir.path(), rounds).map_err(anyhow::Error::msg)?;
+    row(
+        "host CPU charged to --cpu (thread CPU clock)",
+        "kv.get of 1 KiB",
+        bench::Pair {
+            first: pair.second.saturating_sub(pair.first),
+            second: pair.first,
+        },
     );
     for keys in [10, 100, 1000] {
         let dir = tempfile::tempdir()?;

@@ -131,7 +131,7 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
     };
     let runtime = agent_runtime(cache_dir)?;
     // Compiling counts against the run's wall clock.
-    let agent = match runtime.load_within(&args.component, grants.limits.wall) {
+    let agent = match runtime.load_within(&args.component, &grants.limits) {
         Ok((agent, took)) => {
             grants.limits.wall = grants.limits.wall.saturating_sub(took);
             agent

@@ -89,7 +89,8 @@ async fn run_agent_job(
     let wall = grants.limits.wall;
     let loading = {
         let runtime = runtime.clone();
-        tokio::task::spawn_blocking(move || runtime.load_within(&wasm, wall))
+        let limits = grants.limits.clone();
+        tokio::task::spawn_blocking(move || runtime.load_within(&wasm, &limits))
     };
     let agent = match loading.await {
         Ok(Ok((agent, took))) => {

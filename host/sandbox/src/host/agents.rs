@@ -10,7 +10,7 @@ use crate::bindings::nrvna::agent::agents;
 use crate::bindings::nrvna::agent::types::JobError;
 use crate::error::SandboxError;
 use crate::host::{HostCallError, HostState};
-use crate::runtime::{Agent, run_sandbox};
+use crate::runtime::{Agent, CompileDeadline, preopened_handles, run_sandbox};
 use crate::text::quoted;
 
 impl agents::Host for HostState {
@@ -21,7 +21,10 @@ impl agents::Host for HostState {
         self.run.budget.count_agent_call();
         // This sandbox is suspended in this call while the child runs: its handles stay
         // as they are now, and count against the child's share of the run's.
-        let handles_above = self.handles_above + self.table.iter_mut().count() as u64;
+        // Its `--dir` grants' descriptors are held too, whether or not it looked at them.
+        let handles_above = self.handles_above
+            + self.table.iter_mut().count() as u64
+            + preopened_handles(&self.run);
         // A task of its own: the child's store runs on its own fiber, and aborting the
         // handle (this future dropped) stops it.
         let child = AbortOnDrop(tokio::spawn(run_sandbox(
@@ -52,7 +55,13 @@ impl HostState {
     /// under: this one for `self`, else a granted one, loaded off the async threads.
     /// (`&mut` because `HostState` is not `Sync`: a shared borrow held across the load
     /// would make the call's future not `Send`.)
-    async fn callee(&mut self, name: String, shown: &str) -> Result<(Agent, Arc<str>), JobError> {
+    /// Compiling it is bounded by `--max-compile-time` and the run's wall clock; either
+    /// stops the run.
+    async fn callee(
+        &mut self,
+        name: String,
+        shown: &str,
+    ) -> Result<(Agent, Arc<str>), HostCallError> {
         if name == "self" {
             return Ok((self.agent.clone(), self.agent_name.clone()));
         }
@@ -60,13 +69,17 @@ impl HostState {
             return Err(JobError::Denied(format!(
                 "agent {shown} is not granted to this component (grant it with --agent \
                  NAME=PATH; `self` is always allowed)"
-            )));
+            ))
+            .into());
         };
+        let wall_left = self.run.budget.time_left(self.run.started)?;
+        let deadline = CompileDeadline::new(&self.run.grants.limits, wall_left);
         let runtime = self.run.runtime.clone();
-        match tokio::task::spawn_blocking(move || runtime.load(&path)).await {
+        match tokio::task::spawn_blocking(move || runtime.load_bounded(&path, deadline)).await {
             Ok(Ok(agent)) => Ok((agent, Arc::from(name))),
-            Ok(Err(e)) => Err(JobError::Failed(format!("cannot load agent {shown}: {e}"))),
-            Err(e) => Err(JobError::Failed(format!("agent load task: {e}"))),
+            Ok(Err(SandboxError::Limit(hit))) => Err(hit.into()),
+            Ok(Err(e)) => Err(JobError::Failed(format!("cannot load agent {shown}: {e}")).into()),
+            Err(e) => Err(JobError::Failed(format!("agent load task: {e}")).into()),
         }
     }
 }

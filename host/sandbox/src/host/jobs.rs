@@ -58,7 +58,11 @@ impl jobs::Host for HostState {
     }
 
     async fn status(&mut self, id: String) -> Result<JobState, HostCallError> {
-        Ok(self.run.status(&id)?)
+        // File-system lookups on this thread: host CPU the run pays for.
+        let (state, spent) = measure_cpu(|| self.run.status(&id));
+        self.run.budget.charge_host_cpu_in_call(spent);
+        self.run.budget.check_cpu()?;
+        Ok(state?)
     }
 
     async fn cancel(&mut self, id: String) -> Result<(), HostCallError> {
@@ -78,7 +82,10 @@ impl jobs::Host for HostState {
         ids: Vec<String>,
         timeout_ms: Option<u64>,
     ) -> wasmtime::Result<Vec<Result<JobOutput, JobError>>> {
-        Ok(self.run.clone().wait_all(&ids, timeout_ms).await)
+        // Building the results (a lookup and a read per id) is charged inside.
+        let results = self.run.clone().wait_all(&ids, timeout_ms).await;
+        self.run.budget.check_cpu()?;
+        Ok(results)
     }
 
     async fn routes(&mut self) -> wasmtime::Result<Vec<String>> {
@@ -523,16 +530,21 @@ impl RunShared {
         }
         let mut results: Vec<Option<Result<JobOutput, JobError>>> = Vec::with_capacity(ids.len());
         let mut pending = Vec::new();
-        for (i, raw) in ids.iter().enumerate() {
-            match parse_id(raw).and_then(|id| Ok((self.locate(&id)?, id))) {
-                Err(e) => results.push(Some(Err(e))),
-                Ok((None, id)) => results.push(Some(Err(not_found(&id)))),
-                Ok((Some((wsi, _)), id)) => {
-                    results.push(None);
-                    pending.push((i, wsi, id));
+        // Looking every id up and building every result is host work for the run, done
+        // on its thread: measured and charged to its CPU budget.
+        let ((), spent) = measure_cpu(|| {
+            for (i, raw) in ids.iter().enumerate() {
+                match parse_id(raw).and_then(|id| Ok((self.locate(&id)?, id))) {
+                    Err(e) => results.push(Some(Err(e))),
+                    Ok((None, id)) => results.push(Some(Err(not_found(&id)))),
+                    Ok((Some((wsi, _)), id)) => {
+                        results.push(None);
+                        pending.push((i, wsi, id));
+                    }
                 }
             }
-        }
+        });
+        self.budget.charge_host_cpu_in_call(spent);
         let jobs: Vec<(usize, JobId)> = pending.iter().map(|(_, w, id)| (*w, id.clone())).collect();
         let notifies = self.watch_all(&jobs);
         let mut rx = self.runtime.inner().watchers.subscribe();
@@ -542,42 +554,10 @@ impl RunShared {
         let mut room = self.budget.memory_left() / 2;
         let mut approval = ApprovalTimer::new(self.budget.clone());
         let _ = wait_for(&mut rx, notifies, deadline_in(timeout_ms), || {
-            let mut all_held = true;
-            pending.retain(|(i, wsi, id)| {
-                let done = match self.workspaces[*wsi].state_of(id) {
-                    Ok(Some(s)) if s.is_terminal() => {
-                        self.mark_ended(id);
-                        Some(match self.output(*wsi, id, s) {
-                            Ok(out) if out.text.len() as u64 > room => {
-                                Err(JobError::Quota(format!(
-                                    "result bytes: job {id}'s result is {} bytes; this wait \
-                                     may return {room} more (half the memory the run may \
-                                     still use, --memory); wait for fewer jobs at once",
-                                    out.text.len()
-                                )))
-                            }
-                            Ok(out) => {
-                                room -= out.text.len() as u64;
-                                Ok(out)
-                            }
-                            Err(e) => Err(e),
-                        })
-                    }
-                    Ok(Some(s)) => {
-                        all_held &= s == State::Held;
-                        None
-                    }
-                    Ok(None) => Some(Err(not_found(id))),
-                    Err(e) => Some(Err(queue_failure(e))),
-                };
-                match done {
-                    Some(r) => {
-                        results[*i] = Some(r);
-                        false
-                    }
-                    None => true,
-                }
-            });
+            let (all_held, spent) =
+                measure_cpu(|| self.collect_ended(&mut pending, &mut results, &mut room));
+            // Each look is charged on its own: time waiting between looks is not CPU.
+            self.budget.charge_host_cpu_in_call(spent);
             approval.set(all_held && !pending.is_empty());
             pending.is_empty().then_some(())
         })
@@ -588,7 +568,55 @@ impl RunShared {
             .map(|r| r.unwrap_or(Err(JobError::Timeout)))
             .collect()
     }
+
+    /// One look of `wait-all`: the results of the `pending` jobs that have ended, each
+    /// within the `room` left for result text (the rest `quota`).
+    fn collect_ended(
+        &self,
+        pending: &mut Vec<(usize, usize, JobId)>,
+        results: &mut [Option<Result<JobOutput, JobError>>],
+        room: &mut u64,
+    ) -> bool {
+        let mut all_held = true;
+        let mut left = *room;
+        pending.retain(|(i, wsi, id)| {
+            let done = match self.workspaces[*wsi].state_of(id) {
+                Ok(Some(s)) if s.is_terminal() => {
+                    self.mark_ended(id);
+                    Some(match self.output(*wsi, id, s) {
+                        Ok(out) if out.text.len() as u64 > left => Err(JobError::Quota(format!(
+                            "result bytes: job {id}'s result is {} bytes; this wait \
+                                     may return {left} more (half the memory the run may \
+                                     still use, --memory); wait for fewer jobs at once",
+                            out.text.len()
+                        ))),
+                        Ok(out) => {
+                            left -= out.text.len() as u64;
+                            Ok(out)
+                        }
+                        Err(e) => Err(e),
+                    })
+                }
+                Ok(Some(s)) => {
+                    all_held &= s == State::Held;
+                    None
+                }
+                Ok(None) => Some(Err(not_found(id))),
+                Err(e) => Some(Err(queue_failure(e))),
+            };
+            match done {
+                Some(r) => {
+                    results[*i] = Some(r);
+                    false
+                }
+                None => true,
+            }
+        });
+        *room = left;
+        all_held
+    }
 }
+
 /// Parses a component-supplied id; the only way an id reaches a path.
 pub(crate) fn parse_id(raw: &str) -> Result<JobId, JobError> {
     // The queue's error quotes the whole id: hand it no more than the message can show

@@ -2,6 +2,7 @@
 
 use crate::bindings::nrvna::agent::log;
 use crate::host::HostState;
+use crate::limits::measure_cpu;
 use crate::log::{LogLevel, LogSource};
 
 impl log::Host for HostState {
@@ -12,9 +13,14 @@ impl log::Host for HostState {
             log::Level::Warn => LogLevel::Warn,
             log::Level::Error => LogLevel::Error,
         };
-        self.run
-            .log
-            .write(&self.agent_name, level, LogSource::Log, &message);
+        // Sanitising and writing the line is host work on this thread: charged to --cpu.
+        let ((), spent) = measure_cpu(|| {
+            self.run
+                .log
+                .write(&self.agent_name, level, LogSource::Log, &message)
+        });
+        self.run.budget.charge_host_cpu_in_call(spent);
+        self.run.budget.check_cpu()?;
         Ok(())
     }
 }

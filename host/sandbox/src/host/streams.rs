@@ -116,9 +116,7 @@ impl HostOutputStream for HostState {
         // Charged for all it may move; what it did not is given back.
         self.charge_write(len)?;
         let moved = HostOutputStream::splice(&mut self.table, dest, src, len);
-        self.run
-            .budget
-            .refund_write(len.saturating_sub(*moved.as_ref().unwrap_or(&0)));
+        self.run.budget.settle_write(len, &moved);
         moved
     }
 
@@ -130,9 +128,7 @@ impl HostOutputStream for HostState {
     ) -> StreamResult<u64> {
         self.charge_write(len)?;
         let moved = HostOutputStream::blocking_splice(&mut self.table, dest, src, len).await;
-        self.run
-            .budget
-            .refund_write(len.saturating_sub(*moved.as_ref().unwrap_or(&0)));
+        self.run.budget.settle_write(len, &moved);
         moved
     }
 }
@@ -224,8 +220,7 @@ fn positioned_write(
         let run = Arc::clone(&state.run);
         let mut fs = state.filesystem();
         let written = HostDescriptor::write(&mut fs, fd, buf, offset).await;
-        run.budget
-            .refund_write(charged.saturating_sub(*written.as_ref().unwrap_or(&0)));
+        run.budget.settle_write(charged, &written);
         match written {
             Ok(n) => Ok((Ok(n),)),
             Err(e) => Ok((Err(FsHost::convert_error_code(&mut fs, e)?),)),

@@ -210,6 +210,29 @@ impl Guest for Hostile {
                     Err(e) => Ok(format!("swallowed: {e:?}")),
                 }
             }
+            // Calls the granted agent NAME (ARGS after it) and reports what came back.
+            "call-agent" => {
+                let rest: Vec<String> = args[2..].to_vec();
+                match nrvna::agent::agents::call(&arg(1), &rest) {
+                    Ok(text) => Ok(format!("call returned: {text}")),
+                    Err(e) => Ok(format!("call failed: {e:?}")),
+                }
+            }
+            // N `status` calls on ID, then N `wait-all`s of COPIES copies of it, then N
+            // log lines: cheap calls each, host work each.
+            "host-calls" => {
+                let id = arg(1);
+                let n: usize = arg(2).parse().map_err(|e| format!("N: {e}"))?;
+                let copies: usize = arg(3).parse().map_err(|e| format!("COPIES: {e}"))?;
+                for _ in 0..n {
+                    let _ = jobs::status(&id);
+                }
+                let ids = vec![id; copies];
+                for _ in 0..n {
+                    let _ = jobs::wait_all(&ids, Some(0));
+                }
+                Ok(format!("made {n} of each"))
+            }
             // N log lines of TEXT (empty by default) through the log interface.
             "log-flood" => {
                 let n: u64 = arg(1).parse().map_err(|e| format!("N: {e}"))?;
@@ -304,7 +327,9 @@ impl Guest for Hostile {
                 }
                 Ok(format!("ok {ok} bytes {bytes} quota {quota}\n{first_quota}"))
             }
-            // N `status` calls and one `kv.get` with an id/key of BYTES control characters.
+            // N `status` calls and one `kv.get` with an id/key of BYTES control characters,
+            // then HOLD_MS (0 by default) of waiting, for the test to read the host's
+            // peak memory.
             "huge-ids" => {
                 let n: usize = arg(1).parse().map_err(|e| format!("N: {e}"))?;
                 let bytes: usize = arg(2).parse().map_err(|e| format!("BYTES: {e}"))?;
@@ -316,6 +341,8 @@ impl Guest for Hostile {
                 }
                 let kv = format!("{:?}", nrvna::agent::kv::get(&junk));
                 longest = longest.max(kv.len());
+                let hold_ms: u64 = arg(3).parse().unwrap_or(0);
+                std::thread::sleep(std::time::Duration::from_millis(hold_ms));
                 Ok(format!("longest error {longest} bytes"))
             }
             // Appends N MiB to PATH, 1 MiB a write, until the host refuses.
