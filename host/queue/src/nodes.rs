@@ -56,6 +56,8 @@ impl NodeId {
             && text.len() <= 64
             && !text.starts_with('.')
             && !text.ends_with(".lock")
+            && text != "recovery"
+            && text != "cancel"
             && text
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
@@ -65,7 +67,7 @@ impl NodeId {
             Err(QueueError::InvalidOption {
                 what: "node id",
                 expected: "1-64 characters from A-Z a-z 0-9 _ - . (not starting with '.', \
-                           not ending in .lock)"
+                           not ending in .lock, not `recovery` or `cancel`)"
                     .into(),
                 got: crate::error::shown(text),
             })
@@ -110,6 +112,12 @@ impl Claimer {
             node,
             incarnation: format!("{:08x}{:08x}", crate::id::random_u32(), std::process::id()),
         }
+    }
+
+    /// The claimer `nrvna cancel` is when it takes a queued job off a shared workspace:
+    /// a node id no daemon can have, so its claim lapses if the command dies mid-way.
+    pub(crate) fn canceller() -> Claimer {
+        Claimer::new(NodeId("cancel".into()))
     }
 
     fn is(&self, claim: &ClaimRecord) -> bool {

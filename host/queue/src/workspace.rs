@@ -943,7 +943,7 @@ impl Workspace {
         // A shared workspace (crate::nodes): a claimer whose rename reported ENOENT may
         // still claim this directory; the claim file settles which of us has it.
         if self.root.join(crate::nodes::NODES_DIR).is_dir() {
-            let canceller = crate::nodes::Claimer::new(crate::nodes::NodeId::parse("cancel")?);
+            let canceller = Claimer::canceller();
             if crate::nodes::create_claim(&running, &canceller)?.is_none() {
                 return Ok(false);
             }
@@ -1103,6 +1103,16 @@ impl Workspace {
         sync_dir(&dir)?;
         let to = self.job_dir(target, id);
         rename_durable(&dir, &to).at(&to)
+    }
+
+    /// [`Workspace::requeue`] of a job this process claimed: on a shared workspace, only
+    /// while the claim is still its own (a daemon paused past its lease may find the job
+    /// taken over, and must not put someone else's run back in the queue).
+    pub fn requeue_claimed(&self, job: &ClaimedJob, uncount: bool) -> Result<()> {
+        if self.claimer.is_some() {
+            self.check_still_owned(&job.id, &job.meta)?;
+        }
+        self.requeue(&job.id, uncount)
     }
 
     /// Puts a job in `processing/` back into `input/ready/`. `uncount` undoes the attempt
