@@ -26,10 +26,15 @@ fn shared_daemon(
     let log = ws.scratch().join(format!("nrvnad-{node}.log"));
     let log_file = fs::File::create(&log).unwrap();
     let mut cmd = match clock {
-        // Debian's faketime (libfaketime); scripts/setup installs it.
+        // Debian's faketime (libfaketime); scripts/setup installs it. Setting a machine's
+        // clock moves its wall clock (CLOCK_REALTIME), never its monotonic clock, which
+        // counts from boot: so is it here. (A faked monotonic clock would also break
+        // every timed wait in the process, whose deadlines the kernel reads unfaked.)
         Some(offset) => {
             let mut c = Command::new("faketime");
-            c.args(["-f", offset]).arg(bin("nrvnad"));
+            c.args(["-f", offset])
+                .arg(bin("nrvnad"))
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
             c
         }
         None => Command::new(bin("nrvnad")),
@@ -129,7 +134,7 @@ fn three_daemons_run_sixty_jobs_each_exactly_once() {
     let agent = ws.submit(&["--agent", echo.to_str().unwrap(), "--", "Say hi.", "4"]);
     let (status_code, _, body) = post_json(
         &format!("{}/v1/chat/completions", base_url(&a)),
-        r#"{"model":"x","messages":[{"role":"user","content":"Say hi."}],"max_tokens":4}"#,
+        r#"{"model":"SmolLM2-135M-Instruct.Q4_1","messages":[{"role":"user","content":"Say hi."}],"max_tokens":4}"#,
         &[],
     );
     assert_eq!(status_code, 200, "{body}");
