@@ -203,8 +203,8 @@ fn a_killed_daemons_jobs_are_requeued_after_its_lease_and_done_once() {
     let b_log = b.log_text();
     let orphans: Vec<&String> = ids
         .iter()
-        .filter(|id| said(&[b_log.clone()], id, "running") == 1)
-        .filter(|id| said(&[b_log.clone()], id, "done") == 0)
+        .filter(|id| said(std::slice::from_ref(&b_log), id, "running") == 1)
+        .filter(|id| said(std::slice::from_ref(&b_log), id, "done") == 0)
         .collect();
     assert!(!orphans.is_empty(), "node-b had nothing running:\n{b_log}");
     wait_batch(&ws, &[&a, &c]);

@@ -331,7 +331,6 @@ fn heartbeat(path: &Path, state: &std::sync::Mutex<NodeBeat>, stop: &AtomicBool,
             }
             Err(_) => return,
         };
-        crate::failpoint!("heartbeat");
         if let Err(e) = write_beat(path, &beat) {
             // Missed beats let the lease lapse: the others take this node's jobs.
             tracing::warn!("cannot renew this node's lease: {e}");
@@ -429,7 +428,9 @@ struct RecoveryLock(File);
 
 impl RecoveryLock {
     fn take(root: &Path) -> Result<RecoveryLock> {
-        let path = root.join(NODES_DIR).join(RECOVERY_LOCK);
+        let dir = root.join(NODES_DIR);
+        fs::create_dir_all(&dir).at(&dir)?;
+        let path = dir.join(RECOVERY_LOCK);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -464,14 +465,15 @@ impl Workspace {
                 self.quarantine(&ready, &format!("input/ready/{id} rejected: {reason}"))?;
                 return Ok(Claim::Rejected(reason.into()));
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Claim::Gone),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(e).at(&ready),
         }
         let claimed_at = Instant::now();
         match fs::rename(&ready, &running) {
             Ok(()) => {}
-            // Someone else won the rename, or (NFS) ours was retried after it succeeded:
-            // the claim file below decides.
+            // Someone else won the rename, or (NFS) ours was retried after it succeeded,
+            // or an earlier one was: if the job is in processing/, the claim file below
+            // decides whose it is.
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 if !running.is_dir() {
                     return Ok(Claim::Gone);
@@ -479,7 +481,6 @@ impl Workspace {
             }
             Err(e) => return Err(e).at(&ready),
         }
-        crate::failpoint!("claim-renamed");
         let Some(record) = create_claim(&running, claimer)? else {
             return Ok(Claim::Gone);
         };
@@ -503,13 +504,13 @@ impl Workspace {
         meta.started_at = Some(now_timestamp());
         meta.node = Some(record.node.clone());
         meta.claim = Some(record.claim.clone());
-        if let Err(e) = write_meta(&running, &meta) {
-            if loaded.is_ok() {
-                // The start cannot be recorded (full disk...): put the job back rather
-                // than run it unaccounted.
-                let _ = self.requeue(id, false);
-                return Err(e);
-            }
+        // The start cannot be recorded (full disk...): put the job back rather than run
+        // it unaccounted. (A job to reject is settled below all the same.)
+        if let Err(e) = write_meta(&running, &meta)
+            && loaded.is_ok()
+        {
+            let _ = self.requeue(id, false);
+            return Err(e);
         }
         match loaded {
             Ok((_, prompt)) => Ok(Claim::Claimed(Box::new(crate::ClaimedJob {
