@@ -90,6 +90,17 @@ fn said(logs: &[String], id: &str, what: &str) -> usize {
         .sum()
 }
 
+/// The daemons' logs once each of `ids` has its `done` line: a daemon prints it just
+/// after the job reaches `output/`, where a waiter may already have seen it.
+fn logs_when_done(daemons: &[&Daemon], ids: &[String]) -> Vec<String> {
+    let mut logs = Vec::new();
+    wait_for(Duration::from_secs(30), || {
+        logs = daemons.iter().map(|d| d.log_text()).collect();
+        ids.iter().all(|id| said(&logs, id, "done") >= 1)
+    });
+    logs
+}
+
 fn submit_batch(ws: &TestWs, n: usize, tokens: &str) -> Vec<String> {
     (0..n)
         .map(|i| {
@@ -144,7 +155,7 @@ fn three_daemons_run_sixty_jobs_each_exactly_once() {
     let child = out.split('|').next().unwrap().to_owned();
     ids.extend([agent, child]);
 
-    let logs: Vec<String> = [&a, &b, &c].iter().map(|d| d.log_text()).collect();
+    let logs = logs_when_done(&[&a, &b, &c], &ids);
     let at = places(&ws);
     let mut by_node: BTreeMap<String, usize> = BTreeMap::new();
     for id in &ids {
@@ -209,7 +220,7 @@ fn a_killed_daemons_jobs_are_requeued_after_its_lease_and_done_once() {
     assert!(!orphans.is_empty(), "node-b had nothing running:\n{b_log}");
     wait_batch(&ws, &[&a, &c]);
 
-    let logs = vec![a.log_text(), b_log, c.log_text()];
+    let logs = logs_when_done(&[&a, &b, &c], &ids);
     let at = places(&ws);
     for id in &ids {
         assert_eq!(at.get(id), Some(&vec!["output".to_owned()]), "{id}");
@@ -307,7 +318,7 @@ fn daemons_with_clocks_hours_off_steal_no_live_job_and_still_take_over_a_dead_on
             "started_at {started} is {off} min off"
         );
     }
-    let logs = [a.log_text(), ahead.log_text(), behind.log_text()];
+    let logs = logs_when_done(&[&a, &ahead, &behind], &jobs);
     for id in &jobs {
         assert_eq!(said(&logs, id, "requeued"), 1, "{id}");
         assert_eq!(said(&logs, id, "done"), 1, "{id}");

@@ -21,7 +21,8 @@ Other commands:
   nrvnad status WORKSPACE [--json]
       Is a daemon running on WORKSPACE? Prints `ready (pid P, model M, workers N)`,
       `starting (pid P)` or `not running`; --json prints one object
-      {\"running\",\"ready\",\"pid\",\"model\",\"workers\",\"started_at\"}.
+      {\"running\",\"ready\",\"pid\",\"model\",\"workers\",\"started_at\",\"nodes\"}
+      (nodes: one object per daemon of a --shared workspace, else null).
   nrvnad stop WORKSPACE [--timeout DURATION]
       Stops WORKSPACE's daemon: SIGTERM, then after --timeout (20s; seconds, or a
       number with ms, s, m or h) a second SIGTERM that requeues its running jobs,
@@ -54,7 +55,8 @@ seconds, then requeue them; a second signal requeues at once.";
     long_about = "The nrvna daemon: owns a workspace and runs its jobs on a local GGUF model.\n\n\
         Jobs submitted with `wrk` are picked up within milliseconds (file-system \
         notifications), decoded together with continuous batching (one slot per worker), \
-        and moved to output/ or failed/. One daemon per workspace.",
+        and moved to output/ or failed/. One daemon per workspace, or several with --shared \
+        (docs/scale-out.md).",
     after_help = format!(
         "{AFTER_HELP}\n\n{}\n{}",
         exit::help(&[exit::OK, exit::FAILED, exit::USAGE, exit::NOT_READY, exit::NO_DAEMON]),
@@ -129,7 +131,7 @@ struct Args {
 struct StatusArgs {
     /// Workspace directory
     workspace: PathBuf,
-    /// One JSON object: {"running","ready","pid","model","workers","started_at"}
+    /// One JSON object: {"running","ready","pid","model","workers","started_at","nodes"}
     #[arg(long)]
     json: bool,
 }
