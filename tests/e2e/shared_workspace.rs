@@ -324,3 +324,29 @@ fn daemons_with_clocks_hours_off_steal_no_live_job_and_still_take_over_a_dead_on
         assert_eq!(said(&logs, id, "done"), 1, "{id}");
     }
 }
+
+#[test]
+fn a_daemon_that_lists_instead_of_watching_picks_jobs_up() {
+    // What a daemon on NFS or CephFS does (`--watch auto` chooses it there by statfs);
+    // forced here on a local disk.
+    let ws = TestWs::new();
+    let d = shared_daemon(
+        &ws,
+        "lister",
+        "2s",
+        None,
+        &["--watch", "poll", "--poll-interval", "300ms"],
+        &[],
+    );
+    assert!(
+        d.log_text()
+            .contains("--watch poll: listing input/ready every 0.30s"),
+        "{}",
+        d.log_text()
+    );
+    let ids = submit_batch(&ws, 4, "4");
+    wait_batch(&ws, &[&d]);
+    for id in &ids {
+        assert_eq!(ws.meta("output", id)["node"], "lister");
+    }
+}
