@@ -28,5 +28,6 @@ mod patterns;
 mod prefix_cache;
 mod sandbox;
 mod setup;
+mod shared_workspace;
 mod startup;
 mod streaming;

@@ -137,6 +137,8 @@ pub fn of_daemon(status: &DaemonStatus) -> u8 {
     match status {
         DaemonStatus::Ready { .. } => OK,
         DaemonStatus::Starting { .. } => NOT_READY,
+        DaemonStatus::Shared { .. } if status.is_ready() => OK,
+        DaemonStatus::Shared { .. } => NOT_READY,
         DaemonStatus::NotRunning => NO_DAEMON,
     }
 }

@@ -35,6 +35,14 @@ impl WorkspaceStatus {
             DaemonStatus::NotRunning => ("not running", None, None),
             DaemonStatus::Starting { pid } => ("starting", pid, None),
             DaemonStatus::Ready { pid, info } => ("ready", pid, info),
+            DaemonStatus::Shared { ref nodes } => {
+                let ready = nodes.iter().find_map(|n| n.info.clone());
+                (
+                    if ready.is_some() { "ready" } else { "starting" },
+                    None,
+                    ready,
+                )
+            }
         };
         Ok(WorkspaceStatus {
             workspace: ws.root().display().to_string(),

@@ -37,6 +37,21 @@ pub enum QueueError {
     BadMeta { id: String, reason: String },
     #[error("workspace {path} is owned by another nrvnad (pid {pid})")]
     Locked { path: PathBuf, pid: String },
+    #[error(
+        "workspace {path} is served by shared daemons (nrvnad --shared): start this one \
+         with --shared too, or stop them first"
+    )]
+    ServedShared { path: PathBuf },
+    #[error(
+        "workspace {path}: a daemon with node id {node} is running already; give this one \
+         another --node-id"
+    )]
+    NodeInUse { path: PathBuf, node: String },
+    #[error(
+        "job {id} is no longer this daemon's: its lease lapsed and another daemon took it \
+         over; its result here is dropped"
+    )]
+    ClaimLost { id: String },
     /// A [`crate::Workspace::submit_with`] hook refused the job; nothing was queued.
     #[error("{0}")]
     Refused(String),

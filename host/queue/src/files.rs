@@ -33,6 +33,9 @@ pub const PARTIAL_FILE: &str = "partial.txt";
 /// A chat job's messages, `[{"role": "system"|"user"|"assistant", "content": "..."}]`,
 /// applied through the model's chat template; `prompt.txt` holds the last user message.
 pub const MESSAGES_FILE: &str = "messages.json";
+/// On a shared workspace (`nrvnad --shared`), who runs the job: created exclusively by
+/// the claimer right after its claiming rename (crate::nodes).
+pub const CLAIM_FILE: &str = "claim.json";
 /// Cancel requests for running jobs: `nrvna cancel` drops `<ws>/.cancel/<id>`, the owning
 /// daemon stops the job and removes the file.
 pub const CANCEL_DIR: &str = ".cancel";

@@ -68,7 +68,7 @@ fn is_valid(s: &str) -> bool {
 
 /// 32 random bits from the std hasher's per-process random keys mixed with the clock;
 /// enough to keep two machines that pick the same µs and pid apart.
-fn random_u32() -> u32 {
+pub(crate) fn random_u32() -> u32 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
         SystemTime::now()

@@ -33,6 +33,7 @@ pub mod id;
 pub mod lifecycle;
 pub mod messages;
 pub mod meta;
+pub mod nodes;
 pub mod spec;
 pub mod stream;
 pub mod verify;
@@ -49,5 +50,5 @@ pub use spec::Spec;
 pub use verify::{Check, Verification};
 pub use workspace::{
     Artifact, ArtifactKind, CancelOutcome, Claim, ClaimedJob, Counts, JobOutcome, Limits, Outcome,
-    State, Submission, Workspace,
+    Recovery, State, Submission, Workspace,
 };

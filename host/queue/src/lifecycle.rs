@@ -4,6 +4,10 @@
 //! only liveness truth, so a SIGKILLed daemon never blocks the next one. Beside it:
 //! `.nrvnad.pid` (written once the lock is held), `.nrvnad.ready` and `.nrvnad.info`
 //! (written once the model is loaded). The predecessor's scripts poll `.nrvnad.pid`.
+//!
+//! Daemons sharing a workspace (`nrvnad --shared`, crate::nodes) each hold the lock
+//! *shared*, which keeps an exclusive daemon out while any of them runs (and them out
+//! while it does); each says who it is in `.nodes/<id>` instead of the files above.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, Write};
@@ -15,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{IoContext, QueueError, Result};
 use crate::fsio::write_durable;
+use crate::nodes::{Node, NodeBeat, NodeId, live_nodes};
 
 pub const LOCK_FILE: &str = ".nrvnad.lock";
 pub const PID_FILE: &str = ".nrvnad.pid";
@@ -37,6 +42,8 @@ pub struct DaemonInfo {
 pub struct DaemonLock {
     root: PathBuf,
     _file: File,
+    /// The node this daemon is, on a shared workspace.
+    node: Option<Node>,
 }
 
 impl DaemonLock {
@@ -59,6 +66,11 @@ impl DaemonLock {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                    if !live_nodes(root).is_empty() {
+                        return Err(QueueError::ServedShared {
+                            path: root.to_owned(),
+                        });
+                    }
                     let mut pid = String::new();
                     let _ = file.read_to_string(&mut pid);
                     return Err(QueueError::Locked {
@@ -80,11 +92,58 @@ impl DaemonLock {
         Ok(DaemonLock {
             root: root.to_owned(),
             _file: file,
+            node: None,
         })
+    }
+
+    /// Joins the workspace beside other shared daemons as node `id`, renewing a lease
+    /// of `lease` (crate::nodes). Refused while an exclusive daemon holds it.
+    pub fn acquire_shared(root: &Path, id: NodeId, lease: Duration) -> Result<DaemonLock> {
+        let path = root.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .at(&path)?;
+        // An exclusive daemon starting holds it for a moment even when it then fails.
+        let deadline = Instant::now() + Duration::from_millis(300);
+        loop {
+            match flock(&file, FlockOperation::NonBlockingLockShared) {
+                Ok(()) => break,
+                Err(e) if e == rustix::io::Errno::WOULDBLOCK && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                    let mut pid = String::new();
+                    let _ = file.read_to_string(&mut pid);
+                    return Err(QueueError::Locked {
+                        path: root.to_owned(),
+                        pid: pid.trim().to_owned(),
+                    });
+                }
+                Err(e) => return Err(std::io::Error::from(e)).at(&path),
+            }
+        }
+        let node = Node::join(root, id, lease)?;
+        Ok(DaemonLock {
+            root: root.to_owned(),
+            _file: file,
+            node: Some(node),
+        })
+    }
+
+    /// The node this daemon is, when it shares the workspace.
+    pub fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
     }
 
     /// Marks the daemon ready (model loaded, workers running).
     pub fn mark_ready(&self, info: &DaemonInfo) -> Result<()> {
+        if let Some(node) = &self.node {
+            return node.mark_ready(info);
+        }
         let json = serde_json::to_vec_pretty(info).map_err(|e| QueueError::BadMeta {
             id: INFO_FILE.into(),
             reason: e.to_string(),
@@ -96,6 +155,9 @@ impl DaemonLock {
 
 impl Drop for DaemonLock {
     fn drop(&mut self) {
+        if self.node.is_some() {
+            return; // the node removes its own heartbeat
+        }
         for name in [READY_FILE, INFO_FILE, PID_FILE] {
             let _ = fs::remove_file(self.root.join(name));
         }
@@ -114,6 +176,22 @@ pub enum DaemonStatus {
         pid: Option<u32>,
         info: Option<DaemonInfo>,
     },
+    /// Daemons sharing the workspace (`nrvnad --shared`), by node id; a node whose
+    /// heartbeat has `info` is ready.
+    Shared {
+        nodes: Vec<NodeBeat>,
+    },
+}
+
+impl DaemonStatus {
+    /// Whether a daemon (at least one) has loaded its model and works the queue.
+    pub fn is_ready(&self) -> bool {
+        match self {
+            DaemonStatus::Ready { .. } => true,
+            DaemonStatus::Shared { nodes } => nodes.iter().any(|n| n.info.is_some()),
+            _ => false,
+        }
+    }
 }
 
 /// Probes a workspace's daemon without disturbing it; cleans files a dead one left.
@@ -131,7 +209,12 @@ pub fn probe(root: &Path) -> Result<DaemonStatus> {
                 let _ = fs::remove_file(root.join(name));
             }
             let _ = flock(&file, FlockOperation::Unlock);
-            Ok(DaemonStatus::NotRunning)
+            let nodes = live_nodes(root);
+            if nodes.is_empty() {
+                Ok(DaemonStatus::NotRunning)
+            } else {
+                Ok(DaemonStatus::Shared { nodes })
+            }
         }
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
             let mut text = String::new();

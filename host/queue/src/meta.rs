@@ -125,6 +125,13 @@ pub struct Meta {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
+    /// The node that started it last (`nrvnad --shared --node-id`), kept once it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// While it runs on a shared workspace: the claim (its `claim.json`) that counted
+    /// this start in `attempts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
     /// Seconds from claim to completion.

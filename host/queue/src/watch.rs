@@ -136,3 +136,45 @@ pub fn wait_until(
         watcher.wait(slice);
     }
 }
+
+/// The network or user-space file system `path` is on, when it is one whose inotify
+/// cannot see changes made by other machines (nfs(5): "inotify ... only local changes"):
+/// NFS, CephFS, SMB/CIFS, 9p, AFS, and FUSE (CephFS, GlusterFS, sshfs... mounted through
+/// it). `None`: a local file system, where notifications see every change.
+pub fn remote_file_system(path: &Path) -> Option<&'static str> {
+    let fs = rustix::fs::statfs(path).ok()?;
+    // f_type's width differs between architectures; the magic numbers fit in 32 bits.
+    #[allow(clippy::unnecessary_cast)]
+    let magic = fs.f_type as i64 as u32;
+    file_system_name(magic)
+}
+
+fn file_system_name(magic: u32) -> Option<&'static str> {
+    Some(match magic {
+        0x0000_6969 => "nfs",
+        0x00c3_6400 => "ceph",
+        0xfe53_4d42 => "smb2",
+        0xff53_4d42 => "cifs",
+        0x0000_517b => "smb",
+        0x0102_1997 => "9p",
+        0x5346_414f => "afs",
+        0x6573_5546 => "fuse",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_file_systems_are_named_local_ones_are_not() {
+        assert_eq!(file_system_name(0x6969), Some("nfs"));
+        assert_eq!(file_system_name(0x00c3_6400), Some("ceph"));
+        assert_eq!(file_system_name(0xef53), None); // ext4
+        assert_eq!(file_system_name(0x0102_1994), None); // tmpfs
+        let dir = tempfile::tempdir().unwrap();
+        // The test runs on a local disk or tmpfs.
+        assert_eq!(remote_file_system(dir.path()), None);
+    }
+}

@@ -20,6 +20,7 @@ use crate::error::{IoContext, QueueError, Result};
 use crate::fsio::{rename_durable, sync_dir, write_atomic, write_durable, write_synced};
 use crate::id::JobId;
 use crate::meta::{AgentJob, JobStatus, Meta, Mode, OutputFormat, Sampling, now_timestamp};
+use crate::nodes::Claimer;
 use crate::spec::Spec;
 
 pub use crate::files::*;
@@ -407,6 +408,9 @@ pub struct Recovery {
 pub struct Workspace {
     root: PathBuf,
     limits: Limits,
+    /// Set for a daemon sharing the workspace with others (`nrvnad --shared`): claims
+    /// record their owner in `claim.json` (crate::nodes).
+    claimer: Option<Claimer>,
 }
 
 impl Workspace {
@@ -420,6 +424,7 @@ impl Workspace {
         Ok(Workspace {
             root,
             limits: Limits::default(),
+            claimer: None,
         })
     }
 
@@ -436,6 +441,7 @@ impl Workspace {
         Ok(Workspace {
             root,
             limits: Limits::default(),
+            claimer: None,
         })
     }
 
@@ -734,7 +740,7 @@ impl Workspace {
     }
 
     /// Moves a malformed entry into a fresh failed job, as `failed/<new id>/rejected`.
-    fn quarantine(&self, entry: &Path, reason: &str) -> Result<()> {
+    pub(crate) fn quarantine(&self, entry: &Path, reason: &str) -> Result<()> {
         let id = JobId::generate();
         let holder = self.job_dir(State::Running, &id);
         fs::create_dir(&holder).at(&holder)?;
@@ -753,8 +759,32 @@ impl Workspace {
         self.finish(&id, meta, Err(reason), Outcome::default(), None)
     }
 
-    /// Claims a queued job for this process: one rename from `input/ready/` to `processing/`.
+    /// This workspace as a daemon sharing it sees it: its claims are `claimer`'s
+    /// (crate::nodes), and it settles only jobs it still owns.
+    pub fn with_claimer(mut self, claimer: Claimer) -> Workspace {
+        self.claimer = Some(claimer);
+        self
+    }
+
+    /// [`Workspace::with_claimer`] when `claimer` is `Some`.
+    pub fn with_claimer_opt(self, claimer: Option<Claimer>) -> Workspace {
+        match claimer {
+            Some(c) => self.with_claimer(c),
+            None => self,
+        }
+    }
+
+    /// The node this workspace claims for, when it is shared.
+    pub fn claimer(&self) -> Option<&Claimer> {
+        self.claimer.as_ref()
+    }
+
+    /// Claims a queued job for this process: one rename from `input/ready/` to
+    /// `processing/` (followed, on a shared workspace, by the claim file).
     pub fn claim(&self, id: &JobId) -> Result<Claim> {
+        if let Some(claimer) = &self.claimer {
+            return self.claim_shared(id, claimer);
+        }
         let ready = self.job_dir(State::Queued, id);
         let running = self.job_dir(State::Running, id);
         // Never follow a symlink swapped in since the sweep: the start is written into
@@ -770,7 +800,7 @@ impl Workspace {
             Err(e) => return Err(e).at(&ready),
         }
         let claimed_at = Instant::now();
-        let loaded = match self.load_claimed(&ready, id) {
+        let loaded = match self.load_claimed_at(&ready, id) {
             // The host is short of descriptors, not the job at fault: leave it queued for
             // a later claim rather than reject (or strand) it.
             Err(Unloadable::Host(e)) => return Err(e),
@@ -823,7 +853,7 @@ impl Workspace {
     }
 
     /// Reads what a claimed job needs; an `Err` is the reason to reject it.
-    fn load_claimed(
+    pub(crate) fn load_claimed_at(
         &self,
         dir: &Path,
         id: &JobId,
@@ -910,6 +940,14 @@ impl Workspace {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e).at(&ready),
         }
+        // A shared workspace (crate::nodes): a claimer whose rename reported ENOENT may
+        // still claim this directory; the claim file settles which of us has it.
+        if self.root.join(crate::nodes::NODES_DIR).is_dir() {
+            let canceller = Claimer::canceller();
+            if crate::nodes::create_claim(&running, &canceller)?.is_none() {
+                return Ok(false);
+            }
+        }
         let mut meta = read_meta(&running, id).unwrap_or_default();
         meta.status = Some(JobStatus::Cancelled);
         // A claim that lost the race to this rename may have recorded a start first.
@@ -991,6 +1029,17 @@ impl Workspace {
         let _ = fs::remove_file(self.root.join(CANCEL_DIR).join(id));
     }
 
+    pub(crate) fn finish_job(
+        &self,
+        id: &JobId,
+        meta: Meta,
+        result: std::result::Result<(), &str>,
+        outcome: Outcome,
+        claimed_at: Option<Instant>,
+    ) -> Result<()> {
+        self.finish(id, meta, result, outcome, claimed_at)
+    }
+
     fn finish(
         &self,
         id: &JobId,
@@ -999,6 +1048,11 @@ impl Workspace {
         outcome: Outcome,
         claimed_at: Option<Instant>,
     ) -> Result<()> {
+        if self.claimer.is_some() {
+            self.check_still_owned(id, &meta)?;
+        }
+        // The claim file stays with the job (who ran it); meta.json's `node` says so too.
+        meta.claim = None;
         let dir = self.job_dir(State::Running, id);
         let mut artifacts = Vec::new();
         for (name, bytes) in &outcome.artifacts {
@@ -1051,6 +1105,16 @@ impl Workspace {
         rename_durable(&dir, &to).at(&to)
     }
 
+    /// [`Workspace::requeue`] of a job this process claimed: on a shared workspace, only
+    /// while the claim is still its own (a daemon paused past its lease may find the job
+    /// taken over, and must not put someone else's run back in the queue).
+    pub fn requeue_claimed(&self, job: &ClaimedJob, uncount: bool) -> Result<()> {
+        if self.claimer.is_some() {
+            self.check_still_owned(&job.id, &job.meta)?;
+        }
+        self.requeue(&job.id, uncount)
+    }
+
     /// Puts a job in `processing/` back into `input/ready/`. `uncount` undoes the attempt
     /// its claim counted (for jobs interrupted by a graceful shutdown, not by a crash).
     pub fn requeue(&self, id: &JobId, uncount: bool) -> Result<()> {
@@ -1062,9 +1126,15 @@ impl Workspace {
                 meta.attempts = meta.attempts.saturating_sub(1);
             }
             meta.started_at = None;
+            meta.claim = None;
             if let Err(e) = write_meta(&dir, &meta) {
                 tracing::warn!("job {id}: requeueing without updating meta.json: {e}");
             }
+        }
+        // Whoever claims it next creates its own claim file.
+        match fs::remove_file(dir.join(CLAIM_FILE)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e).at(dir.join(CLAIM_FILE)),
+            _ => {}
         }
         let ready = self.job_dir(State::Queued, id);
         rename_durable(&dir, &ready).at(&ready)
@@ -1149,7 +1219,7 @@ fn is_plain_file_name(name: &str) -> bool {
 }
 
 /// Why a queued job cannot be loaded to run.
-enum Unloadable {
+pub(crate) enum Unloadable {
     /// The job itself: it is rejected, with this reason.
     Job(String),
     /// The host (out of file descriptors): the job stays queued.

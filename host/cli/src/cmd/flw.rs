@@ -335,6 +335,14 @@ fn overview(ws: &Workspace, json: bool) -> Result<u8> {
     let daemon = match probe(ws.root())? {
         DaemonStatus::NotRunning => "not running".to_owned(),
         DaemonStatus::Starting { .. } => "starting".to_owned(),
+        DaemonStatus::Shared { nodes } => {
+            let workers: usize = nodes
+                .iter()
+                .filter_map(|n| n.info.as_ref())
+                .map(|i| i.workers)
+                .sum();
+            format!("shared by {} node(s), {workers} workers", nodes.len())
+        }
         DaemonStatus::Ready { info, .. } => match info {
             Some(i) => format!("ready ({} workers)", i.workers),
             None => "ready".to_owned(),

@@ -21,7 +21,8 @@ Other commands:
   nrvnad status WORKSPACE [--json]
       Is a daemon running on WORKSPACE? Prints `ready (pid P, model M, workers N)`,
       `starting (pid P)` or `not running`; --json prints one object
-      {\"running\",\"ready\",\"pid\",\"model\",\"workers\",\"started_at\"}.
+      {\"running\",\"ready\",\"pid\",\"model\",\"workers\",\"started_at\",\"nodes\"}
+      (nodes: one object per daemon of a --shared workspace, else null).
   nrvnad stop WORKSPACE [--timeout DURATION]
       Stops WORKSPACE's daemon: SIGTERM, then after --timeout (20s; seconds, or a
       number with ms, s, m or h) a second SIGTERM that requeues its running jobs,
@@ -54,7 +55,8 @@ seconds, then requeue them; a second signal requeues at once.";
     long_about = "The nrvna daemon: owns a workspace and runs its jobs on a local GGUF model.\n\n\
         Jobs submitted with `wrk` are picked up within milliseconds (file-system \
         notifications), decoded together with continuous batching (one slot per worker), \
-        and moved to output/ or failed/. One daemon per workspace.",
+        and moved to output/ or failed/. One daemon per workspace, or several with --shared \
+        (docs/scale-out.md).",
     after_help = format!(
         "{AFTER_HELP}\n\n{}\n{}",
         exit::help(&[exit::OK, exit::FAILED, exit::USAGE, exit::NOT_READY, exit::NO_DAEMON]),
@@ -120,6 +122,9 @@ struct Args {
     /// given here
     #[command(flatten, next_help_heading = "Agent job grants and limits")]
     grants: GrantArgs,
+    /// Several daemons on one workspace, and network file systems (docs/scale-out.md)
+    #[command(flatten, next_help_heading = "Scale-out")]
+    scale: daemon::scale::ScaleArgs,
 }
 
 #[derive(Parser, Debug)]
@@ -130,7 +135,7 @@ struct Args {
 struct StatusArgs {
     /// Workspace directory
     workspace: PathBuf,
-    /// One JSON object: {"running","ready","pid","model","workers","started_at"}
+    /// One JSON object: {"running","ready","pid","model","workers","started_at","nodes"}
     #[arg(long)]
     json: bool,
 }
@@ -194,6 +199,7 @@ fn serve(args: Args) -> Result<ExitCode> {
         args.embed_model.as_deref(),
     )?;
     config.drain = args.drain;
+    config.scale = args.scale.to_config()?;
     config.grace = Duration::from_secs(args.grace.into());
     config.agents = Some(AgentSettings {
         grants: args.grants.to_grants()?,
@@ -251,6 +257,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
         DaemonStatus::NotRunning => (false, false, None, None),
         DaemonStatus::Starting { pid } => (true, false, *pid, None),
         DaemonStatus::Ready { pid, info } => (true, true, *pid, info.clone()),
+        DaemonStatus::Shared { .. } => (true, st.is_ready(), None, None),
     };
     if args.json {
         let v = serde_json::json!({
@@ -260,6 +267,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
             "model": info.as_ref().map(|i| i.model.clone()),
             "workers": info.as_ref().map(|i| i.workers),
             "started_at": info.as_ref().map(|i| i.started_at.clone()),
+            "nodes": shared_nodes_json(&st),
         });
         println!("{v}");
     } else {
@@ -275,9 +283,48 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
                 ),
                 None => println!("ready (pid {})", show(pid)),
             },
+            DaemonStatus::Shared { nodes } => {
+                let ready = nodes.iter().filter(|n| n.info.is_some()).count();
+                println!(
+                    "{} (shared: {} node(s), {ready} ready)",
+                    if ready > 0 { "ready" } else { "starting" },
+                    nodes.len()
+                );
+                for n in nodes {
+                    match &n.info {
+                        Some(i) => println!(
+                            "  node {}  ready (pid {} on {}, model {}, workers {})",
+                            n.node, n.pid, n.host, i.model, i.workers
+                        ),
+                        None => {
+                            println!("  node {}  starting (pid {} on {})", n.node, n.pid, n.host)
+                        }
+                    }
+                }
+            }
         }
     }
     Ok(ExitCode::from(exit::of_daemon(&st)))
+}
+
+/// `nrvnad status --json`'s `nodes`: each shared daemon, or null for a lone one.
+fn shared_nodes_json(st: &DaemonStatus) -> serde_json::Value {
+    let DaemonStatus::Shared { nodes } = st else {
+        return serde_json::Value::Null;
+    };
+    nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "node": n.node,
+                "pid": n.pid,
+                "host": n.host,
+                "ready": n.info.is_some(),
+                "model": n.info.as_ref().map(|i| i.model.clone()),
+                "workers": n.info.as_ref().map(|i| i.workers),
+            })
+        })
+        .collect()
 }
 
 fn show(pid: Option<u32>) -> String {
@@ -292,6 +339,17 @@ fn stop(args: StopArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         DaemonStatus::Starting { pid } | DaemonStatus::Ready { pid, .. } => pid,
+        DaemonStatus::Shared { nodes } => bail!(
+            "{} is served by {} shared daemon(s) (nodes {}): stop each one where it runs \
+             (SIGTERM to its pid; `nrvnad status` lists them)",
+            args.workspace.display(),
+            nodes.len(),
+            nodes
+                .iter()
+                .map(|n| format!("{} pid {} on {}", n.node, n.pid, n.host))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     let Some(pid) = pid.and_then(|p| Pid::from_raw(p as i32)) else {
         bail!("the daemon's lock is held but its pid is unreadable");

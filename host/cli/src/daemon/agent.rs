@@ -132,7 +132,7 @@ async fn run_agent_job(
     };
     let Some(result) = result else {
         if interrupted.load(Ordering::SeqCst) {
-            return match ws.requeue(&job.id, true) {
+            return match ws.requeue_claimed(job, true) {
                 Ok(()) => JobEnd::Requeued,
                 Err(e) => JobEnd::Lost(e.to_string()),
             };

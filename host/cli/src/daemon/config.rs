@@ -213,6 +213,8 @@ pub struct DaemonConfig {
     /// `None`: agent jobs fail with a reason (the in-process daemon of `nrvna exec`, whose
     /// component runs beside it, not inside it).
     pub agents: Option<AgentSettings>,
+    /// `--shared`, `--watch` (daemon::scale).
+    pub scale: super::scale::ScaleConfig,
 }
 
 impl DaemonConfig {
@@ -247,6 +249,7 @@ impl DaemonConfig {
             grace: Duration::from_secs(15),
             http: None,
             agents: None,
+            scale: Default::default(),
         })
     }
 

@@ -48,7 +48,7 @@ pub fn run_job(
         && interrupted.load(Ordering::SeqCst)
     {
         // Shutdown, not the job's fault: back to the queue with the attempt uncounted.
-        return match ws.requeue(&job.id, true) {
+        return match ws.requeue_claimed(job, true) {
             Ok(()) => JobEnd::Requeued,
             Err(e) => JobEnd::Lost(e.to_string()),
         };
@@ -294,17 +294,20 @@ pub fn settle(
     let first = match result {
         Ok(outcome) => match ws.complete(job, outcome) {
             Ok(()) => return JobEnd::Done,
+            // Another daemon runs it now (this one's lease lapsed): leave it alone.
+            Err(e @ QueueError::ClaimLost { .. }) => return JobEnd::Lost(e.to_string()),
             Err(e) => format!("cannot write the result: {e}"),
         },
         Err((reason, outcome)) => match ws.fail(job, &reason, outcome) {
             Ok(()) => return JobEnd::Failed(reason),
+            Err(e @ QueueError::ClaimLost { .. }) => return JobEnd::Lost(e.to_string()),
             Err(e) => format!("{reason}; and cannot record the failure: {e}"),
         },
     };
     if ws.fail(job, &first, Outcome::default()).is_ok() {
         return JobEnd::Failed(first);
     }
-    match ws.requeue(&job.id, false) {
+    match ws.requeue_claimed(job, false) {
         Ok(()) => {
             tracing::warn!("job {}: {first}; requeued", job.id);
             JobEnd::Requeued

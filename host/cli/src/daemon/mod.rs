@@ -13,6 +13,7 @@ mod agent;
 pub mod config;
 mod job;
 mod pending;
+pub mod scale;
 mod start;
 #[cfg(test)]
 mod tests;
@@ -51,6 +52,10 @@ pub struct DaemonOptions {
     pub agents: Option<AgentHost>,
     /// The HTTP API this daemon serves, and the metrics it reports to.
     pub http: Option<(nrvna_http::HttpServer, nrvna_http::Metrics)>,
+    /// List `input/ready/` this often (with jitter) instead of watching it.
+    pub poll: Option<Duration>,
+    /// On a shared workspace: the duties every daemon sharing it takes its turn at.
+    pub shared: Option<scale::SharedDuties>,
 }
 
 /// A job being worked on, so shutdown can interrupt it and `nrvna ps` can see it.
@@ -116,13 +121,19 @@ fn run(
     let http = opts.http.take().map(|(server, _)| server);
 
     let ready_dir = shared.ws.state_dir(State::Queued);
-    let watcher = DirWatcher::new(&[&ready_dir]).context("cannot watch input/ready")?;
+    let watching = match opts.poll {
+        Some(every) => Watching::Poll(every),
+        None => {
+            Watching::Notify(DirWatcher::new(&[&ready_dir]).context("cannot watch input/ready")?)
+        }
+    };
     shared.pending.push_all(shared.ws.sweep_ready()?);
     let watch_thread = {
         let shared = shared.clone();
+        let duties = opts.shared.take();
         std::thread::Builder::new()
             .name("nrvna-watch".into())
-            .spawn(move || watch_loop(&shared, &watcher))?
+            .spawn(move || watch_loop(&shared, &watching, duties))?
     };
     let mut workers = Vec::new();
     for i in 0..opts.workers {
@@ -176,8 +187,11 @@ fn run(
         let _ = w.join();
     }
     let _ = watch_thread.join();
-    // Nothing runs any more: no job's progress is current.
-    shared.ws.clear_progress(None);
+    // Nothing runs any more: no job's progress is current (on a shared workspace, other
+    // daemons' jobs still run: their entries stay).
+    if shared.ws.claimer().is_none() {
+        shared.ws.clear_progress(None);
+    }
     drop(http);
     drop(lock);
     let failures = shared.failures.load(Ordering::SeqCst);
@@ -262,14 +276,38 @@ fn publish_progress(shared: &Shared, written: &mut HashMap<JobId, u32>) {
     }
 }
 
-fn watch_loop(shared: &Shared, watcher: &DirWatcher) {
+/// How the watch thread learns of new jobs.
+enum Watching {
+    Notify(DirWatcher),
+    /// Lists the directory this often, give or take a quarter (a network file system).
+    Poll(Duration),
+}
+
+fn watch_loop(shared: &Shared, watching: &Watching, mut duties: Option<scale::SharedDuties>) {
     let mut last_sweep = Instant::now();
     let mut last_progress = Instant::now();
     let mut progress_written = HashMap::new();
+    let mut next_poll = Instant::now();
     while !shared.stopping.load(Ordering::SeqCst) {
-        let paths = watcher.wait(Duration::from_millis(250));
+        let (paths, polled) = match watching {
+            Watching::Notify(watcher) => (watcher.wait(Duration::from_millis(250)), false),
+            Watching::Poll(every) => {
+                let nap = next_poll
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(250));
+                std::thread::sleep(nap);
+                let due = Instant::now() >= next_poll;
+                if due {
+                    next_poll = Instant::now() + scale::jittered(*every);
+                }
+                (Vec::new(), due)
+            }
+        };
+        if let Some(duties) = &mut duties {
+            duties.tick(&shared.ws);
+        }
         let mut ids = Vec::new();
-        let mut sweep = last_sweep.elapsed() >= SAFETY_SWEEP;
+        let mut sweep = polled || last_sweep.elapsed() >= SAFETY_SWEEP;
         for path in &paths {
             match path.file_name().and_then(|n| n.to_str()).map(JobId::parse) {
                 Some(Ok(id)) => ids.push(id),

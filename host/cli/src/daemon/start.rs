@@ -15,6 +15,7 @@ use nrvna_queue::lifecycle::DaemonLock;
 use nrvna_sandbox::{Runtime, RuntimeConfig};
 
 use super::config::DaemonConfig;
+use super::scale::{SharedDuties, polling};
 use super::{AgentHost, DaemonOptions, Ended, STALE_STAGING, SignalCounter};
 
 /// What the daemon prints while it starts.
@@ -90,9 +91,32 @@ pub fn model_name(path: &str) -> String {
 pub fn start(config: DaemonConfig, banner: Banner) -> Result<Daemon> {
     let ws = Workspace::create(&config.workspace)
         .with_context(|| format!("cannot create workspace {}", config.workspace.display()))?;
-    let lock = DaemonLock::acquire(ws.root())?;
+    let (lock, ws) = match &config.scale.shared {
+        Some((node, lease)) => {
+            let lock = DaemonLock::acquire_shared(ws.root(), node.clone(), *lease)?;
+            let claimer = lock.node().map(|n| n.claimer().clone());
+            (lock, ws.with_claimer_opt(claimer))
+        }
+        None => (DaemonLock::acquire(ws.root())?, ws),
+    };
     raise_open_file_limit();
-    recover(&ws, config.max_attempts)?;
+    let shared_duties = match (lock.node(), &config.scale.shared) {
+        (Some(node), Some((_, lease))) => {
+            // Others may be running jobs: nothing here is this daemon's to recover at
+            // once; the duties requeue what a dead node left, once its lease lapses.
+            recover_decisions(&ws)?;
+            Some(SharedDuties::new(
+                node.claimer().clone(),
+                *lease,
+                config.max_attempts,
+            ))
+        }
+        _ => {
+            recover(&ws, config.max_attempts)?;
+            None
+        }
+    };
+    let poll = polling(&config.scale, ws.root());
 
     let workers = config.workers();
     match banner {
@@ -125,6 +149,19 @@ pub fn start(config: DaemonConfig, banner: Banner) -> Result<Daemon> {
         None => None,
     };
     if banner == Banner::Nrvnad {
+        if let Some((node, lease)) = &config.scale.shared {
+            eprintln!(
+                "nrvnad: sharing the workspace as node {node} (lease {:.1}s)",
+                lease.as_secs_f64()
+            );
+        }
+        if let Some((every, why)) = &poll {
+            eprintln!(
+                "nrvnad: {why}: listing input/ready every {:.2}s (±25%) instead of \
+                 notifications",
+                every.as_secs_f64()
+            );
+        }
         let root = ws.root().display();
         eprintln!(
             "nrvnad: RUNNING on {root}\n  Submit:  wrk {root} \"prompt\"\n  Results: flw {root} <job-id>"
@@ -136,6 +173,8 @@ pub fn start(config: DaemonConfig, banner: Banner) -> Result<Daemon> {
         grace: config.grace,
         agents,
         http: None,
+        poll: poll.map(|(every, _)| every),
+        shared: shared_duties,
     };
     Ok(Daemon::new(ws, lock, Arc::new(engine), options))
 }
@@ -170,6 +209,12 @@ fn recover(ws: &Workspace, max_attempts: u32) -> Result<()> {
     for id in &recovery.failed {
         tracing::warn!("job {id} reached the attempt ceiling ({max_attempts}): failed");
     }
+    recover_decisions(ws)
+}
+
+/// Finishes or undoes approvals a crash interrupted (each decision holds a lock of its
+/// own, so this is safe beside other daemons).
+fn recover_decisions(ws: &Workspace) -> Result<()> {
     let (decided, restored) = ws.recover_decisions()?;
     for id in &decided {
         tracing::warn!("finished the approval or denial of job {id} a crash interrupted");

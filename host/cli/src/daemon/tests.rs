@@ -39,6 +39,8 @@ fn start_daemon(
         grace: Duration::from_secs(10),
         agents: None,
         http: None,
+        poll: None,
+        shared: None,
     };
     adjust(&mut options);
     let lock = DaemonLock::acquire(ws.root()).unwrap();
