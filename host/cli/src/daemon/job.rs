@@ -9,7 +9,7 @@ use nrvna_engine::{
 use nrvna_queue::stream::{self, PartialWriter};
 use nrvna_queue::{
     ClaimedJob, EMBEDDING_FILE, GRAMMAR_FILE, JobId, MESSAGES_FILE, Mode, Outcome, OutputFormat,
-    QueueError, RESPONSE_FILE, RESULT_FILE, State, Workspace, messages,
+    QueueError, RESPONSE_FILE, RESULT_FILE, SCHEMA_FILE, State, Workspace, messages,
 };
 
 /// How a job left the worker.
@@ -37,6 +37,7 @@ pub fn run_job(
         Err(reason) => return settle(ws, job, Err((reason, Outcome::default()))),
     };
     let model = Some(engine.info().model_for(request.kind).to_owned());
+    let backend = Some(engine.backend());
     let result = if request.kind == RequestKind::Generate {
         run_streaming(ws, engine, job, request)
     } else {
@@ -69,6 +70,7 @@ pub fn run_job(
                 cached_tokens: Some(cached_tokens),
                 generated_tokens: Some(generated_tokens),
                 model: model.clone(),
+                backend: backend.clone(),
                 finish_reason: Some(finish_reason.to_owned()),
             };
             if job.meta.output_format == Some(OutputFormat::JsonSchema)
@@ -92,12 +94,14 @@ pub fn run_job(
                 prompt_tokens: Some(prompt_tokens),
                 generated_tokens: None,
                 model,
+                backend,
                 ..Outcome::default()
             })
         }
         Err(EngineError::Cancelled { partial }) => {
             let outcome = Outcome {
                 model,
+                backend,
                 ..partial_outcome(&partial)
             };
             return match ws.cancel_claimed(job, outcome) {
@@ -108,6 +112,7 @@ pub fn run_job(
         Err(e) => {
             let outcome = Outcome {
                 model,
+                backend,
                 ..partial_outcome(e.partial().unwrap_or(""))
             };
             Err((e.to_string(), outcome))
@@ -217,6 +222,16 @@ fn build_request(
         }
         Mode::Agent => return Err("agent jobs are run by the agent runtime, not the engine".into()),
     };
+    // A remote backend sends the schema itself (`response_format`), not its grammar.
+    let schema = match job.meta.output_format {
+        Some(OutputFormat::JsonSchema) => {
+            let bytes = ws
+                .read_file(State::Running, &job.id, SCHEMA_FILE)
+                .map_err(|e| format!("JSON-schema job without a usable {SCHEMA_FILE}: {e}"))?;
+            Some(String::from_utf8(bytes).map_err(|_| format!("{SCHEMA_FILE} is not UTF-8"))?)
+        }
+        _ => None,
+    };
     let grammar = match job.meta.output_format {
         Some(_) => {
             let bytes = ws
@@ -253,6 +268,7 @@ fn build_request(
         top_k: s.top_k,
         top_p: s.top_p,
         grammar,
+        schema,
         messages,
         stop: s.stop.clone(),
         raw_prompt: job.meta.raw_prompt,
