@@ -26,6 +26,7 @@ mod hardening;
 mod http;
 mod patterns;
 mod prefix_cache;
+mod remote;
 mod sandbox;
 mod setup;
 mod startup;

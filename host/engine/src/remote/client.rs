@@ -237,9 +237,8 @@ impl Client {
                 Ok(chunk) => chunk,
                 Err(ChunkError::Server(message)) => {
                     return Err(Failure::Fatal(
-                        RemoteError::Rejected {
+                        RemoteError::StreamFailed {
                             url: url.to_owned(),
-                            status: 200,
                             message,
                         }
                         .into(),
@@ -294,9 +293,8 @@ impl Client {
             .map(|v| wire::error_message(v.get("error").unwrap_or(&v)))
             .unwrap_or_else(|_| excerpt(payload));
         Failure::Fatal(
-            RemoteError::Rejected {
+            RemoteError::StreamFailed {
                 url: url.to_owned(),
-                status: 200,
                 message,
             }
             .into(),

@@ -82,6 +82,8 @@ pub enum RemoteError {
         /// The last failure: `connection refused`, or `HTTP 503: <body excerpt>`.
         last: String,
     },
+    #[error("{url}: the server reported an error mid-answer: {message}")]
+    StreamFailed { url: String, message: String },
     #[error("{url}: HTTP {status}: {message}")]
     Rejected {
         url: String,
