@@ -27,6 +27,7 @@ mod http;
 mod patterns;
 mod prefix_cache;
 mod remote;
+mod remote_chain;
 mod sandbox;
 mod setup;
 mod startup;
