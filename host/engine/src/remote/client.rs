@@ -434,9 +434,7 @@ impl Client {
                 }
                 .into());
             }
-            let wait = retry_after
-                .map(|d| d.min(MAX_RETRY_AFTER))
-                .unwrap_or_else(|| backoff(&self.retry, attempts - 1, random_unit()));
+            let wait = retry_wait(&self.retry, attempts - 1, retry_after, random_unit());
             tracing::warn!(
                 "{url}: {what}; retry {attempts} of {} in {:.1}s",
                 self.retry.max_retries,
@@ -459,6 +457,20 @@ pub fn backoff(policy: &RetryPolicy, n: u32, unit: f64) -> Duration {
         .saturating_mul(1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX))
         .min(policy.max_delay);
     full.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+}
+
+/// The wait before retry `n`: the server's `Retry-After` (at most [`MAX_RETRY_AFTER`]),
+/// else the jittered [`backoff`].
+pub fn retry_wait(
+    policy: &RetryPolicy,
+    n: u32,
+    retry_after: Option<Duration>,
+    unit: f64,
+) -> Duration {
+    match retry_after {
+        Some(asked) => asked.min(MAX_RETRY_AFTER),
+        None => backoff(policy, n, unit),
+    }
 }
 
 /// A random number in [0, 1): the standard library's per-process random hash keys.
@@ -511,6 +523,98 @@ mod tests {
         assert_eq!(backoff(&p, 40, 0.0), Duration::from_millis(500));
         let r = random_unit();
         assert!((0.0..1.0).contains(&r));
+    }
+
+    #[test]
+    fn retry_after_wins_over_the_backoff_up_to_its_cap() {
+        let p = RetryPolicy::default();
+        let asked = Some(Duration::from_secs(3));
+        assert_eq!(retry_wait(&p, 0, asked, 0.5), Duration::from_secs(3));
+        let greedy = Some(Duration::from_secs(3600));
+        assert_eq!(retry_wait(&p, 0, greedy, 0.5), MAX_RETRY_AFTER);
+        assert_eq!(retry_wait(&p, 1, None, 1.0), Duration::from_secs(1));
+    }
+
+    fn client(retries: u32) -> Client {
+        let mut config = RemoteConfig::new("http://127.0.0.1:9/v1");
+        config.retry = RetryPolicy {
+            max_retries: retries,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+        };
+        Client::new(&config).unwrap()
+    }
+
+    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Response<ureq::Body> {
+        let mut r = Response::builder().status(status);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(ureq::Body::builder().data(body.to_owned())).unwrap()
+    }
+
+    #[test]
+    fn status_429_and_5xx_are_retried_with_retry_after_and_4xx_fail_with_the_message() {
+        let c = client(3);
+        let url = "http://h/v1/chat/completions";
+        match c.status_failure(url, answer(429, &[("retry-after", "7")], "slow down")) {
+            Failure::Retry { what, retry_after } => {
+                assert_eq!(retry_after, Some(Duration::from_secs(7)));
+                assert_eq!(what, "HTTP 429: slow down");
+            }
+            Failure::Fatal(e) => panic!("429 is final: {e}"),
+        }
+        let body = r#"{"error":{"code":503,"message":"Loading model"}}"#;
+        match c.status_failure(url, answer(503, &[], body)) {
+            Failure::Retry { what, retry_after } => {
+                assert_eq!(
+                    (what.as_str(), retry_after),
+                    ("HTTP 503: Loading model", None)
+                );
+            }
+            Failure::Fatal(e) => panic!("503 is final: {e}"),
+        }
+        let body = r#"{"error":{"message":"model 'x' not found"}}"#;
+        match c.status_failure(url, answer(404, &[], body)) {
+            Failure::Fatal(e) => assert_eq!(
+                e.to_string(),
+                format!("{url}: HTTP 404: model 'x' not found")
+            ),
+            Failure::Retry { .. } => panic!("404 is retried"),
+        }
+    }
+
+    #[test]
+    fn retries_stop_at_the_bound_naming_the_last_failure_and_a_success_ends_them() {
+        let c = client(2);
+        let mut calls = 0;
+        let result: Result<(), _> = c.with_retries("http://h/v1/x", &CancelFlag::new(), || {
+            calls += 1;
+            Err(Failure::Retry {
+                what: format!("HTTP 502: try {calls}"),
+                retry_after: None,
+            })
+        });
+        assert_eq!(calls, 3);
+        let e = result.unwrap_err().to_string();
+        assert!(
+            e.contains("gave up after 3 attempt(s)") && e.contains("HTTP 502: try 3"),
+            "{e}"
+        );
+
+        let mut calls = 0;
+        let ok = c.with_retries("http://h/v1/x", &CancelFlag::new(), || {
+            calls += 1;
+            if calls < 3 {
+                Err(Failure::Retry {
+                    what: "connection refused".into(),
+                    retry_after: None,
+                })
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(ok.unwrap(), 3);
     }
 
     #[test]
