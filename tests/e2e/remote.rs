@@ -181,7 +181,7 @@ fn a_batch_runs_on_llama_server_within_the_worker_bound_with_usage_and_meta() {
         "You are a pirate.",
         "--max-tokens",
         "16",
-        "--temperature",
+        "--temp",
         "0",
     ]);
     ids.push(system.clone());
@@ -202,7 +202,7 @@ fn a_batch_runs_on_llama_server_within_the_worker_bound_with_usage_and_meta() {
     }
     // The system message reached the server: the prompt it counted differs from the
     // same question's without one (SmolLM2's template puts in a default system message).
-    let plain = ws.submit(&["What are you?", "--max-tokens", "16", "--temperature", "0"]);
+    let plain = ws.submit(&["What are you?", "--max-tokens", "16", "--temp", "0"]);
     assert_eq!(ws.follow(&plain).0, 0);
     assert_ne!(
         ws.meta("output", &system)["prompt_tokens"],
