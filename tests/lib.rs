@@ -220,7 +220,7 @@ impl Daemon {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
-        Daemon::spawn_program(&bin("nrvnad"), ws, model, workers, args, env)
+        Daemon::spawn_with(&bin("nrvnad"), &[model.as_os_str()], ws, workers, args, env)
     }
 
     /// [`Daemon::spawn`] of another build of `nrvnad` (a test example).
@@ -232,10 +232,35 @@ impl Daemon {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
+        Daemon::spawn_with(program, &[model.as_os_str()], ws, workers, args, env)
+    }
+
+    /// `nrvnad --backend URL WS WORKERS ARGS`: a daemon on a remote OpenAI-compatible
+    /// server, not yet ready.
+    pub fn spawn_remote(
+        url: &str,
+        ws: &Path,
+        workers: usize,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let lead = [std::ffi::OsStr::new("--backend"), std::ffi::OsStr::new(url)];
+        Daemon::spawn_with(&bin("nrvnad"), &lead, ws, workers, args, env)
+    }
+
+    /// `PROGRAM LEAD WS WORKERS ARGS` with [`TEST_ENV`] and `env`.
+    fn spawn_with(
+        program: &Path,
+        lead: &[&std::ffi::OsStr],
+        ws: &Path,
+        workers: usize,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let log = ws.with_extension(format!("nrvnad-{}.log", unique()));
         let log_file = fs::File::create(&log).expect("daemon log");
         let mut cmd = Command::new(program);
-        cmd.arg(model)
+        cmd.args(lead)
             .arg(ws)
             .arg(workers.to_string())
             .args(args)

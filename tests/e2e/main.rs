@@ -26,6 +26,8 @@ mod hardening;
 mod http;
 mod patterns;
 mod prefix_cache;
+mod remote;
+mod remote_chain;
 mod sandbox;
 mod setup;
 mod shared_workspace;

@@ -4,7 +4,8 @@
 //! until the [`Response`]. [`LlamaEngine`] implements it with llama.cpp: one context with
 //! one sequence slot per worker, every running job decoded together in one shared batch
 //! each step (continuous batching), long prompts prefilled in chunks, each job with its
-//! own sampler chain and limits.
+//! own sampler chain and limits. [`RemoteBackend`] implements it with a remote
+//! OpenAI-compatible server (llama-server, vLLM, ollama) over HTTP.
 
 pub mod bench;
 mod config;
@@ -16,6 +17,7 @@ mod load;
 mod model_file;
 mod model_thread;
 mod prefix;
+mod remote;
 mod schema;
 #[cfg(any(test, feature = "scripted"))]
 pub mod scripted;
@@ -29,6 +31,10 @@ pub use config::{EngineConfig, SamplingDefaults};
 pub use gbnf::{GbnfError, MAX_NESTING, check_grammar};
 pub use llama::LlamaEngine;
 pub use model_file::{ModelFileError, check_model_file};
+pub use remote::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, RemoteBackend, RemoteConfig, RemoteError,
+    RetryPolicy,
+};
 pub use schema::check_schema;
 pub use text::strip_think_blocks;
 
@@ -125,6 +131,9 @@ pub struct Request {
     pub top_p: Option<f32>,
     /// GBNF grammar constraining generation (root rule `root`).
     pub grammar: Option<String>,
+    /// The JSON Schema `grammar` was made from, for a JSON-schema job: what a remote
+    /// backend sends (as `response_format`) instead of the grammar.
+    pub schema: Option<String>,
     /// A conversation to template instead of `system` + `prompt` (a chat job).
     pub messages: Vec<ChatTurn>,
     /// Generation stops before the first of these strings, which is left out of the text.
@@ -148,6 +157,7 @@ impl Request {
             top_k: None,
             top_p: None,
             grammar: None,
+            schema: None,
             messages: Vec::new(),
             stop: Vec::new(),
             raw_prompt: false,
@@ -200,6 +210,8 @@ pub enum Response {
 pub enum EngineError {
     #[error(transparent)]
     ModelFile(#[from] ModelFileError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     #[error("cannot load model {path}: {reason}")]
     Load { path: String, reason: String },
     #[error("cannot load embedding model {path}: {reason}")]
@@ -299,6 +311,11 @@ pub struct EmbedderInfo {
 pub trait Backend: Send + Sync {
     fn run(&self, request: Request) -> Result<Response, EngineError>;
     fn info(&self) -> &ModelInfo;
+    /// What serves the requests, as `meta.json`'s `backend` names it: `llama.cpp` for the
+    /// engine in this process, the base URL for a remote server.
+    fn backend(&self) -> String {
+        "llama.cpp".into()
+    }
 }
 
 /// Converts a JSON Schema into a GBNF grammar (llama.cpp's converter), first refusing

@@ -160,6 +160,10 @@ pub struct Meta {
     /// Name of the model the job ran on (set by the daemon for text and embedding jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// What ran it: `llama.cpp` (the daemon's own engine) or the base URL of the remote
+    /// OpenAI-compatible server (`nrvnad --backend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
     /// sha256 over the job's spec (crate::spec), recorded at submission: what
     /// `nrvna verify` and the daemon's claim check the job against.
     #[serde(default, skip_serializing_if = "Option::is_none")]

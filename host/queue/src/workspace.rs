@@ -327,6 +327,8 @@ pub struct Outcome {
     pub generated_tokens: Option<u32>,
     /// Name of the model the job ran on.
     pub model: Option<String>,
+    /// What served it: `llama.cpp` (in the daemon) or a remote server's base URL.
+    pub backend: Option<String>,
     /// `stop` or `length`, for a text job's generation.
     pub finish_reason: Option<String>,
 }
@@ -1095,6 +1097,9 @@ impl Workspace {
         }
         if outcome.model.is_some() {
             meta.model = outcome.model;
+        }
+        if outcome.backend.is_some() {
+            meta.backend = outcome.backend;
         }
         if outcome.finish_reason.is_some() {
             meta.finish_reason = outcome.finish_reason;

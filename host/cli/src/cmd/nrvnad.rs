@@ -1,4 +1,5 @@
-//! `nrvnad MODEL WORKSPACE [WORKERS]`, `nrvnad status WS`, `nrvnad stop WS`.
+//! `nrvnad MODEL WORKSPACE [WORKERS]`, `nrvnad --backend URL WORKSPACE [WORKERS]`,
+//! `nrvnad status WS`, `nrvnad stop WS`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +37,9 @@ Examples:
   nrvnad smollm2 ./ws --embed-model minilm
                                        embed with all-MiniLM-L6-v2 (scripts/setup)
   nrvnad smollm2 ./ws --http           OpenAI-compatible API on 127.0.0.1:8480
+  nrvnad --backend http://gpu-box:8080/v1 ./ws 8
+                                       run the jobs on a remote llama-server / vLLM /
+                                       ollama, 8 requests in flight (docs/cli.md)
   nrvnad status ./ws                   ready / starting / not running
   nrvnad stop ./ws                     graceful stop, forced after --timeout
 
@@ -51,27 +55,35 @@ seconds, then requeue them; a second signal requeues at once.";
     name = "nrvnad",
     version,
     disable_version_flag = true,
-    about = "The nrvna daemon: owns a workspace and runs its jobs on a local GGUF model",
+    about = "The nrvna daemon: owns a workspace and runs its jobs on a local GGUF model \
+             (or a remote OpenAI-compatible server)",
     long_about = "The nrvna daemon: owns a workspace and runs its jobs on a local GGUF model.\n\n\
         Jobs submitted with `wrk` are picked up within milliseconds (file-system \
         notifications), decoded together with continuous batching (one slot per worker), \
         and moved to output/ or failed/. One daemon per workspace, or several with --shared \
-        (docs/scale-out.md).",
+        (docs/scale-out.md).\n\n\
+        With --backend URL the jobs run on a remote OpenAI-compatible server instead \
+        (llama-server, vLLM, ollama): no model is loaded here, and the workspace, `wrk`, \
+        `flw` and agents work as with a local model.",
     after_help = format!(
         "{AFTER_HELP}\n\n{}\n{}",
         exit::help(&[exit::OK, exit::FAILED, exit::USAGE, exit::NOT_READY, exit::NO_DAEMON]),
         daemon::config::env_help()
     ),
+    override_usage = "nrvnad [OPTIONS] MODEL WORKSPACE [WORKERS]\n       \
+                      nrvnad [OPTIONS] --backend URL WORKSPACE [WORKERS]",
     // `-w -1` is an out-of-range number (named with the range), not a flag.
     allow_negative_numbers = true
 )]
 struct Args {
     #[command(flatten)]
     version: VersionFlag,
-    /// GGUF model file, or part of a file name in NRVNA_MODELS_DIR
+    /// GGUF model file, or part of a file name in NRVNA_MODELS_DIR (with --backend there
+    /// is none: the arguments are WORKSPACE [WORKERS])
     model: String,
     /// Workspace directory (created if missing)
-    workspace: PathBuf,
+    #[arg(required_unless_present = "backend")]
+    workspace: Option<PathBuf>,
     /// Jobs decoded together, 1-64 (same as -w)
     #[arg(value_name = "WORKERS", value_parser = clap::value_parser!(u16).range(1..=64))]
     workers_pos: Option<u16>,
@@ -118,6 +130,31 @@ struct Args {
     /// (slow clients must not hold connections open) [default: 30]
     #[arg(long, value_name = "SECS", help_heading = "HTTP API", value_parser = clap::value_parser!(u64).range(1..=3600))]
     http_header_timeout: Option<u64>,
+    /// Run the jobs on a remote OpenAI-compatible server instead of a local model: URL is
+    /// its base, such as http://host:8080/v1 (llama-server, vLLM, ollama). It must answer
+    /// GET URL/models at start-up. WORKERS bounds the requests in flight; failures it may
+    /// get over (no connection, 5xx, 429) are retried NRVNA_BACKEND_RETRIES times with
+    /// backoff, then the job fails naming the URL, status and body. Plain http only
+    #[arg(long, value_name = "URL", help_heading = "Remote backend")]
+    backend: Option<String>,
+    /// The remote model, one that GET URL/models lists [default: the only one it lists]
+    #[arg(
+        long,
+        value_name = "NAME",
+        help_heading = "Remote backend",
+        requires = "backend"
+    )]
+    backend_model: Option<String>,
+    /// Key sent to the --backend server as `Authorization: Bearer KEY`. Not --api-key,
+    /// which is the key clients of this daemon's own --http API must send
+    /// [default: NRVNA_BACKEND_API_KEY]
+    #[arg(
+        long,
+        value_name = "KEY",
+        help_heading = "Remote backend",
+        requires = "backend"
+    )]
+    backend_api_key: Option<String>,
     /// What every agent job (`wrk WS --agent X.wasm`) may use; nothing is granted unless
     /// given here
     #[command(flatten, next_help_heading = "Agent job grants and limits")]
@@ -176,7 +213,26 @@ pub fn main() -> ExitCode {
 
 fn serve(args: Args) -> Result<ExitCode> {
     crate::thread_wait::reexec_with_passive_wait();
-    let workers = match (args.workers, args.workers_pos) {
+    // With --backend there is no MODEL: the positionals are WORKSPACE [WORKERS].
+    let (workspace, workers_pos) = match (&args.backend, args.workspace) {
+        (Some(_), workspace) => {
+            if args.workers_pos.is_some() {
+                let reason = "with --backend the arguments are WORKSPACE [WORKERS] (there is \
+                              no MODEL): one too many given";
+                return Err(exit::UsageError(reason.into()).into());
+            }
+            let workers = workspace
+                .map(|w| parse_workers(&w.to_string_lossy()))
+                .transpose()?;
+            (PathBuf::from(&args.model), workers)
+        }
+        (None, Some(workspace)) => (workspace, args.workers_pos),
+        (None, None) => {
+            let reason = "missing WORKSPACE: nrvnad MODEL WORKSPACE [WORKERS]";
+            return Err(exit::UsageError(reason.into()).into());
+        }
+    };
+    let workers = match (args.workers, workers_pos) {
         (Some(flag), Some(pos)) => {
             let reason =
                 format!("WORKERS {pos} and -w {flag} both given: give the worker count once");
@@ -192,12 +248,24 @@ fn serve(args: Args) -> Result<ExitCode> {
         );
     }
     // Checks that need nothing loaded come first, so bad input fails fast.
-    let mut config = DaemonConfig::new(
-        args.workspace,
-        &args.model,
-        workers,
-        args.embed_model.as_deref(),
-    )?;
+    let mut config = match &args.backend {
+        Some(url) => {
+            if args.embed_model.is_some() {
+                let reason = "--embed-model loads a local model; with --backend the remote \
+                              model embeds (start a server with an embedding model and point \
+                              a daemon of its own at it)";
+                return Err(exit::UsageError(reason.into()).into());
+            }
+            DaemonConfig::remote(
+                workspace,
+                url,
+                args.backend_model.as_deref(),
+                args.backend_api_key,
+                workers,
+            )?
+        }
+        None => DaemonConfig::new(workspace, &args.model, workers, args.embed_model.as_deref())?,
+    };
     config.drain = args.drain;
     config.scale = args.scale.to_config()?;
     config.grace = Duration::from_secs(args.grace.into());
@@ -241,6 +309,17 @@ fn serve(args: Args) -> Result<ExitCode> {
             eprintln!("nrvnad: drained; {n} job(s) failed");
             Ok(ExitCode::from(exit::FAILED))
         }
+    }
+}
+
+/// WORKERS given after WORKSPACE with --backend (clap checks it in the other form).
+fn parse_workers(text: &str) -> Result<u16> {
+    match text.parse::<u16>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(exit::UsageError(format!(
+            "invalid value '{text}' for '[WORKERS]': {text} is not in 1..=64"
+        ))
+        .into()),
     }
 }
 

@@ -9,7 +9,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use nrvna_engine::{EngineConfig, SamplingDefaults, check_model_file};
+use nrvna_engine::{
+    DEFAULT_REQUEST_TIMEOUT, EngineConfig, RemoteConfig, RetryPolicy, SamplingDefaults,
+    check_model_file,
+};
 use nrvna_http::HttpConfig;
 use nrvna_sandbox::Grants;
 
@@ -142,6 +145,24 @@ pub mod vars {
         min: 0,
         max: 1,
     };
+    pub const BACKEND_RETRIES: NumVar<u32> = NumVar {
+        name: "NRVNA_BACKEND_RETRIES",
+        what: "--backend: retries before a job fails",
+        min: 0,
+        max: 100,
+    };
+    pub const BACKEND_BACKOFF_MS: NumVar<u64> = NumVar {
+        name: "NRVNA_BACKEND_BACKOFF_MS",
+        what: "--backend: first retry wait, ms (doubles)",
+        min: 1,
+        max: 60_000,
+    };
+    pub const BACKEND_TIMEOUT: NumVar<u64> = NumVar {
+        name: "NRVNA_BACKEND_TIMEOUT",
+        what: "--backend: seconds one request may take",
+        min: 1,
+        max: 86_400,
+    };
 }
 
 /// Workers when neither a flag nor `NRVNA_WORKERS` says.
@@ -171,6 +192,9 @@ pub fn env_help() -> String {
         vars::LLAMA_LOG.help_row(0),
         vars::HTTP_MAX_BODY.help_row(nrvna_http::DEFAULT_MAX_BODY),
         vars::MAX_QUEUE.help_row("none"),
+        vars::BACKEND_RETRIES.help_row(RetryPolicy::default().max_retries),
+        vars::BACKEND_BACKOFF_MS.help_row(RetryPolicy::default().base_delay.as_millis()),
+        vars::BACKEND_TIMEOUT.help_row(DEFAULT_REQUEST_TIMEOUT.as_secs()),
     ];
     let mut out = String::from("Environment (parsed strictly; a bad value stops start-up):\n");
     for row in rows {
@@ -182,6 +206,7 @@ pub fn env_help() -> String {
          \x20 NRVNA_EMBED_MODEL   embedding model (--embed-model wins)     the chat model, mean-pooled\n\
          \x20 NRVNA_HTTP          serve the HTTP API here (--http wins)    off\n\
          \x20 NRVNA_API_KEY       key HTTP clients send as a Bearer token  none\n\
+         \x20 NRVNA_BACKEND_API_KEY key sent to the --backend server        none\n\
          \x20 NRVNA_LOG           log filter (error, warn, info, debug)    info\n\
          \x20 OMP_WAIT_POLICY     how decode threads wait (active: spin)   passive\n\
          \x20 XDG_CACHE_HOME      compiled agents cached in its nrvna/wasm ~/.cache\n\
@@ -215,6 +240,9 @@ pub struct DaemonConfig {
     pub agents: Option<AgentSettings>,
     /// `--shared`, `--watch` (daemon::scale).
     pub scale: super::scale::ScaleConfig,
+    /// A remote OpenAI-compatible server runs the jobs (`--backend`) instead of a model
+    /// loaded here; `engine` then only gives the workers and sampling defaults.
+    pub remote: Option<RemoteConfig>,
 }
 
 impl DaemonConfig {
@@ -250,6 +278,57 @@ impl DaemonConfig {
             http: None,
             agents: None,
             scale: Default::default(),
+            remote: None,
+        })
+    }
+
+    /// The configuration for serving `workspace` with the remote OpenAI-compatible server
+    /// at `url` (`--backend`): `model` is `--backend-model`, `api_key` is
+    /// `--backend-api-key` (`None` reads `NRVNA_BACKEND_API_KEY`); the retry bound and
+    /// timeout come from `NRVNA_BACKEND_*`.
+    pub fn remote(
+        workspace: PathBuf,
+        url: &str,
+        model: Option<&str>,
+        api_key: Option<String>,
+        workers: Option<usize>,
+    ) -> Result<DaemonConfig> {
+        let workers = match workers {
+            Some(w) => w,
+            None => vars::WORKERS.read_or(DEFAULT_WORKERS)?,
+        };
+        let engine = engine_config(PathBuf::new(), workers)?;
+        let defaults = RetryPolicy::default();
+        let retry = RetryPolicy {
+            max_retries: vars::BACKEND_RETRIES.read_or(defaults.max_retries)?,
+            base_delay: vars::BACKEND_BACKOFF_MS
+                .read()?
+                .map_or(defaults.base_delay, Duration::from_millis),
+            max_delay: defaults.max_delay,
+        };
+        let mut remote = RemoteConfig::new(url);
+        remote.model = model.map(str::to_owned);
+        remote.api_key = match api_key {
+            Some(key) => Some(key),
+            None => env_str("NRVNA_BACKEND_API_KEY")?,
+        };
+        remote.workers = workers;
+        remote.sampling = engine.sampling.clone();
+        remote.retry = retry;
+        remote.request_timeout = vars::BACKEND_TIMEOUT
+            .read()?
+            .map_or(DEFAULT_REQUEST_TIMEOUT, Duration::from_secs);
+        vars::FSYNC.read()?;
+        Ok(DaemonConfig {
+            workspace,
+            engine,
+            max_attempts: vars::MAX_ATTEMPTS.read_or(DEFAULT_MAX_ATTEMPTS)?,
+            drain: false,
+            grace: Duration::from_secs(15),
+            http: None,
+            agents: None,
+            scale: Default::default(),
+            remote: Some(remote),
         })
     }
 

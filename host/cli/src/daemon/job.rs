@@ -10,7 +10,7 @@ use nrvna_http::LiveJob;
 use nrvna_queue::stream::{self, PartialWriter};
 use nrvna_queue::{
     ClaimedJob, EMBEDDING_FILE, GRAMMAR_FILE, JobId, MESSAGES_FILE, Mode, Outcome, OutputFormat,
-    QueueError, RESPONSE_FILE, RESULT_FILE, State, Workspace, messages,
+    QueueError, RESPONSE_FILE, RESULT_FILE, SCHEMA_FILE, State, Workspace, messages,
 };
 
 /// How a job left the worker.
@@ -39,6 +39,7 @@ pub fn run_job(
         Err(reason) => return settle(ws, job, Err((reason, Outcome::default()))),
     };
     let model = Some(engine.info().model_for(request.kind).to_owned());
+    let backend = Some(engine.backend());
     let result = if request.kind == RequestKind::Generate {
         run_streaming(ws, engine, job, request, live)
     } else {
@@ -71,6 +72,7 @@ pub fn run_job(
                 cached_tokens: Some(cached_tokens),
                 generated_tokens: Some(generated_tokens),
                 model: model.clone(),
+                backend: backend.clone(),
                 finish_reason: Some(finish_reason.to_owned()),
             };
             if job.meta.output_format == Some(OutputFormat::JsonSchema)
@@ -94,12 +96,14 @@ pub fn run_job(
                 prompt_tokens: Some(prompt_tokens),
                 generated_tokens: None,
                 model,
+                backend,
                 ..Outcome::default()
             })
         }
         Err(EngineError::Cancelled { partial }) => {
             let outcome = Outcome {
                 model,
+                backend,
                 ..partial_outcome(&partial)
             };
             return match ws.cancel_claimed(job, outcome) {
@@ -110,6 +114,7 @@ pub fn run_job(
         Err(e) => {
             let outcome = Outcome {
                 model,
+                backend,
                 ..partial_outcome(e.partial().unwrap_or(""))
             };
             Err((e.to_string(), outcome))
@@ -239,6 +244,16 @@ fn build_request(
         }
         Mode::Agent => return Err("agent jobs are run by the agent runtime, not the engine".into()),
     };
+    // A remote backend sends the schema itself (`response_format`), not its grammar.
+    let schema = match job.meta.output_format {
+        Some(OutputFormat::JsonSchema) => {
+            let bytes = ws
+                .read_file(State::Running, &job.id, SCHEMA_FILE)
+                .map_err(|e| format!("JSON-schema job without a usable {SCHEMA_FILE}: {e}"))?;
+            Some(String::from_utf8(bytes).map_err(|_| format!("{SCHEMA_FILE} is not UTF-8"))?)
+        }
+        _ => None,
+    };
     let grammar = match job.meta.output_format {
         Some(_) => {
             let bytes = ws
@@ -275,6 +290,7 @@ fn build_request(
         top_k: s.top_k,
         top_p: s.top_p,
         grammar,
+        schema,
         messages,
         stop: s.stop.clone(),
         raw_prompt: job.meta.raw_prompt,

@@ -1,6 +1,6 @@
 //! The one start-up path of a daemon, for `nrvnad` and for `nrvna exec --model`: take the
-//! workspace, recover what a previous daemon left, load the model, build the agent
-//! runtime, and only then say it is running.
+//! workspace, recover what a previous daemon left, load the model (or connect to the
+//! remote server), build the agent runtime, and only then say it is running.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
-use nrvna_engine::{Backend, LlamaEngine};
+use nrvna_engine::{Backend, EngineConfig, LlamaEngine, RemoteBackend, RemoteConfig};
 use nrvna_http::{HttpServer, Metrics, Served};
 use nrvna_queue::Workspace;
 use nrvna_queue::lifecycle::DaemonLock;
@@ -119,24 +119,10 @@ pub fn start(config: DaemonConfig, banner: Banner) -> Result<Daemon> {
     let poll = polling(&config.scale, ws.root());
 
     let workers = config.workers();
-    match banner {
-        Banner::Nrvnad => eprintln!(
-            "nrvnad {}  ·  loading {}",
-            env!("CARGO_PKG_VERSION"),
-            config.engine.model.display()
-        ),
-        Banner::InProcess(program) => eprintln!(
-            "{program}: loading {} for an in-process daemon",
-            config.engine.model.display()
-        ),
-    }
-    let started = Instant::now();
-    // Tests stop here to see the HTTP server answer while the model loads.
-    nrvna_queue::failpoint_at("daemon-before-model-load");
-    let engine = LlamaEngine::start(config.engine).context("cannot load the model")?;
-    if banner == Banner::Nrvnad {
-        print_model(&engine, started);
-    }
+    let engine: Arc<dyn Backend> = match config.remote {
+        Some(remote) => Arc::new(connect_remote(remote, banner)?),
+        None => Arc::new(load_model(config.engine, banner)?),
+    };
     let agents = match config.agents {
         Some(settings) => Some(
             AgentHost::new(
@@ -176,7 +162,56 @@ pub fn start(config: DaemonConfig, banner: Banner) -> Result<Daemon> {
         poll: poll.map(|(every, _)| every),
         shared: shared_duties,
     };
-    Ok(Daemon::new(ws, lock, Arc::new(engine), options))
+    Ok(Daemon::new(ws, lock, engine, options))
+}
+
+/// Loads the local model, saying so as `banner` asks.
+fn load_model(config: EngineConfig, banner: Banner) -> Result<LlamaEngine> {
+    match banner {
+        Banner::Nrvnad => eprintln!(
+            "nrvnad {}  ·  loading {}",
+            env!("CARGO_PKG_VERSION"),
+            config.model.display()
+        ),
+        Banner::InProcess(program) => eprintln!(
+            "{program}: loading {} for an in-process daemon",
+            config.model.display()
+        ),
+    }
+    let started = Instant::now();
+    // Tests stop here to see the HTTP server answer while the model loads.
+    nrvna_queue::failpoint_at("daemon-before-model-load");
+    let engine = LlamaEngine::start(config).context("cannot load the model")?;
+    if banner == Banner::Nrvnad {
+        print_model(&engine, started);
+    }
+    Ok(engine)
+}
+
+/// Connects to the remote server (`--backend`): it must answer `/models` and list the
+/// model, before the daemon says it is running.
+fn connect_remote(config: RemoteConfig, banner: Banner) -> Result<RemoteBackend> {
+    let url = config.base_url.clone();
+    if banner == Banner::Nrvnad {
+        eprintln!(
+            "nrvnad {}  ·  remote backend {url}",
+            env!("CARGO_PKG_VERSION")
+        );
+    }
+    let workers = config.workers;
+    let retries = config.retry.max_retries;
+    let timeout = config.request_timeout.as_secs();
+    let backend = RemoteBackend::connect(config)
+        .with_context(|| format!("cannot use the remote backend {url}"))?;
+    if banner == Banner::Nrvnad {
+        eprintln!(
+            "nrvnad: model {} at {}; at most {workers} requests in flight, {retries} retries, \
+             {timeout}s per request",
+            backend.info().description,
+            backend.base_url()
+        );
+    }
+    Ok(backend)
 }
 
 /// Raises the soft limit on open files to the hard one: agent runs hold handles (each
