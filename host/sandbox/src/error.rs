@@ -26,6 +26,8 @@ pub enum LimitKind {
     Resources,
     /// Handles (open files, directories, streams) of the whole run (`--max-handles`).
     Handles,
+    /// Bytes of the run's journal, or of one entry (`--max-journal-bytes`).
+    JournalBytes,
 }
 
 impl LimitKind {
@@ -39,6 +41,7 @@ impl LimitKind {
             LimitKind::HostcallBytes => "host-call bytes",
             LimitKind::Resources => "component resources",
             LimitKind::Handles => "open handles",
+            LimitKind::JournalBytes => "journal bytes",
         }
     }
 
@@ -52,6 +55,7 @@ impl LimitKind {
             LimitKind::HostcallBytes => "--max-hostcall-bytes",
             LimitKind::Resources => "fixed",
             LimitKind::Handles => "--max-handles",
+            LimitKind::JournalBytes => "--max-journal-bytes",
         }
     }
 }
@@ -132,6 +136,9 @@ pub enum SandboxError {
     /// then the wasm backtrace.
     #[error("the component crashed: {}", crash_report(.0))]
     Trap(#[source] wasmtime::Error),
+    /// The run's journal could not be used, or its replay diverged.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     /// The host itself failed (engine set-up, linking, a thread that could not start).
     #[error("agent runtime: {what}: {source}")]
     Runtime {

@@ -18,6 +18,16 @@
 //! # Ok(()) }
 //! ```
 
+/// A point where a test can stop the process (`fail::cfg`): compiled in only with the
+/// `failpoints` feature, which no release build has.
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+pub(crate) use failpoint;
+
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
@@ -38,6 +48,7 @@ mod cache;
 mod error;
 mod grants;
 mod host;
+pub mod journal;
 mod kv;
 mod limits;
 mod log;
@@ -47,6 +58,7 @@ mod text;
 mod watch;
 
 pub use error::{GrantError, LimitHit, LimitKind, SandboxError};
+pub use journal::{JOURNAL_FILE, JournalError, JournalSpec, RUNS_DIR};
 pub use grants::{
     AgentGrant, DirGrant, EnvVar, Grants, RouteGrant, check_name, parse_bytes, parse_duration,
 };

@@ -17,7 +17,9 @@ use nrvna_queue::{
 
 use crate::bindings::nrvna::agent::jobs;
 use crate::bindings::nrvna::agent::types::{JobError, JobOutput, JobState, SubmitOptions};
-use crate::host::{HostCallError, HostState};
+use crate::host::{Call, HostCallError, HostState, trap_only};
+use crate::journal::codec;
+use serde_json::{Value, json};
 use crate::kv::{self, Kv};
 use crate::limits::{ApprovalTimer, measure_cpu};
 use crate::run::RunShared;
@@ -40,13 +42,26 @@ impl jobs::Host for HostState {
     async fn submit(
         &mut self,
         prompt: String,
-        options: SubmitOptions,
+        mut options: SubmitOptions,
     ) -> Result<String, HostCallError> {
+        let pending = match self.journal_begin("jobs.submit", true, || {
+            json!({ "prompt": codec::text_arg(&prompt), "options": codec::submit_options(&options) })
+        })? {
+            Call::Replayed(out) => return out,
+            Call::Live(p) => p,
+        };
+        crate::failpoint!("journal-submit-before");
+        // A crash between the job being queued and its entry: the resumed run submits
+        // again with the same key, and gets the same job back.
+        if let (Some(journal), Some(p), None) = (&self.journal, &pending, &options.key) {
+            options.key = Some(journal.submit_key(p.index));
+        }
         let keys = self.kv.submitted_keys();
         let submitted = self.run.clone().submit(prompt, options, keys).await;
         // Converting a schema and copying images was host CPU the run pays for.
         self.run.budget.check_cpu()?;
-        Ok(submitted?)
+        crate::failpoint!("journal-submit-queued");
+        self.journal_end(pending, submitted.map_err(HostCallError::from))
     }
 
     async fn follow(
@@ -54,15 +69,37 @@ impl jobs::Host for HostState {
         id: String,
         timeout_ms: Option<u64>,
     ) -> Result<JobOutput, HostCallError> {
-        Ok(self.run.clone().follow(&id, timeout_ms).await?)
+        let pending = match self.journal_begin("jobs.follow", false, || {
+            json!({ "id": id, "timeout_ms": timeout_ms })
+        })? {
+            Call::Replayed(out) => return out,
+            Call::Live(p) => p,
+        };
+        crate::failpoint!("journal-follow");
+        if self.depth > 0 {
+            crate::failpoint!("journal-nested-follow");
+        }
+        let out = self.run.clone().follow(&id, timeout_ms).await;
+        crate::failpoint!("journal-follow-ended");
+        self.journal_end(pending, out.map_err(HostCallError::from))
     }
 
     async fn status(&mut self, id: String) -> Result<JobState, HostCallError> {
-        Ok(self.run.status(&id)?)
+        let pending = match self.journal_begin("jobs.status", false, || json!({ "id": id }))? {
+            Call::Replayed(out) => return out,
+            Call::Live(p) => p,
+        };
+        let out = self.run.status(&id);
+        self.journal_end(pending, out.map_err(HostCallError::from))
     }
 
     async fn cancel(&mut self, id: String) -> Result<(), HostCallError> {
-        Ok(self.run.clone().cancel(&id).await?)
+        let pending = match self.journal_begin("jobs.cancel", true, || json!({ "id": id }))? {
+            Call::Replayed(out) => return out,
+            Call::Live(p) => p,
+        };
+        let out = self.run.clone().cancel(&id).await;
+        self.journal_end(pending, out.map_err(HostCallError::from))
     }
 
     async fn wait_any(
@@ -70,7 +107,15 @@ impl jobs::Host for HostState {
         ids: Vec<String>,
         timeout_ms: Option<u64>,
     ) -> Result<u32, HostCallError> {
-        Ok(self.run.clone().wait_any(&ids, timeout_ms).await?)
+        // The order in which jobs were seen to end is what the entry records.
+        let pending = match self.journal_begin("jobs.wait-any", false, || {
+            json!({ "ids": ids, "timeout_ms": timeout_ms })
+        })? {
+            Call::Replayed(out) => return out,
+            Call::Live(p) => p,
+        };
+        let out = self.run.clone().wait_any(&ids, timeout_ms).await;
+        self.journal_end(pending, out.map_err(HostCallError::from))
     }
 
     async fn wait_all(
@@ -78,11 +123,25 @@ impl jobs::Host for HostState {
         ids: Vec<String>,
         timeout_ms: Option<u64>,
     ) -> wasmtime::Result<Vec<Result<JobOutput, JobError>>> {
-        Ok(self.run.clone().wait_all(&ids, timeout_ms).await)
+        let pending = match self.journal_begin("jobs.wait-all", false, || {
+            json!({ "ids": ids, "timeout_ms": timeout_ms })
+        }) {
+            Ok(Call::Replayed(out)) => return trap_only(out),
+            Ok(Call::Live(p)) => p,
+            Err(e) => return trap_only(Err(e)),
+        };
+        let out = self.run.clone().wait_all(&ids, timeout_ms).await;
+        trap_only(self.journal_end(pending, Ok(out)))
     }
 
     async fn routes(&mut self) -> wasmtime::Result<Vec<String>> {
-        Ok(self.run.routes())
+        let pending = match self.journal_begin("jobs.routes", false, || Value::Null) {
+            Ok(Call::Replayed(out)) => return trap_only(out),
+            Ok(Call::Live(p)) => p,
+            Err(e) => return trap_only(Err(e)),
+        };
+        let out = self.run.routes();
+        trap_only(self.journal_end(pending, Ok(out)))
     }
 }
 

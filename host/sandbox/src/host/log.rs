@@ -1,7 +1,10 @@
 //! The `log` interface: lines into the run's log, under the agent's name.
 
+use serde_json::json;
+
 use crate::bindings::nrvna::agent::log;
-use crate::host::HostState;
+use crate::host::{Call, HostState, trap_only};
+use crate::journal::codec;
 use crate::log::{LogLevel, LogSource};
 
 impl log::Host for HostState {
@@ -12,9 +15,17 @@ impl log::Host for HostState {
             log::Level::Warn => LogLevel::Warn,
             log::Level::Error => LogLevel::Error,
         };
+        let pending = match self.journal_begin("log.log", false, || {
+            json!({ "level": level.as_str(), "message": codec::text_arg(&message) })
+        }) {
+            // A replayed line was written by the run that recorded it.
+            Ok(Call::Replayed(out)) => return trap_only(out),
+            Ok(Call::Live(p)) => p,
+            Err(e) => return trap_only(Err(e)),
+        };
         self.run
             .log
             .write(&self.agent_name, level, LogSource::Log, &message);
-        Ok(())
+        trap_only(self.journal_end(pending, Ok(())))
     }
 }
