@@ -58,11 +58,11 @@ mod text;
 mod watch;
 
 pub use error::{GrantError, LimitHit, LimitKind, SandboxError};
-pub use journal::{JOURNAL_FILE, JournalError, JournalSpec, RUNS_DIR};
 pub use grants::{
     AgentGrant, DirGrant, EnvVar, Grants, RouteGrant, check_name, parse_bytes, parse_duration,
 };
 pub use host::jobs::MAX_WAIT_IDS;
+pub use journal::{JOURNAL_FILE, JournalError, JournalSpec, RUNS_DIR};
 pub use kv::{AGENTS_DIR, MAX_KEY_LEN, MAX_KEYS, MAX_VALUE_BYTES};
 pub use limits::Limits;
 pub use log::{LogFn, LogLevel, LogRecord, LogSink, LogSource};

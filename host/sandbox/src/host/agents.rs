@@ -11,15 +11,17 @@ use crate::bindings::nrvna::agent::types::JobError;
 use crate::error::SandboxError;
 use crate::host::{Call, HostCallError, HostState};
 use crate::journal::Journal;
-use serde_json::json;
 use crate::runtime::{Agent, run_sandbox};
 use crate::text::quoted;
+use serde_json::json;
 
 impl agents::Host for HostState {
     async fn call(&mut self, name: String, args: Vec<String>) -> Result<String, HostCallError> {
-        let pending = match self.journal_begin("agents.call", true, || {
-            json!({ "name": name, "args": args })
-        })? {
+        let pending = match self.journal_begin(
+            "agents.call",
+            true,
+            || json!({ "name": name, "args": args }),
+        )? {
             Call::Replayed(out) => return out,
             Call::Live(p) => p,
         };

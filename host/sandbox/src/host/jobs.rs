@@ -19,13 +19,13 @@ use crate::bindings::nrvna::agent::jobs;
 use crate::bindings::nrvna::agent::types::{JobError, JobOutput, JobState, SubmitOptions};
 use crate::host::{Call, HostCallError, HostState, trap_only};
 use crate::journal::codec;
-use serde_json::{Value, json};
 use crate::kv::{self, Kv};
 use crate::limits::{ApprovalTimer, measure_cpu};
 use crate::run::RunShared;
 use crate::text::{cut, prefix, quoted};
 use crate::watch::{deadline_in, wait_for};
 use images::StagedImages;
+use serde_json::{Value, json};
 
 /// Most ids one `wait-any`/`wait-all` may name.
 pub const MAX_WAIT_IDS: usize = 10_000;
@@ -69,9 +69,11 @@ impl jobs::Host for HostState {
         id: String,
         timeout_ms: Option<u64>,
     ) -> Result<JobOutput, HostCallError> {
-        let pending = match self.journal_begin("jobs.follow", false, || {
-            json!({ "id": id, "timeout_ms": timeout_ms })
-        })? {
+        let pending = match self.journal_begin(
+            "jobs.follow",
+            false,
+            || json!({ "id": id, "timeout_ms": timeout_ms }),
+        )? {
             Call::Replayed(out) => return out,
             Call::Live(p) => p,
         };
@@ -108,9 +110,11 @@ impl jobs::Host for HostState {
         timeout_ms: Option<u64>,
     ) -> Result<u32, HostCallError> {
         // The order in which jobs were seen to end is what the entry records.
-        let pending = match self.journal_begin("jobs.wait-any", false, || {
-            json!({ "ids": ids, "timeout_ms": timeout_ms })
-        })? {
+        let pending = match self.journal_begin(
+            "jobs.wait-any",
+            false,
+            || json!({ "ids": ids, "timeout_ms": timeout_ms }),
+        )? {
             Call::Replayed(out) => return out,
             Call::Live(p) => p,
         };
@@ -123,9 +127,11 @@ impl jobs::Host for HostState {
         ids: Vec<String>,
         timeout_ms: Option<u64>,
     ) -> wasmtime::Result<Vec<Result<JobOutput, JobError>>> {
-        let pending = match self.journal_begin("jobs.wait-all", false, || {
-            json!({ "ids": ids, "timeout_ms": timeout_ms })
-        }) {
+        let pending = match self.journal_begin(
+            "jobs.wait-all",
+            false,
+            || json!({ "ids": ids, "timeout_ms": timeout_ms }),
+        ) {
             Ok(Call::Replayed(out)) => return trap_only(out),
             Ok(Call::Live(p)) => p,
             Err(e) => return trap_only(Err(e)),

@@ -6,8 +6,8 @@ use crate::bindings::nrvna::agent::kv;
 use crate::bindings::nrvna::agent::types::JobError;
 use crate::host::{Call, HostCallError, HostState};
 use crate::journal::codec;
-use serde_json::json;
 use crate::limits::{RunBudget, measure_cpu};
+use serde_json::json;
 
 /// Runs a storage operation on the blocking pool (writes fsync); the CPU it takes
 /// there is charged to the run's CPU budget, which stops the run past its limit.
@@ -39,9 +39,11 @@ impl kv::Host for HostState {
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), HostCallError> {
-        let pending = match self.journal_begin("kv.set", true, || {
-            json!({ "key": key, "value": codec::bytes_arg(&value) })
-        })? {
+        let pending = match self.journal_begin(
+            "kv.set",
+            true,
+            || json!({ "key": key, "value": codec::bytes_arg(&value) }),
+        )? {
             Call::Replayed(out) => return out,
             Call::Live(p) => p,
         };

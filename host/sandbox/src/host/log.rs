@@ -15,9 +15,11 @@ impl log::Host for HostState {
             log::Level::Warn => LogLevel::Warn,
             log::Level::Error => LogLevel::Error,
         };
-        let pending = match self.journal_begin("log.log", false, || {
-            json!({ "level": level.as_str(), "message": codec::text_arg(&message) })
-        }) {
+        let pending = match self.journal_begin(
+            "log.log",
+            false,
+            || json!({ "level": level.as_str(), "message": codec::text_arg(&message) }),
+        ) {
             // A replayed line was written by the run that recorded it.
             Ok(Call::Replayed(out)) => return trap_only(out),
             Ok(Call::Live(p)) => p,

@@ -70,8 +70,8 @@ impl HostState {
             return Ok(Call::Live(None));
         };
         match journal.begin(call, args())? {
-            Begun::Replayed(index, value) => {
-                Ok(Call::Replayed(match Result::<T, JobError>::from_json(&value) {
+            Begun::Replayed(index, value) => Ok(Call::Replayed(
+                match Result::<T, JobError>::from_json(&value) {
                     Some(Ok(v)) => Ok(v),
                     Some(Err(e)) => Err(HostCallError::Job(e)),
                     None => Err(JournalError::Broken {
@@ -80,8 +80,8 @@ impl HostState {
                         reason: format!("the result of {call} is not one {call} returns"),
                     }
                     .into()),
-                }))
-            }
+                },
+            )),
             Begun::Live(pending) => {
                 if effect {
                     journal.sync_before_effect()?;

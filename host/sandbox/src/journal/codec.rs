@@ -224,7 +224,10 @@ mod tests {
             round_trip(Some(vec![0u8, 255, 7])),
             format!("{:?}", Some(vec![0u8, 255, 7]))
         );
-        assert_eq!(round_trip(Some(b"hi".to_vec())), format!("{:?}", Some(b"hi".to_vec())));
+        assert_eq!(
+            round_trip(Some(b"hi".to_vec())),
+            format!("{:?}", Some(b"hi".to_vec()))
+        );
         let r: Result<u32, JobError> = Err(JobError::Quota("jobs: 3".into()));
         assert_eq!(round_trip(r.clone()), format!("{r:?}"));
         let out: Vec<Result<JobOutput, JobError>> = vec![

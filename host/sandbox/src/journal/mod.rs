@@ -29,7 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value, json};
 
 use crate::error::{LimitHit, LimitKind};
-pub use read::{Entry, Header, JournalRead, child_path, read_journal};
+pub use read::{Entry, Header, JournalRead, check_journal, child_path, read_journal};
 
 /// The journal of an agent job, in its job directory.
 pub const JOURNAL_FILE: &str = "journal.jsonl";
@@ -170,7 +170,9 @@ impl Journal {
             path: io_path.clone(),
             source,
         };
-        let exists = std::fs::metadata(&path).map(|m| m.len() > 0).unwrap_or(false);
+        let exists = std::fs::metadata(&path)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false);
         if exists {
             let chain = chain::read(&path, limit)?;
             let head = &chain.lines[0];
@@ -349,7 +351,11 @@ impl Journal {
                 inner.cursor += 1;
                 return Ok(Begun::Replayed(cursor as u64, result));
             }
-            return Err(self.diverged(cursor as u64, describe(rcall, rargs), describe(call, &args)));
+            return Err(self.diverged(
+                cursor as u64,
+                describe(rcall, rargs),
+                describe(call, &args),
+            ));
         }
         let index = inner.next_index;
         inner.next_index += 1;
@@ -482,7 +488,9 @@ impl Journal {
         let value = if call == "wasi.monotonic-clock" {
             // Nanoseconds since the run first started: it never goes back across a
             // resume, as an Instant of another process would.
-            let v = live.saturating_sub(inner.started_ns).max(inner.last_monotonic);
+            let v = live
+                .saturating_sub(inner.started_ns)
+                .max(inner.last_monotonic);
             inner.last_monotonic = v;
             v
         } else {

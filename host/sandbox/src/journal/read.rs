@@ -94,3 +94,45 @@ pub fn read_journal(path: &Path, limit: u64) -> Result<JournalRead, JournalError
         last_hash: chain.last_hash,
     })
 }
+
+/// Checks a journal and the nested journals it links to: the hash chains, and (when
+/// given) that its header names `component`'s sha256. `Ok` says what was checked;
+/// `Err` names the first bad journal and entry.
+pub fn check_journal(path: &Path, component: Option<&[u8]>, limit: u64) -> Result<String, String> {
+    let read = read_journal(path, limit).map_err(|e| e.to_string())?;
+    if let Some(bytes) = component {
+        let now = crate::cache::sha256_hex(bytes);
+        if now != read.header.component_sha256 {
+            return Err(format!(
+                "journal {}: recorded by component sha256 {}, the job's component is {now}",
+                path.display(),
+                read.header.component_sha256
+            ));
+        }
+    }
+    let mut journals = 1;
+    let mut entries = read.entries.len();
+    for entry in &read.entries {
+        if let Some(child) = &entry.child {
+            let child_path = path.with_file_name(child);
+            let detail = check_journal(&child_path, None, limit)?;
+            journals += detail_count(&detail, "journal");
+            entries += detail_count(&detail, "entr");
+        }
+    }
+    Ok(format!(
+        "{journals} journal(s), {entries} entr{} chained, component sha256 {}",
+        if entries == 1 { "y" } else { "ies" },
+        read.header.component_sha256
+    ))
+}
+
+/// The number before `word` in a detail written by [`check_journal`].
+fn detail_count(detail: &str, word: &str) -> usize {
+    let words: Vec<&str> = detail.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[1].starts_with(word))
+        .and_then(|w| w[0].parse().ok())
+        .unwrap_or(0)
+}
