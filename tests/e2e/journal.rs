@@ -16,7 +16,9 @@ use std::time::Duration;
 use nrvna_tests::{TestWs, bin, code, guest, stderr, stdout, wait_for};
 use serde_json::Value;
 
-use crate::components::{DECOMPOSE, FX_DURABLE, FX_ECHO, FX_HOSTCALLS, LOOP, MAP_REDUCE};
+use crate::components::{
+    DECOMPOSE, FX_DURABLE, FX_ECHO, FX_HOSTCALLS, FX_HOSTILE, LOOP, MAP_REDUCE,
+};
 use crate::patterns::{count_in, exec_cmd, jobs, run_limited, tagged};
 
 const P1: &str = "Name a colour.";
@@ -55,6 +57,8 @@ fn journal_of(ws: &TestWs, run: &str) -> PathBuf {
 fn kill_exec_at(ws: &TestWs, failpoint: &str, skip: u32, exec_args: &[&str]) -> String {
     let marker = ws.scratch().join(format!("{failpoint}.reached"));
     let err_path = ws.scratch().join(format!("{failpoint}.stderr"));
+    // A second kill at the same point in this workspace waits for its own marker.
+    let _ = std::fs::remove_file(&marker);
     let mut child = Command::new(failpoint_nrvna())
         .arg("exec")
         .arg(guest(FX_DURABLE))
@@ -386,4 +390,30 @@ fn patterns_as_agent_jobs_finish_after_a_daemon_kill_without_duplicate_children(
         let (id, _) = agent_job_across_a_daemon_kill(&ws, &agent_args, tag, children);
         children_ran_once(&ws, &id, tag);
     }
+}
+
+#[test]
+fn a_component_can_neither_read_nor_write_a_journal() {
+    let ws = TestWs::new();
+    // A first run makes a journal; a hostile run on the same workspace goes for it (and
+    // for the one it is writing itself, in the same directory tree).
+    let first = run_limited(exec_cmd(&ws, FX_HOSTILE, &[], &["read", "/etc/hostname"]));
+    let run = run_id(&stderr(&first));
+    let path = journal_of(&ws, &run);
+    let before = std::fs::read(&path).unwrap();
+    let shown = path.to_str().unwrap();
+    let read = run_limited(exec_cmd(&ws, FX_HOSTILE, &[], &["read", shown]));
+    assert!(stdout(&read).contains("refused"), "{}", stdout(&read));
+    let write = run_limited(exec_cmd(&ws, FX_HOSTILE, &[], &["write", shown, "{}"]));
+    assert_ne!(code(&write), 0);
+    assert!(stderr(&write).contains("refused"), "{}", stderr(&write));
+    let runs = ws.path.join(".runs");
+    let read = run_limited(exec_cmd(
+        &ws,
+        FX_HOSTILE,
+        &[],
+        &["read", runs.to_str().unwrap()],
+    ));
+    assert!(stdout(&read).contains("refused"), "{}", stdout(&read));
+    assert_eq!(std::fs::read(&path).unwrap(), before);
 }

@@ -624,3 +624,90 @@ pub(crate) fn virtualise(wasi: &mut wasmtime_wasi::WasiCtxBuilder, journal: &Arc
     .insecure_random(StdRng::from_seed(insecure))
     .insecure_random_seed(u128::from_le_bytes(insecure_seed));
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn header() -> HeaderFields<'static> {
+        HeaderFields {
+            component_sha256: "abc",
+            agent: "t",
+            args: &[],
+            grants: Value::Null,
+            limits: Value::Null,
+        }
+    }
+
+    fn live(j: &Journal, call: &'static str, args: Value) -> Pending {
+        match j.begin(call, args).unwrap() {
+            Begun::Live(p) => p,
+            Begun::Replayed(..) => panic!("{call} replayed"),
+        }
+    }
+
+    #[test]
+    fn a_reopened_journal_answers_its_calls_then_names_a_divergence() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = JournalSpec {
+            path: dir.path().join("j.jsonl"),
+            run_id: "r1".into(),
+        };
+        let j = Journal::open(&spec, &header(), 1 << 20).unwrap();
+        let p = live(&j, "kv.get", json!({"key": "a"}));
+        assert_eq!(p.index, 0);
+        j.end_with(p, json!({"ok": null}), None).unwrap();
+        let p = live(&j, "jobs.submit", json!({"prompt": "x"}));
+        assert_eq!(j.submit_key(p.index), "run/r1/1");
+        j.end_with(p, json!({"ok": "1_2"}), None).unwrap();
+        drop(j);
+
+        let j = Journal::open(&spec, &header(), 1 << 20).unwrap();
+        match j.begin("kv.get", json!({"key": "a"})).unwrap() {
+            Begun::Replayed(0, v) => assert_eq!(v, json!({"ok": null})),
+            _ => panic!("not replayed"),
+        }
+        let e = j
+            .begin("jobs.submit", json!({"prompt": "y"}))
+            .err()
+            .unwrap();
+        let shown = e.to_string();
+        assert!(
+            shown.contains("call #1")
+                && shown.contains(r#"recorded jobs.submit({"prompt":"x"})"#)
+                && shown.contains(r#"came jobs.submit({"prompt":"y"})"#),
+            "{shown}"
+        );
+
+        // Another component cannot resume it.
+        let other = HeaderFields {
+            component_sha256: "def",
+            ..header()
+        };
+        let e = Journal::open(&spec, &other, 1 << 20).err().unwrap();
+        assert!(e.to_string().contains("changed component"), "{e}");
+    }
+
+    #[test]
+    fn a_journal_stops_at_its_size_limit_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = JournalSpec {
+            path: dir.path().join("j.jsonl"),
+            run_id: "r1".into(),
+        };
+        let j = Journal::open(&spec, &header(), 4096).unwrap();
+        let mut hit = None;
+        for _ in 0..100 {
+            let p = live(&j, "log.log", json!({"message": "tick"}));
+            if let Err(JournalHit::Limit(l)) = j.end_with(p, Value::Null, None) {
+                hit = Some(l);
+                break;
+            }
+        }
+        let hit = hit.unwrap();
+        assert_eq!(hit.kind, LimitKind::JournalBytes);
+        assert!(hit.message.contains("--max-journal-bytes"), "{hit}");
+        assert!(std::fs::metadata(&spec.path).unwrap().len() <= 4096);
+    }
+}
