@@ -287,7 +287,7 @@ fn an_agent_job_killed_with_its_daemon_resumes_and_trace_and_verify_read_its_jou
         "durable",
         1,
     );
-    assert_eq!(body(&out), want);
+    assert_eq!(body(&out).trim_end(), want.trim_end());
     let all = tagged(&ws, "durable");
     assert_eq!(all.len(), 2, "{all:?}");
     for (state, job) in &all {
