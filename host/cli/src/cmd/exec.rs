@@ -94,8 +94,17 @@ pub struct ExecArgs {
     /// again from the start, answered from the run's journal until it catches up, then
     /// goes on live. Needs --ws and the same component; the recorded args are used when
     /// none are given
-    #[arg(long, value_name = "RUN", requires = "ws")]
+    #[arg(
+        long,
+        value_name = "RUN",
+        requires = "ws",
+        conflicts_with = "no_journal"
+    )]
     resume: Option<String>,
+    /// Do not journal the run (it cannot be resumed or traced): for runs that make more
+    /// host calls than a journal should hold
+    #[arg(long)]
+    no_journal: bool,
     /// Storage namespace (<ws>/.agents/NAME/kv) [default: the component's file stem]
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -156,6 +165,7 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
     // A run on a workspace a person keeps is journaled, and can be resumed.
     let (journal, run_args) = match (&args.ws, &args.resume) {
         (Some(ws), Some(run)) => resume_run(ws, run, &agent, &args.args)?,
+        (Some(_), None) if args.no_journal => (None, args.args.clone()),
         (Some(ws), None) => {
             let run = journal::new_run_id();
             let path = ws.join(RUNS_DIR).join(&run).join(JOURNAL_FILE);

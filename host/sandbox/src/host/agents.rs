@@ -10,7 +10,7 @@ use crate::bindings::nrvna::agent::agents;
 use crate::bindings::nrvna::agent::types::JobError;
 use crate::error::SandboxError;
 use crate::host::{Call, HostCallError, HostState};
-use crate::journal::Journal;
+use crate::journal::{Journal, codec};
 use crate::runtime::{Agent, run_sandbox};
 use crate::text::quoted;
 use serde_json::json;
@@ -20,7 +20,7 @@ impl agents::Host for HostState {
         let pending = match self.journal_begin(
             "agents.call",
             true,
-            || json!({ "name": name, "args": args }),
+            || json!({ "name": codec::text_arg(&name), "args": codec::text_args(&args) }),
         )? {
             Call::Replayed(out) => return out,
             Call::Live(p) => p,

@@ -44,7 +44,9 @@ impl jobs::Host for HostState {
         prompt: String,
         mut options: SubmitOptions,
     ) -> Result<String, HostCallError> {
-        let pending = match self.journal_begin("jobs.submit", true, || {
+        // Not `effect`: the journal is made durable in `submit`, once the submission
+        // has passed its checks, so a refused submit costs no fsync.
+        let pending = match self.journal_begin("jobs.submit", false, || {
             json!({ "prompt": codec::text_arg(&prompt), "options": codec::submit_options(&options) })
         })? {
             Call::Replayed(out) => return out,
@@ -57,7 +59,12 @@ impl jobs::Host for HostState {
             options.key = Some(journal.submit_key(p.index));
         }
         let keys = self.kv.submitted_keys();
-        let submitted = self.run.clone().submit(prompt, options, keys).await;
+        let journal = self.journal.clone();
+        let submitted = self
+            .run
+            .clone()
+            .submit(prompt, options, keys, journal)
+            .await;
         // Converting a schema and copying images was host CPU the run pays for.
         self.run.budget.check_cpu()?;
         crate::failpoint!("journal-submit-queued");
@@ -72,7 +79,7 @@ impl jobs::Host for HostState {
         let pending = match self.journal_begin(
             "jobs.follow",
             false,
-            || json!({ "id": id, "timeout_ms": timeout_ms }),
+            || json!({ "id": codec::text_arg(&id), "timeout_ms": timeout_ms }),
         )? {
             Call::Replayed(out) => return out,
             Call::Live(p) => p,
@@ -87,7 +94,11 @@ impl jobs::Host for HostState {
     }
 
     async fn status(&mut self, id: String) -> Result<JobState, HostCallError> {
-        let pending = match self.journal_begin("jobs.status", false, || json!({ "id": id }))? {
+        let pending = match self.journal_begin(
+            "jobs.status",
+            false,
+            || json!({ "id": codec::text_arg(&id) }),
+        )? {
             Call::Replayed(out) => return out,
             Call::Live(p) => p,
         };
@@ -96,7 +107,11 @@ impl jobs::Host for HostState {
     }
 
     async fn cancel(&mut self, id: String) -> Result<(), HostCallError> {
-        let pending = match self.journal_begin("jobs.cancel", true, || json!({ "id": id }))? {
+        let pending = match self.journal_begin(
+            "jobs.cancel",
+            true,
+            || json!({ "id": codec::text_arg(&id) }),
+        )? {
             Call::Replayed(out) => return out,
             Call::Live(p) => p,
         };
@@ -113,7 +128,7 @@ impl jobs::Host for HostState {
         let pending = match self.journal_begin(
             "jobs.wait-any",
             false,
-            || json!({ "ids": ids, "timeout_ms": timeout_ms }),
+            || json!({ "ids": codec::text_args(&ids), "timeout_ms": timeout_ms }),
         )? {
             Call::Replayed(out) => return out,
             Call::Live(p) => p,
@@ -130,7 +145,7 @@ impl jobs::Host for HostState {
         let pending = match self.journal_begin(
             "jobs.wait-all",
             false,
-            || json!({ "ids": ids, "timeout_ms": timeout_ms }),
+            || json!({ "ids": codec::text_args(&ids), "timeout_ms": timeout_ms }),
         ) {
             Ok(Call::Replayed(out)) => return trap_only(out),
             Ok(Call::Live(p)) => p,
@@ -218,6 +233,7 @@ impl RunShared {
         prompt: String,
         options: SubmitOptions,
         keys: Kv,
+        journal: Option<Arc<crate::journal::Journal>>,
     ) -> Result<String, JobError> {
         if prompt.is_empty() {
             return Err(JobError::Invalid("the prompt is empty".into()));
@@ -301,6 +317,13 @@ impl RunShared {
         let keyed = options.key.map(|key| (keys, key));
         // Staging images and publishing the job fsync several files: off the async threads.
         let joined = tokio::task::spawn_blocking(move || {
+            if let Some(journal) = &journal
+                && let Err(e) = journal.sync_before_effect()
+            {
+                return Err(JobError::Failed(format!(
+                    "submit: the run's journal could not be made durable: {e:?}"
+                )));
+            }
             let (submitted, spent) = measure_cpu(|| match keyed {
                 Some((keys, key)) => run.submit_keyed(wsi, sub, &images, &keys, &key),
                 None => run.submit_blocking(wsi, sub, &images, |_| Ok(())),

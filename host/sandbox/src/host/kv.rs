@@ -29,7 +29,11 @@ async fn off_async_threads<T: Send + 'static>(
 
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, HostCallError> {
-        let pending = match self.journal_begin("kv.get", false, || json!({ "key": key }))? {
+        let pending = match self.journal_begin(
+            "kv.get",
+            false,
+            || json!({ "key": codec::text_arg(&key) }),
+        )? {
             Call::Replayed(out) => return out,
             Call::Live(p) => p,
         };
@@ -42,7 +46,7 @@ impl kv::Host for HostState {
         let pending = match self.journal_begin(
             "kv.set",
             true,
-            || json!({ "key": key, "value": codec::bytes_arg(&value) }),
+            || json!({ "key": codec::text_arg(&key), "value": codec::bytes_arg(&value) }),
         )? {
             Call::Replayed(out) => return out,
             Call::Live(p) => p,
@@ -55,7 +59,11 @@ impl kv::Host for HostState {
     }
 
     async fn delete(&mut self, key: String) -> Result<(), HostCallError> {
-        let pending = match self.journal_begin("kv.delete", true, || json!({ "key": key }))? {
+        let pending = match self.journal_begin(
+            "kv.delete",
+            true,
+            || json!({ "key": codec::text_arg(&key) }),
+        )? {
             Call::Replayed(out) => return out,
             Call::Live(p) => p,
         };
@@ -65,11 +73,14 @@ impl kv::Host for HostState {
     }
 
     async fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, HostCallError> {
-        let pending =
-            match self.journal_begin("kv.list-keys", false, || json!({ "prefix": prefix }))? {
-                Call::Replayed(out) => return out,
-                Call::Live(p) => p,
-            };
+        let pending = match self.journal_begin(
+            "kv.list-keys",
+            false,
+            || json!({ "prefix": codec::text_arg(&prefix) }),
+        )? {
+            Call::Replayed(out) => return out,
+            Call::Live(p) => p,
+        };
         let kv = self.kv.clone();
         let out = off_async_threads(Arc::clone(&self.run.budget), move || kv.list(&prefix)).await;
         self.journal_end(pending, out)

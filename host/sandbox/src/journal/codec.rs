@@ -9,13 +9,26 @@ use crate::bindings::nrvna::agent::types::{JobError, JobOutput, JobState, Submit
 
 /// Text longer than this is recorded in arguments as `{"sha256", "bytes"}`.
 const INLINE_ARG_BYTES: usize = 256;
+/// Bytes of an argument hashed at most: a longer one (larger than any prompt or kv value
+/// the host accepts, so one the call refuses) is recorded by its length and the digest
+/// of its head, so a guest cannot make recording cost per byte it passes.
+const DIGESTED_ARG_BYTES: usize = 1 << 20;
 
 /// A string argument: itself, or its digest when long.
 pub(crate) fn text_arg(s: &str) -> Value {
     bytes_arg(s.as_bytes())
 }
 
+/// A list of string arguments, each as [`text_arg`] records it.
+pub(crate) fn text_args(list: &[String]) -> Value {
+    Value::Array(list.iter().map(|s| text_arg(s)).collect())
+}
+
 pub(crate) fn bytes_arg(b: &[u8]) -> Value {
+    if b.len() > DIGESTED_ARG_BYTES {
+        let head = crate::cache::sha256_hex(&b[..DIGESTED_ARG_BYTES]);
+        return json!({ "head_sha256": head, "bytes": b.len() });
+    }
     match std::str::from_utf8(b) {
         Ok(s) if b.len() <= INLINE_ARG_BYTES => Value::String(s.to_owned()),
         _ => json!({ "sha256": crate::cache::sha256_hex(b), "bytes": b.len() }),
@@ -24,16 +37,16 @@ pub(crate) fn bytes_arg(b: &[u8]) -> Value {
 
 pub(crate) fn submit_options(o: &SubmitOptions) -> Value {
     json!({
-        "route": o.route,
-        "images": o.images,
+        "route": o.route.as_deref().map(text_arg),
+        "images": text_args(&o.images),
         "max_tokens": o.max_tokens,
         "temperature": o.temperature.map(f64::from),
         "seed": o.seed,
         "system": o.system.as_deref().map(text_arg),
         "json_schema": o.json_schema.as_deref().map(text_arg),
-        "parent": o.parent,
-        "tags": o.tags,
-        "key": o.key,
+        "parent": o.parent.as_deref().map(text_arg),
+        "tags": text_args(&o.tags),
+        "key": o.key.as_deref().map(text_arg),
     })
 }
 

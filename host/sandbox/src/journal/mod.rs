@@ -35,8 +35,10 @@ pub use read::{Entry, Header, JournalRead, check_journal, child_path, read_journ
 pub const JOURNAL_FILE: &str = "journal.jsonl";
 /// Where `nrvna exec --ws` keeps its runs' journals: `<ws>/.runs/<RUN>/journal.jsonl`.
 pub const RUNS_DIR: &str = ".runs";
-/// Largest journal entry (a line): a `kv.get` of a full value or a long job output fits.
-pub const MAX_ENTRY_BYTES: usize = 4 << 20;
+/// Largest journal entry (a line). A result is recorded whole (a replay hands it back):
+/// a `wait-all` may return up to half the run's memory in job outputs, so one entry may
+/// be as large as a journal may be; the journal's own limit bounds it.
+pub const MAX_ENTRY_BYTES: usize = 64 << 20;
 /// The format version in the header.
 const FORMAT: u64 = 1;
 /// The call name of the entry that closes a run.
