@@ -739,7 +739,7 @@ mod tests {
         options: SubmitOptions,
     ) -> Result<String, JobError> {
         let keys = Kv::submitted(run.workspaces[0].root().to_owned(), "t".into());
-        run.clone().submit(prompt, options, keys).await
+        run.clone().submit(prompt, options, keys, None).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
