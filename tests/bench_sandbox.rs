@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use nrvna::cli::{DEFAULT_MODEL_FILE, resolve_model};
 use nrvna_queue::{JobId, Sampling, State, Submission, Workspace};
-use nrvna_sandbox::{Agent, LogSink, RunContext, Runtime};
+use nrvna_sandbox::{Agent, JournalSpec, LogSink, RunContext, Runtime};
 use nrvna_tests::guest;
 
 /// The components `tests/build.rs` builds. This bench runs two of them; that every one
@@ -84,6 +84,7 @@ fn run() -> Result<String> {
     let mut rows: Vec<[String; 3]> = Vec::new();
     start_up(&tokio, &mut rows)?;
     host_calls(&tokio, &mut rows)?;
+    journaling(&tokio, &mut rows)?;
     pattern_overhead(&tokio, &mut rows)?;
 
     let mut out = String::from("| measurement | value | how |\n|---|---:|---|\n");
@@ -116,9 +117,27 @@ fn time_run(
     args: &[&str],
     ws: &Path,
 ) -> Result<Duration> {
+    time_run_journaled(tokio, rt, agent, args, ws, None)
+}
+
+/// Runs `agent` once with its host calls journaled at `journal` (replayed if the file
+/// exists); the wall time of `Runtime::run`.
+fn time_run_journaled(
+    tokio: &tokio::runtime::Runtime,
+    rt: &Runtime,
+    agent: &Agent,
+    args: &[&str],
+    ws: &Path,
+    journal: Option<&Path>,
+) -> Result<Duration> {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut ctx = ctx(ws);
+    ctx.journal = journal.map(|path| JournalSpec {
+        path: path.to_owned(),
+        run_id: "bench".into(),
+    });
     let started = Instant::now();
-    let outcome = tokio.block_on(rt.run(agent, args, ctx(ws)))?;
+    let outcome = tokio.block_on(rt.run(agent, args, ctx))?;
     let elapsed = started.elapsed();
     if let Err(e) = outcome.output {
         bail!("{} failed: {e}", agent.name());
@@ -226,6 +245,70 @@ fn host_calls(tokio: &tokio::runtime::Runtime, rows: &mut Vec<[String; 3]>) -> R
             format!("({n} calls − 0 calls) / {n}, median of 3"),
         ]);
     }
+    Ok(())
+}
+
+/// What journaling adds to a host call (the same calls with and without a journal, as
+/// `nrvna exec --ws` and agent jobs run), and how long replaying a journal of 1 000
+/// calls takes (a resumed run answered from it, against the same run live unjournaled).
+fn journaling(tokio: &tokio::runtime::Runtime, rows: &mut Vec<[String; 3]>) -> Result<()> {
+    let (rt, _) = nrvna_exec(None, None)?;
+    let agent = rt.load(&guest(FX_HOSTCALLS))?;
+    let scratch = tempfile::tempdir()?;
+    let ws = scratch.path().join("ws");
+    let mut fresh = 0u32;
+    let mut journal = || {
+        fresh += 1;
+        scratch.path().join(format!("journal-{fresh}.jsonl"))
+    };
+    for (kind, n, what) in [
+        ("log", 20_000u32, "`log.log`"),
+        ("status", 5_000, "`jobs.status` of an absent job"),
+        ("kv-get", 5_000, "`kv.get` of an absent key"),
+    ] {
+        let count = n.to_string();
+        let mut plain = Vec::new();
+        let mut journaled = Vec::new();
+        // Alternated, so neither always runs on the other's warm caches.
+        for _ in 0..3 {
+            plain.push(time_run(tokio, &rt, &agent, &[kind, &count], &ws)?);
+            let path = journal();
+            journaled.push(time_run_journaled(
+                tokio,
+                &rt,
+                &agent,
+                &[kind, &count],
+                &ws,
+                Some(&path),
+            )?);
+        }
+        let (plain, journaled) = (median(plain), median(journaled));
+        let added = journaled.saturating_sub(plain).as_secs_f64() / f64::from(n);
+        rows.push([
+            format!("journaling added to {what}"),
+            format!("{:.2} µs", added * 1e6),
+            format!(
+                "({n} calls journaled − {n} calls not) / {n}, median of 3; journaled {:.2} µs \
+                 per call in all",
+                journaled.as_secs_f64() / f64::from(n) * 1e6
+            ),
+        ]);
+    }
+    // Replay: record a run of 1 000 `jobs.status` calls, then run it again on that
+    // journal: every call is answered from it (read, hash chain checked, matched).
+    let mut replays = Vec::new();
+    for _ in 0..5 {
+        let path = journal();
+        time_run_journaled(tokio, &rt, &agent, &["status", "1000"], &ws, Some(&path))?;
+        let base = time_run(tokio, &rt, &agent, &["status", "0"], &ws)?;
+        let replay = time_run_journaled(tokio, &rt, &agent, &["status", "1000"], &ws, Some(&path))?;
+        replays.push(replay.saturating_sub(base));
+    }
+    rows.push([
+        "replay of a journal of 1 000 recorded calls".into(),
+        ms(median(replays)),
+        "resumed run of `status 1000` on its journal − a run making no call, median of 5".into(),
+    ]);
     Ok(())
 }
 

@@ -24,6 +24,7 @@ mod follow_and_status;
 mod grammar_input;
 mod hardening;
 mod http;
+mod journal;
 mod patterns;
 mod prefix_cache;
 mod remote;

@@ -1,7 +1,7 @@
 //! The pattern components (`guests/patterns/`) end to end: `nrvna exec` (and agent jobs
 //! of `nrvnad`) against the real model. Output shapes, the lineage and tags of the jobs
-//! they submit, what they do when a child job fails, `loop` resuming from kv after a
-//! kill, `decompose` at the host's depth limit; and the docs kept in step with the WIT
+//! they submit, what they do when a child job fails, `loop` resuming from the host's
+//! journal after a kill, `decompose` at the host's depth limit; and the docs kept in step with the WIT
 //! and the components' usage texts.
 //!
 //! A child job is made to fail with a prompt longer than the test daemon's context
@@ -37,7 +37,12 @@ fn too_long() -> String {
 }
 
 /// `nrvna exec COMPONENT --ws WS EXEC_ARGS... -- ARGS...`
-fn exec_cmd(ws: &TestWs, component: Component, exec_args: &[&str], args: &[&str]) -> Command {
+pub(crate) fn exec_cmd(
+    ws: &TestWs,
+    component: Component,
+    exec_args: &[&str],
+    args: &[&str],
+) -> Command {
     let mut cmd = Command::new(bin("nrvna"));
     cmd.arg("exec")
         .arg(guest(component))
@@ -93,7 +98,7 @@ fn ok_json(out: &Output) -> Value {
 }
 
 /// Every job in the workspace: (state directory, id, meta.json).
-fn jobs(ws: &TestWs) -> Vec<(String, String, Value)> {
+pub(crate) fn jobs(ws: &TestWs) -> Vec<(String, String, Value)> {
     let mut all = Vec::new();
     for state in ["input/ready", "processing", "output", "failed"] {
         for id in ws.entries(state) {
@@ -108,14 +113,14 @@ fn jobs(ws: &TestWs) -> Vec<(String, String, Value)> {
     all
 }
 
-fn has_tag(meta: &Value, tag: &str) -> bool {
+pub(crate) fn has_tag(meta: &Value, tag: &str) -> bool {
     meta["tags"]
         .as_array()
         .is_some_and(|t| t.iter().any(|v| v == tag))
 }
 
 /// Jobs carrying `tag`, as (state, id).
-fn tagged(ws: &TestWs, tag: &str) -> Vec<(String, String)> {
+pub(crate) fn tagged(ws: &TestWs, tag: &str) -> Vec<(String, String)> {
     jobs(ws)
         .into_iter()
         .filter(|(_, _, m)| has_tag(m, tag))
@@ -123,7 +128,7 @@ fn tagged(ws: &TestWs, tag: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn count_in(jobs: &[(String, String)], state: &str) -> usize {
+pub(crate) fn count_in(jobs: &[(String, String)], state: &str) -> usize {
     jobs.iter().filter(|(s, _)| s == state).count()
 }
 
@@ -455,7 +460,7 @@ fn refine_fails_naming_the_step_whose_job_failed() {
 // ----- loop ----------------------------------------------------------------------------
 
 #[test]
-fn loop_killed_mid_run_resumes_from_kv_without_redoing_rounds() {
+fn loop_killed_mid_run_resumes_from_the_journal_without_redoing_rounds() {
     let ws = TestWs::new();
     let _d = ws.daemon(1);
     // Every round must run, but each prompt names the stop word and a sampled reply
@@ -472,16 +477,16 @@ fn loop_killed_mid_run_resumes_from_kv_without_redoing_rounds() {
         "24",
         "Write a short story about a lighthouse",
     ];
+    let err_path = ws.scratch().join("first.stderr");
     let mut first = exec_cmd(&ws, LOOP, &[], &args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
         .spawn()
         .expect("spawn nrvna exec");
-    // Kill it as soon as round 3's job is queued: the instant in which the run has not
-    // yet recorded anything of its own about that job. The host recorded the job under
-    // the round's submit key before queueing it, so the rerun gets that job back.
-    let kv_dir = ws.path.join(".agents/loop/kv");
+    // Kill it as soon as round 3's job is queued: the loop has no resume code of its
+    // own; the host's journal holds the finished rounds, and round 3's submit carries a
+    // key from the run id and its call index, so the resumed run gets that job back.
     let third_queued = wait_for(Duration::from_secs(240), || {
         tagged(&ws, "loop-round").len() >= 3
     });
@@ -492,24 +497,15 @@ fn loop_killed_mid_run_resumes_from_kv_without_redoing_rounds() {
         "round 3 was never submitted: {:?}",
         tagged(&ws, "loop")
     );
-    // What the killed run had saved: the rounds the rerun must not redo.
-    let done_before = std::fs::read_dir(&kv_dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().contains("~round~"))
-                .count()
-        })
-        .unwrap_or(0);
-    assert!(
-        (2..5).contains(&done_before),
-        "rounds saved before the kill: {done_before}"
-    );
-    assert!(
-        ws.path.join(".agents/loop/submitted").is_dir(),
-        "no submit keys recorded"
-    );
+    let first_err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let run = first_err
+        .lines()
+        .find_map(|l| l.strip_prefix("nrvna exec: run "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no run id: {first_err}"))
+        .to_owned();
 
-    let out = exec(&ws, LOOP, &[], &args);
+    let out = exec(&ws, LOOP, &["--resume", &run], &args);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
     let headers: Vec<&str> = text
@@ -524,7 +520,7 @@ fn loop_killed_mid_run_resumes_from_kv_without_redoing_rounds() {
         "{text}"
     );
     assert!(
-        stderr(&out).contains(&format!("{done_before} round(s) already done")),
+        stderr(&out).contains(&format!("resuming run {run}")),
         "{}",
         stderr(&out)
     );
@@ -539,71 +535,8 @@ fn loop_killed_mid_run_resumes_from_kv_without_redoing_rounds() {
     let first_reply = ws.job_file("output", ids[0], "result.txt");
     let last_prompt = ws.job_file("output", ids[4], "prompt.txt");
     assert!(last_prompt.contains(first_reply.trim()), "{last_prompt}");
-    // The finished loop left no state behind.
-    // (The host's record of submit keys stays: keys are remembered, newest first.)
-    let leftover: Vec<_> = walk(&kv_dir).into_iter().filter(|p| p.is_file()).collect();
-    assert!(leftover.is_empty(), "kv state left: {leftover:?}");
-}
-
-#[test]
-fn loop_keeps_its_state_when_a_round_fails() {
-    let ws = TestWs::new();
-    let _d = ws.daemon(1);
-    let out = exec(
-        &ws,
-        LOOP,
-        &["--name", "story"],
-        &["--rounds", "2", &too_long()],
-    );
-    assert_eq!(code(&out), 1);
-    let err = stderr(&out);
-    assert!(
-        err.contains("loop: round 1 (") && err.contains("run again with the same goal to resume"),
-        "{err}"
-    );
-    // The goal and the attempt's epoch are kept for the rerun; the host recorded the
-    // failed round's job under its submit key.
-    let names = |dir: &str| -> BTreeSet<String> {
-        walk(&ws.path.join(dir))
-            .iter()
-            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .collect()
-    };
-    let keys = names(".agents/story/kv");
-    assert_eq!(keys.len(), 2, "{keys:?}");
-    assert!(keys.iter().any(|k| k.ends_with("goal")), "{keys:?}");
-    assert!(keys.iter().any(|k| k.ends_with("epoch")), "{keys:?}");
-    let submitted = names(".agents/story/submitted");
-    assert_eq!(submitted.len(), 1, "{submitted:?}");
-    assert!(
-        submitted.iter().all(|k| k.ends_with("~001")),
-        "{submitted:?}"
-    );
-    // A rerun gets a new job for that round (the recorded one failed), under the same
-    // key, and fails the same way.
-    let out = exec(
-        &ws,
-        LOOP,
-        &["--name", "story"],
-        &["--rounds", "2", &too_long()],
-    );
-    assert_eq!(code(&out), 1);
-    assert_eq!(count_in(&tagged(&ws, "loop-round"), "failed"), 2);
-    assert_eq!(names(".agents/story/submitted"), submitted);
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            }
-            out.push(p);
-        }
-    }
-    out
+    // The loop keeps no state of its own.
+    assert!(!ws.path.join(".agents/loop/kv").exists());
 }
 
 // ----- route ---------------------------------------------------------------------------

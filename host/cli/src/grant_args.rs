@@ -57,6 +57,8 @@ pub struct GrantArgs {
     pub max_image_bytes: Option<u64>,
     #[arg(help = format!("Bytes the run writes to files, stdout and stderr in all [default: {}]", show_size(Limits::default().write_bytes)), long, value_name = "SIZE", value_parser = parse_bytes)]
     pub max_write_bytes: Option<u64>,
+    #[arg(help = format!("Bytes of the run's journal, every host call recorded [default: {}]", show_size(Limits::default().journal_bytes)), long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub max_journal_bytes: Option<u64>,
 }
 
 impl GrantArgs {
@@ -83,6 +85,7 @@ impl GrantArgs {
                 kv_bytes: self.max_kv_bytes.unwrap_or(defaults.kv_bytes),
                 image_bytes: self.max_image_bytes.unwrap_or(defaults.image_bytes),
                 write_bytes: self.max_write_bytes.unwrap_or(defaults.write_bytes),
+                journal_bytes: self.max_journal_bytes.unwrap_or(defaults.journal_bytes),
             },
             ..Grants::default()
         };
@@ -185,6 +188,11 @@ pub fn limits_help() -> String {
             "--max-write-bytes SIZE",
             "written to files, stdout, stderr",
             show_size(d.write_bytes),
+        ),
+        (
+            "--max-journal-bytes SIZE",
+            "the journal of every host call",
+            show_size(d.journal_bytes),
         ),
     ];
     let mut out = String::from("Limits (for the whole run, nested agents.call included):\n");

@@ -28,6 +28,8 @@ pub enum LimitKind {
     Handles,
     /// Time compiling one component (`--max-compile-time`).
     CompileTime,
+    /// Bytes of the run's journal, or of one entry (`--max-journal-bytes`).
+    JournalBytes,
 }
 
 impl LimitKind {
@@ -42,6 +44,7 @@ impl LimitKind {
             LimitKind::Resources => "component resources",
             LimitKind::Handles => "open handles",
             LimitKind::CompileTime => "compile time",
+            LimitKind::JournalBytes => "journal bytes",
         }
     }
 
@@ -56,6 +59,7 @@ impl LimitKind {
             LimitKind::Resources => "fixed",
             LimitKind::Handles => "--max-handles",
             LimitKind::CompileTime => "--max-compile-time",
+            LimitKind::JournalBytes => "--max-journal-bytes",
         }
     }
 }
@@ -136,6 +140,9 @@ pub enum SandboxError {
     /// then the wasm backtrace.
     #[error("the component crashed: {}", crash_report(.0))]
     Trap(#[source] wasmtime::Error),
+    /// The run's journal could not be used, or its replay diverged.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     /// The host itself failed (engine set-up, linking, a thread that could not start).
     #[error("agent runtime: {what}: {source}")]
     Runtime {

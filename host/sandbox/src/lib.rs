@@ -18,6 +18,16 @@
 //! # Ok(()) }
 //! ```
 
+/// A point where a test can stop the process (`fail::cfg`): compiled in only with the
+/// `failpoints` feature, which no release build has.
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+pub(crate) use failpoint;
+
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
@@ -39,6 +49,7 @@ mod compile;
 mod error;
 mod grants;
 mod host;
+pub mod journal;
 mod kv;
 mod limits;
 mod log;
@@ -55,6 +66,7 @@ pub use grants::{
     AgentGrant, DirGrant, EnvVar, Grants, RouteGrant, check_name, parse_bytes, parse_duration,
 };
 pub use host::jobs::MAX_WAIT_IDS;
+pub use journal::{JOURNAL_FILE, JournalError, JournalSpec, RUNS_DIR};
 pub use kv::{AGENTS_DIR, MAX_KEY_LEN, MAX_KEYS, MAX_VALUE_BYTES};
 pub use limits::Limits;
 pub use log::{LogFn, LogLevel, LogRecord, LogSink, LogSource};

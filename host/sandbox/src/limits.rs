@@ -56,6 +56,9 @@ pub struct Limits {
     /// Bytes the run's sandboxes may write through WASI streams together: files in
     /// read-write `--dir` grants, stdout and stderr.
     pub write_bytes: u64,
+    /// Bytes of the run's journal (every host call it makes is recorded), nested agents'
+    /// journals each counted on their own.
+    pub journal_bytes: u64,
 }
 
 impl Limits {
@@ -77,6 +80,7 @@ impl Limits {
         kv_bytes: 64 << 20,
         image_bytes: 256 << 20,
         write_bytes: 1 << 30,
+        journal_bytes: 64 << 20,
     };
 }
 
@@ -471,6 +475,11 @@ impl RunBudget {
     /// True the first time a write is refused (to log it once).
     pub(crate) fn first_write_refusal(&self) -> bool {
         !self.write_refused.swap(true, Ordering::SeqCst)
+    }
+
+    /// Bytes of one journal.
+    pub(crate) fn journal_bytes(&self) -> u64 {
+        self.limits.journal_bytes
     }
 
     /// Bytes one agent may keep in `kv`.

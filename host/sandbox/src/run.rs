@@ -79,6 +79,32 @@ impl RunShared {
         }
     }
 
+    /// What a journal's header records of a run of `agent` (as `name`) with `args`:
+    /// grants by name (environment values are left out: they may be secrets).
+    pub(crate) fn header_fields<'a>(
+        &'a self,
+        agent: &'a crate::runtime::Agent,
+        name: &'a str,
+        args: &'a [String],
+    ) -> crate::journal::HeaderFields<'a> {
+        let g = &self.grants;
+        crate::journal::HeaderFields {
+            component_sha256: agent.digest(),
+            agent: name,
+            args,
+            grants: serde_json::json!({
+                "dirs": g.dirs.iter().map(|d| format!(
+                    "{}:{}{}", d.host.display(), d.guest, if d.read_only { ":ro" } else { "" }
+                )).collect::<Vec<_>>(),
+                "env": g.env.iter().map(|v| v.key.clone()).collect::<Vec<_>>(),
+                "routes": g.routes.iter().map(|(n, p)| format!("{n}={}", p.display())).collect::<Vec<_>>(),
+                "agents": g.agents.iter().map(|(n, p)| format!("{n}={}", p.display())).collect::<Vec<_>>(),
+                "approve_submits": g.approve_submits,
+            }),
+            limits: serde_json::Value::String(format!("{:?}", g.limits)),
+        }
+    }
+
     /// Ends the run: cancels the jobs it submitted that are still queued or running
     /// (unless told to keep them). Returns how many it cancelled. Runs once.
     pub(crate) fn finish(&self) -> usize {

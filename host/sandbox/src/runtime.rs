@@ -20,6 +20,7 @@ use crate::compile::{ChildCompileError, compile_child_program, compile_in_child,
 use crate::error::{GrantError, LimitHit, LimitKind, SandboxError};
 use crate::grants::{Grants, check_name};
 use crate::host::HostState;
+use crate::journal::Journal;
 use crate::kv::Kv;
 use crate::limits::{Limits, MemoryLimiter, RunBudget, show_duration};
 use crate::log::{LogPipe, LogSink, LogSource};
@@ -166,6 +167,8 @@ pub struct RunContext {
     pub log: LogSink,
     /// Leave the run's unfinished jobs queued when it ends (default: cancel them).
     pub keep_jobs: bool,
+    /// Record every host call here; an existing journal is replayed (resume).
+    pub journal: Option<crate::journal::JournalSpec>,
 }
 
 impl RunContext {
@@ -178,6 +181,7 @@ impl RunContext {
             grants: Grants::default(),
             log: LogSink::Tracing,
             keep_jobs: false,
+            journal: None,
         }
     }
 }
@@ -453,20 +457,49 @@ impl Runtime {
             route_names.push(name.clone());
         }
         let agent_name: Arc<str> = ctx.agent_name.as_str().into();
+        let journal_spec = ctx.journal.clone();
         let run = Arc::new(RunShared::new(self.clone(), ctx, workspaces, route_names));
-        let mut sandbox = run_sandbox(run.clone(), agent.clone(), agent_name, args, 0, 0);
+        let journal = match &journal_spec {
+            Some(spec) => {
+                let header = run.header_fields(agent, &agent_name, &args);
+                Some(Arc::new(Journal::open(
+                    spec,
+                    &header,
+                    run.budget.journal_bytes(),
+                )?))
+            }
+            None => None,
+        };
+        let mut sandbox = run_sandbox(
+            run.clone(),
+            agent.clone(),
+            agent_name,
+            args,
+            0,
+            0,
+            journal.clone(),
+        );
         // The wall clock stops while the run waits for approvals, which have a limit of
         // their own: re-check both whenever the time left so far runs out.
+        let mut sandbox_ended = true;
         let result = loop {
             let left = match run.budget.time_left(started) {
                 Ok(left) => left,
-                Err(hit) => break Err(SandboxError::Limit(hit)),
+                Err(hit) => {
+                    sandbox_ended = false;
+                    break Err(SandboxError::Limit(hit));
+                }
             };
             if let Ok(result) = tokio::time::timeout(left, &mut sandbox).await {
                 break result;
             }
         };
         drop(sandbox);
+        if let (Some(journal), Err(e), false) = (&journal, &result, sandbox_ended) {
+            // Stopped by a limit or the wall clock: the journal says so (a run stopped
+            // inside the sandbox recorded it there).
+            let _ = journal.finish(serde_json::json!({ "stopped": e.to_string() }));
+        }
         let jobs_cancelled = run.finish();
         let output = result?;
         Ok(RunOutcome {
@@ -586,6 +619,7 @@ pub(crate) fn run_sandbox(
     args: Vec<String>,
     depth: u32,
     handles_above: u64,
+    journal: Option<Arc<Journal>>,
 ) -> SandboxFuture {
     Box::pin(async move {
         let runtime = run.runtime.clone();
@@ -596,6 +630,11 @@ pub(crate) fn run_sandbox(
         wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
             .args(&[agent_name.as_ref()]);
+        if let Some(journal) = &journal {
+            // What would make a replay differ: clocks are read through the journal, and
+            // random numbers come from the seed in its header.
+            crate::journal::virtualise(&mut wasi, journal);
+        }
         for var in &run.grants.env {
             wasi.env(&var.key, &var.value);
         }
@@ -636,6 +675,7 @@ pub(crate) fn run_sandbox(
             handles_above,
             waited_in_call: false,
             kv,
+            journal: journal.clone(),
         };
         let mut store = Store::new(&inner.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -656,12 +696,35 @@ pub(crate) fn run_sandbox(
             .instantiate_async(&mut store)
             .await
             .map_err(|e| classify(e, &run.budget))?;
-        let result = instance
+        let mut result = instance
             .call_run(&mut store, &args)
             .await
             .map_err(|e| classify(e, &run.budget));
         stdout.flush_partial();
         stderr.flush_partial();
+        if let Some(journal) = &journal {
+            // A clock read that diverged is reported when nothing else was.
+            if let Some(diverged) = journal.take_divergence()
+                && result.is_ok()
+            {
+                result = Err(SandboxError::Journal(diverged));
+            }
+            let outcome = match &result {
+                Ok(Ok(text)) => serde_json::json!({ "ok": text }),
+                Ok(Err(text)) => serde_json::json!({ "err": text }),
+                Err(e) => serde_json::json!({ "stopped": e.to_string() }),
+            };
+            match journal.finish(outcome) {
+                Ok(()) => {}
+                Err(crate::journal::JournalHit::Limit(hit)) if result.is_ok() => {
+                    result = Err(SandboxError::Limit(hit));
+                }
+                Err(crate::journal::JournalHit::Error(e)) if result.is_ok() => {
+                    result = Err(SandboxError::Journal(e));
+                }
+                Err(_) => {}
+            }
+        }
         result
     })
 }
@@ -679,6 +742,10 @@ fn runtime_failure(what: &'static str) -> impl Fn(wasmtime::Error) -> SandboxErr
 /// Turns a wasmtime error into the run's verdict: a limit (ours, or wasmtime's
 /// hostcall fuel) or a crash.
 fn classify(e: wasmtime::Error, budget: &RunBudget) -> SandboxError {
+    let e = match e.downcast::<crate::journal::JournalError>() {
+        Ok(journal) => return SandboxError::Journal(journal),
+        Err(e) => e,
+    };
     if let Some(hit) = e.downcast_ref::<LimitHit>() {
         return SandboxError::Limit(hit.clone());
     }

@@ -221,7 +221,7 @@ pub fn verify(
     };
     let mut all_ok = true;
     for id in &ids {
-        let report = match ws.verify(id) {
+        let mut report = match ws.verify(id) {
             Ok(report) => report,
             Err(nrvna_queue::QueueError::NotFound(_)) if tag.is_none() => {
                 eprintln!("nrvna verify: no job {id} in {}", ws.root().display());
@@ -229,10 +229,35 @@ pub fn verify(
             }
             Err(e) => return Err(e.into()),
         };
+        if let Some(check) = journal_check(&ws, id) {
+            report.checks.push(check);
+        }
         all_ok &= report.ok();
         print_report(&report, json)?;
     }
     Ok(ExitCode::from(if all_ok { exit::OK } else { exit::FAILED }))
+}
+
+/// An agent job's journal (if it has one yet): its hash chains, nested journals
+/// included, and the component it was recorded by against the job's.
+fn journal_check(ws: &nrvna_queue::Workspace, id: &JobId) -> Option<nrvna_queue::verify::Check> {
+    let state = ws.state_of(id).ok().flatten()?;
+    let dir = ws.job_dir(state, id);
+    let path = dir.join(nrvna_sandbox::JOURNAL_FILE);
+    if !path.is_file() {
+        return None;
+    }
+    let component = std::fs::read(dir.join(nrvna_queue::AGENT_FILE)).ok();
+    let (ok, detail) =
+        match nrvna_sandbox::journal::check_journal(&path, component.as_deref(), u64::MAX) {
+            Ok(detail) => (true, detail),
+            Err(detail) => (false, detail),
+        };
+    Some(nrvna_queue::verify::Check {
+        name: "journal",
+        ok,
+        detail,
+    })
 }
 
 fn print_report(report: &Verification, json: bool) -> Result<()> {

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
+use nrvna_sandbox::journal::{self, JOURNAL_FILE, JournalError, JournalSpec, RUNS_DIR};
 use nrvna_sandbox::{LogLevel, LogSink, RunContext, SandboxError};
 
 use crate::daemon::{DaemonConfig, InProcessDaemon, agent_runtime};
@@ -42,6 +43,10 @@ Jobs, in-flight, prompt, depth, kv and image-byte limits are errors the componen
 sees (quota or invalid) and can handle, as is a write past --max-write-bytes (an I/O
 error); memory, CPU, time, host-call bytes and handles stop the run, also when a
 nested agent (agents.call) reaches them.
+A run with --ws is journaled: every host call it makes is recorded in
+WS/.runs/RUN/journal.jsonl (RUN is printed to stderr at the start). A run that was
+killed resumes with --resume RUN: no job is submitted twice, no finished wait is waited
+again; nrvna trace WS RUN shows what it did.
 Jobs the run leaves queued or running are cancelled when it ends, also when SIGINT
 (Ctrl-C) or SIGTERM stops it (--keep-jobs keeps them). Compiled components are cached
 in --cache-dir (default ~/.cache/nrvna/wasm).
@@ -85,6 +90,21 @@ pub struct ExecArgs {
     /// Leave the jobs the run did not see end queued when it ends
     #[arg(long)]
     keep_jobs: bool,
+    /// Resume run RUN (the id an earlier `nrvna exec --ws` printed): the component runs
+    /// again from the start, answered from the run's journal until it catches up, then
+    /// goes on live. Needs --ws and the same component; the recorded args are used when
+    /// none are given
+    #[arg(
+        long,
+        value_name = "RUN",
+        requires = "ws",
+        conflicts_with = "no_journal"
+    )]
+    resume: Option<String>,
+    /// Do not journal the run (it cannot be resumed or traced): for runs that make more
+    /// host calls than a journal should hold
+    #[arg(long)]
+    no_journal: bool,
     /// Storage namespace (<ws>/.agents/NAME/kv) [default: the component's file stem]
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -142,6 +162,24 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
     let agent_name = args.name.clone().unwrap_or_else(|| agent.name().to_owned());
 
     let (workspace, _temp, daemon) = workspace_and_daemon(&args)?;
+    // A run on a workspace a person keeps is journaled, and can be resumed.
+    let (journal, run_args) = match (&args.ws, &args.resume) {
+        (Some(ws), Some(run)) => resume_run(ws, run, &agent, &args.args)?,
+        (Some(_), None) if args.no_journal => (None, args.args.clone()),
+        (Some(ws), None) => {
+            let run = journal::new_run_id();
+            let path = ws.join(RUNS_DIR).join(&run).join(JOURNAL_FILE);
+            eprintln!(
+                "nrvna exec: run {run} (journal {}; after a crash: nrvna exec {} --ws {} \
+                 --resume {run})",
+                path.display(),
+                args.component.display(),
+                ws.display()
+            );
+            (Some(JournalSpec { path, run_id: run }), args.args.clone())
+        }
+        (None, _) => (None, args.args.clone()),
+    };
     let ctx = RunContext {
         workspace,
         agent_name,
@@ -149,6 +187,7 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
         grants,
         log: LogSink::Stderr(args.log_level),
         keep_jobs: args.keep_jobs,
+        journal,
     };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -159,7 +198,7 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
         // Listening before the run starts, so no signal finds the default handler (which
         // would end the process with the run's jobs still queued).
         let mut stop_signals = StopSignals::listen()?;
-        let run = runtime.run(&agent, args.args.clone(), ctx);
+        let run = runtime.run(&agent, run_args, ctx);
         // A signal drops the run's future, which ends the run as a limit does: its
         // unfinished jobs are cancelled unless --keep-jobs.
         anyhow::Ok(tokio::select! {
@@ -186,6 +225,53 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
             ExitCode::from(signal.exit_code())
         }
     })
+}
+
+/// The journal of run `run` under `ws` and the args to run it with: the recorded ones,
+/// or `given` if they are the same (or none were recorded).
+fn resume_run(
+    ws: &Path,
+    run: &str,
+    agent: &nrvna_sandbox::Agent,
+    given: &[String],
+) -> Result<(Option<JournalSpec>, Vec<String>)> {
+    journal::check_run_id(run).map_err(|e| exit::UsageError(format!("--resume: {e}")))?;
+    let path = ws.join(RUNS_DIR).join(run).join(JOURNAL_FILE);
+    if !path.is_file() {
+        bail!(exit::UsageError(format!(
+            "--resume {run}: no journal at {} (nrvna exec --ws printed the run ids it made)",
+            path.display()
+        )));
+    }
+    let recorded = journal::read_journal(&path, u64::MAX)?;
+    if recorded.header.component_sha256 != agent.digest() {
+        return Err(JournalError::Component {
+            path,
+            recorded: recorded.header.component_sha256,
+            now: agent.digest().to_owned(),
+        }
+        .into());
+    }
+    let args = if given.is_empty() || given == recorded.header.args {
+        recorded.header.args
+    } else {
+        bail!(exit::UsageError(format!(
+            "--resume {run}: the run was recorded with args {:?}, not {given:?} (give none \
+             to use the recorded ones)",
+            recorded.header.args
+        )));
+    };
+    eprintln!(
+        "nrvna exec: resuming run {run}: {} recorded call(s) to replay",
+        recorded.entries.len()
+    );
+    Ok((
+        Some(JournalSpec {
+            path,
+            run_id: run.to_owned(),
+        }),
+        args,
+    ))
 }
 
 /// How the run ended: by itself (returned, or stopped by a limit or a crash), or by a signal.

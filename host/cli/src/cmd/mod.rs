@@ -8,4 +8,5 @@ pub mod flw;
 pub mod nrvna;
 pub mod nrvnad;
 pub mod ps;
+pub mod trace;
 pub mod wrk;

@@ -111,6 +111,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What an agent run did, from its journal: host calls, jobs, nested agents, totals
+    #[command(after_help = super::trace::AFTER_HELP)]
+    Trace(super::trace::TraceArgs),
     /// Measure throughput, latency and overhead on this machine (prints a markdown table)
     #[command(after_help = BENCH_HELP)]
     Bench(super::bench::BenchArgs),
@@ -170,6 +173,7 @@ fn run(args: Args) -> Result<ExitCode> {
             json,
         } => super::approve::verify(&workspace, id.as_deref(), tag.as_deref(), json),
         Command::Ps(args) => super::ps::run(&args),
+        Command::Trace(args) => super::trace::run(&args),
         Command::Bench(args) => {
             // The raw loop runs the engine here: it waits as the daemon does.
             crate::thread_wait::reexec_with_passive_wait();

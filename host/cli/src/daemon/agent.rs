@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nrvna_engine::CancelFlag;
 use nrvna_queue::{AGENT_FILE, ClaimedJob, Outcome, RESULT_FILE, Workspace};
-use nrvna_sandbox::{Grants, LogSink, RunContext, Runtime};
+use nrvna_sandbox::{Grants, JOURNAL_FILE, JournalSpec, LogSink, RunContext, Runtime};
 
 use super::job::{JobEnd, settle};
 
@@ -118,6 +118,12 @@ async fn run_agent_job(
         grants,
         log: LogSink::Tracing,
         keep_jobs: false,
+        // In the job's directory, so it travels with the job to output/ or failed/; a
+        // job requeued after a crash finds it there and resumes by replaying it.
+        journal: Some(JournalSpec {
+            path: job.dir.join(JOURNAL_FILE),
+            run_id: job.id.to_string(),
+        }),
     };
     let run = runtime.run(&agent, args, ctx);
     let stop = async {

@@ -9,16 +9,51 @@ use std::task::{Context, Poll};
 use crate::bindings::nrvna::agent::agents;
 use crate::bindings::nrvna::agent::types::JobError;
 use crate::error::SandboxError;
-use crate::host::{HostCallError, HostState};
+use crate::host::{Call, HostCallError, HostState};
+use crate::journal::{Journal, codec};
 use crate::runtime::{Agent, CompileDeadline, preopened_handles, run_sandbox};
 use crate::text::quoted;
+use serde_json::json;
 
 impl agents::Host for HostState {
     async fn call(&mut self, name: String, args: Vec<String>) -> Result<String, HostCallError> {
+        let pending = match self.journal_begin(
+            "agents.call",
+            true,
+            || json!({ "name": codec::text_arg(&name), "args": codec::text_args(&args) }),
+        )? {
+            Call::Replayed(out) => return out,
+            Call::Live(p) => p,
+        };
         let shown = quoted(&name, 100);
-        let depth = self.run.budget.check_call_depth(self.depth, &shown)?;
-        let (agent, agent_name) = self.callee(name, &shown).await?;
+        let depth = match self.run.budget.check_call_depth(self.depth, &shown) {
+            Ok(depth) => depth,
+            Err(e) => return self.journal_end(pending, Err(e.into())),
+        };
+        let (agent, agent_name) = match self.callee(name, &shown).await {
+            Ok(found) => found,
+            Err(e) => return self.journal_end(pending, Err(e.into())),
+        };
         self.run.budget.count_agent_call();
+        // The child keeps a journal of its own, next to this one and named by this
+        // call's index: a resumed run replays it if the crash fell inside the child.
+        let child_journal = match (&self.journal, &pending) {
+            (Some(journal), Some(p)) => {
+                let spec = journal.child(p.index);
+                let header = self.run.header_fields(&agent, &agent_name, &args);
+                Some(Arc::new(Journal::open(
+                    &spec,
+                    &header,
+                    self.run.budget.journal_bytes(),
+                )?))
+            }
+            _ => None,
+        };
+        let child_file = child_journal.as_ref().and_then(|j| {
+            j.path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        });
         // This sandbox is suspended in this call while the child runs: its handles stay
         // as they are now, and count against the child's share of the run's.
         // Its `--dir` grants' descriptors are held too, whether or not it looked at them.
@@ -34,19 +69,23 @@ impl agents::Host for HostState {
             args,
             depth,
             handles_above,
+            child_journal,
         )));
         let ended = child.await;
         self.waited_in_call = true;
-        let failed = match ended {
-            Ok(Ok(Ok(text))) => return Ok(text),
-            Ok(Ok(Err(error))) => error,
+        crate::failpoint!("journal-agents-call-returned");
+        let out = match ended {
+            Ok(Ok(Ok(text))) => Ok(text),
+            Ok(Ok(Err(error))) => Err(JobError::Failed(error).into()),
             // The limits are the run's: one reached in a nested agent stops the whole
             // run, which its callers must not be able to swallow.
-            Ok(Err(SandboxError::Limit(hit))) => return Err(hit.into()),
-            Ok(Err(stopped)) => format!("agent {shown}: {stopped}"),
-            Err(e) => format!("agent {shown}: task ended: {e}"),
+            Ok(Err(SandboxError::Limit(hit))) => Err(hit.into()),
+            // So is a journal that cannot be replayed.
+            Ok(Err(SandboxError::Journal(e))) => Err(e.into()),
+            Ok(Err(stopped)) => Err(JobError::Failed(format!("agent {shown}: {stopped}")).into()),
+            Err(e) => Err(JobError::Failed(format!("agent {shown}: task ended: {e}")).into()),
         };
-        Err(JobError::Failed(failed).into())
+        self.journal_end_with(pending, out, child_file.as_deref())
     }
 }
 

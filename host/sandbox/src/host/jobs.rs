@@ -17,13 +17,15 @@ use nrvna_queue::{
 
 use crate::bindings::nrvna::agent::jobs;
 use crate::bindings::nrvna::agent::types::{JobError, JobOutput, JobState, SubmitOptions};
-use crate::host::{HostCallError, HostState};
+use crate::host::{Call, HostCallError, HostState, trap_only};
+use crate::journal::codec;
 use crate::kv::{self, Kv};
 use crate::limits::{ApprovalTimer, measure_cpu};
 use crate::run::RunShared;
 use crate::text::{cut, prefix, quoted};
 use crate::watch::{deadline_in, wait_for};
 use images::StagedImages;
+use serde_json::{Value, json};
 
 /// Most ids one `wait-any`/`wait-all` may name.
 pub const MAX_WAIT_IDS: usize = 10_000;
@@ -40,13 +42,33 @@ impl jobs::Host for HostState {
     async fn submit(
         &mut self,
         prompt: String,
-        options: SubmitOptions,
+        mut options: SubmitOptions,
     ) -> Result<String, HostCallError> {
+        // Not `effect`: the journal is made durable in `submit`, once the submission
+        // has passed its checks, so a refused submit costs no fsync.
+        let pending = match self.journal_begin("jobs.submit", false, || {
+            json!({ "prompt": codec::text_arg(&prompt), "options": codec::submit_options(&options) })
+        })? {
+            Call::Replayed(out) => return out,
+            Call::Live(p) => p,
+        };
+        crate::failpoint!("journal-submit-before");
+        // A crash between the job being queued and its entry: the resumed run submits
+        // again with the same key, and gets the same job back.
+        if let (Some(journal), Some(p), None) = (&self.journal, &pending, &options.key) {
+            options.key = Some(journal.submit_key(p.index));
+        }
         let keys = self.kv.submitted_keys();
-        let submitted = self.run.clone().submit(prompt, options, keys).await;
+        let journal = self.journal.clone();
+        let submitted = self
+            .run
+            .clone()
+            .submit(prompt, options, keys, journal)
+            .await;
         // Converting a schema and copying images was host CPU the run pays for.
         self.run.budget.check_cpu()?;
-        Ok(submitted?)
+        crate::failpoint!("journal-submit-queued");
+        self.journal_end(pending, submitted.map_err(HostCallError::from))
     }
 
     async fn follow(
@@ -54,19 +76,50 @@ impl jobs::Host for HostState {
         id: String,
         timeout_ms: Option<u64>,
     ) -> Result<JobOutput, HostCallError> {
-        Ok(self.run.clone().follow(&id, timeout_ms).await?)
+        let pending = match self.journal_begin(
+            "jobs.follow",
+            false,
+            || json!({ "id": codec::text_arg(&id), "timeout_ms": timeout_ms }),
+        )? {
+            Call::Replayed(out) => return out,
+            Call::Live(p) => p,
+        };
+        crate::failpoint!("journal-follow");
+        if self.depth > 0 {
+            crate::failpoint!("journal-nested-follow");
+        }
+        let out = self.run.clone().follow(&id, timeout_ms).await;
+        crate::failpoint!("journal-follow-ended");
+        self.journal_end(pending, out.map_err(HostCallError::from))
     }
 
     async fn status(&mut self, id: String) -> Result<JobState, HostCallError> {
+        let pending = match self.journal_begin(
+            "jobs.status",
+            false,
+            || json!({ "id": codec::text_arg(&id) }),
+        )? {
+            Call::Replayed(out) => return out,
+            Call::Live(p) => p,
+        };
         // File-system lookups on this thread: host CPU the run pays for.
-        let (state, spent) = measure_cpu(|| self.run.status(&id));
+        let (out, spent) = measure_cpu(|| self.run.status(&id));
         self.run.budget.charge_host_cpu_in_call(spent);
         self.run.budget.check_cpu()?;
-        Ok(state?)
+        self.journal_end(pending, out.map_err(HostCallError::from))
     }
 
     async fn cancel(&mut self, id: String) -> Result<(), HostCallError> {
-        Ok(self.run.clone().cancel(&id).await?)
+        let pending = match self.journal_begin(
+            "jobs.cancel",
+            true,
+            || json!({ "id": codec::text_arg(&id) }),
+        )? {
+            Call::Replayed(out) => return out,
+            Call::Live(p) => p,
+        };
+        let out = self.run.clone().cancel(&id).await;
+        self.journal_end(pending, out.map_err(HostCallError::from))
     }
 
     async fn wait_any(
@@ -74,7 +127,17 @@ impl jobs::Host for HostState {
         ids: Vec<String>,
         timeout_ms: Option<u64>,
     ) -> Result<u32, HostCallError> {
-        Ok(self.run.clone().wait_any(&ids, timeout_ms).await?)
+        // The order in which jobs were seen to end is what the entry records.
+        let pending = match self.journal_begin(
+            "jobs.wait-any",
+            false,
+            || json!({ "ids": codec::text_args(&ids), "timeout_ms": timeout_ms }),
+        )? {
+            Call::Replayed(out) => return out,
+            Call::Live(p) => p,
+        };
+        let out = self.run.clone().wait_any(&ids, timeout_ms).await;
+        self.journal_end(pending, out.map_err(HostCallError::from))
     }
 
     async fn wait_all(
@@ -82,14 +145,29 @@ impl jobs::Host for HostState {
         ids: Vec<String>,
         timeout_ms: Option<u64>,
     ) -> wasmtime::Result<Vec<Result<JobOutput, JobError>>> {
+        let pending = match self.journal_begin(
+            "jobs.wait-all",
+            false,
+            || json!({ "ids": codec::text_args(&ids), "timeout_ms": timeout_ms }),
+        ) {
+            Ok(Call::Replayed(out)) => return trap_only(out),
+            Ok(Call::Live(p)) => p,
+            Err(e) => return trap_only(Err(e)),
+        };
         // Building the results (a lookup and a read per id) is charged inside.
-        let results = self.run.clone().wait_all(&ids, timeout_ms).await;
+        let out = self.run.clone().wait_all(&ids, timeout_ms).await;
         self.run.budget.check_cpu()?;
-        Ok(results)
+        trap_only(self.journal_end(pending, Ok(out)))
     }
 
     async fn routes(&mut self) -> wasmtime::Result<Vec<String>> {
-        Ok(self.run.routes())
+        let pending = match self.journal_begin("jobs.routes", false, || Value::Null) {
+            Ok(Call::Replayed(out)) => return trap_only(out),
+            Ok(Call::Live(p)) => p,
+            Err(e) => return trap_only(Err(e)),
+        };
+        let out = self.run.routes();
+        trap_only(self.journal_end(pending, Ok(out)))
     }
 }
 
@@ -160,6 +238,7 @@ impl RunShared {
         prompt: String,
         options: SubmitOptions,
         keys: Kv,
+        journal: Option<Arc<crate::journal::Journal>>,
     ) -> Result<String, JobError> {
         if prompt.is_empty() {
             return Err(JobError::Invalid("the prompt is empty".into()));
@@ -243,6 +322,13 @@ impl RunShared {
         let keyed = options.key.map(|key| (keys, key));
         // Staging images and publishing the job fsync several files: off the async threads.
         let joined = tokio::task::spawn_blocking(move || {
+            if let Some(journal) = &journal
+                && let Err(e) = journal.sync_before_effect()
+            {
+                return Err(JobError::Failed(format!(
+                    "submit: the run's journal could not be made durable: {e:?}"
+                )));
+            }
             let (submitted, spent) = measure_cpu(|| match keyed {
                 Some((keys, key)) => run.submit_keyed(wsi, sub, &images, &keys, &key),
                 None => run.submit_blocking(wsi, sub, &images, |_| Ok(())),
@@ -679,7 +765,7 @@ mod tests {
         options: SubmitOptions,
     ) -> Result<String, JobError> {
         let keys = Kv::submitted(run.workspaces[0].root().to_owned(), "t".into());
-        run.clone().submit(prompt, options, keys).await
+        run.clone().submit(prompt, options, keys, None).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,10 @@
 //! The `log` interface: lines into the run's log, under the agent's name.
 
+use serde_json::json;
+
 use crate::bindings::nrvna::agent::log;
-use crate::host::HostState;
+use crate::host::{Call, HostState, trap_only};
+use crate::journal::codec;
 use crate::limits::measure_cpu;
 use crate::log::{LogLevel, LogSource};
 
@@ -13,6 +16,16 @@ impl log::Host for HostState {
             log::Level::Warn => LogLevel::Warn,
             log::Level::Error => LogLevel::Error,
         };
+        let pending = match self.journal_begin(
+            "log.log",
+            false,
+            || json!({ "level": level.as_str(), "message": codec::text_arg(&message) }),
+        ) {
+            // A replayed line was written by the run that recorded it.
+            Ok(Call::Replayed(out)) => return trap_only(out),
+            Ok(Call::Live(p)) => p,
+            Err(e) => return trap_only(Err(e)),
+        };
         // Sanitising and writing the line is host work on this thread: charged to --cpu.
         let ((), spent) = measure_cpu(|| {
             self.run
@@ -21,6 +34,6 @@ impl log::Host for HostState {
         });
         self.run.budget.charge_host_cpu_in_call(spent);
         self.run.budget.check_cpu()?;
-        Ok(())
+        trap_only(self.journal_end(pending, Ok(())))
     }
 }

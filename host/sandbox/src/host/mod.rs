@@ -18,6 +18,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::nrvna::agent::types::{self, JobError};
 use crate::error::LimitHit;
+use crate::journal::codec::Recorded;
+use crate::journal::{Begun, Journal, JournalError, JournalHit, Pending};
 use crate::kv::Kv;
 use crate::limits::MemoryLimiter;
 use crate::run::RunShared;
@@ -42,6 +44,104 @@ pub(crate) struct HostState {
     pub(crate) waited_in_call: bool,
     /// Its storage (`kv`).
     pub(crate) kv: Kv,
+    /// Where its host calls are recorded (and answered from, when resuming).
+    pub(crate) journal: Option<Arc<Journal>>,
+}
+
+/// A host call begun through the journal.
+pub(crate) enum Call<T> {
+    /// Answered from the journal: no effect, no wait.
+    Replayed(Result<T, HostCallError>),
+    /// To be made; `Some` when it is to be recorded.
+    Live(Option<Pending>),
+}
+
+impl HostState {
+    /// Every host call starts here: with a journal, the next recorded entry answers it
+    /// (or, if it is another call, stops the run); else it is made live. `effect`: the
+    /// call changes something outside the run (the journal is made durable first).
+    pub(crate) fn journal_begin<T: Recorded>(
+        &self,
+        call: &'static str,
+        effect: bool,
+        args: impl FnOnce() -> serde_json::Value,
+    ) -> Result<Call<T>, HostCallError> {
+        let Some(journal) = &self.journal else {
+            return Ok(Call::Live(None));
+        };
+        match journal.begin(call, args())? {
+            Begun::Replayed(index, value) => Ok(Call::Replayed(
+                match Result::<T, JobError>::from_json(&value) {
+                    Some(Ok(v)) => Ok(v),
+                    Some(Err(e)) => Err(HostCallError::Job(e)),
+                    None => Err(JournalError::Broken {
+                        path: journal.path().to_owned(),
+                        line: index as usize + 2,
+                        reason: format!("the result of {call} is not one {call} returns"),
+                    }
+                    .into()),
+                },
+            )),
+            Begun::Live(pending) => {
+                if effect {
+                    journal.sync_before_effect()?;
+                }
+                Ok(Call::Live(Some(pending)))
+            }
+        }
+    }
+
+    /// Every host call ends here: its result (what the component gets) is recorded. A
+    /// trap is not: the run stops, and a resumed run makes the call again.
+    pub(crate) fn journal_end<T: Recorded>(
+        &self,
+        pending: Option<Pending>,
+        out: Result<T, HostCallError>,
+    ) -> Result<T, HostCallError> {
+        self.journal_end_with(pending, out, None)
+    }
+
+    pub(crate) fn journal_end_with<T: Recorded>(
+        &self,
+        pending: Option<Pending>,
+        out: Result<T, HostCallError>,
+        child: Option<&str>,
+    ) -> Result<T, HostCallError> {
+        let (Some(journal), Some(pending)) = (&self.journal, pending) else {
+            return out;
+        };
+        let recorded = match &out {
+            Ok(v) => serde_json::json!({ "ok": v.to_json() }),
+            Err(HostCallError::Job(e)) => serde_json::json!({ "err": e.to_json() }),
+            Err(HostCallError::Trap(_)) => return out,
+        };
+        journal.end_with(pending, recorded, child)?;
+        out
+    }
+}
+
+impl From<JournalError> for HostCallError {
+    fn from(e: JournalError) -> HostCallError {
+        HostCallError::Trap(wasmtime::Error::new(e))
+    }
+}
+
+impl From<JournalHit> for HostCallError {
+    fn from(e: JournalHit) -> HostCallError {
+        match e {
+            JournalHit::Limit(hit) => hit.into(),
+            JournalHit::Error(e) => e.into(),
+        }
+    }
+}
+
+/// A host call that cannot fail for the component (`log`, `routes`, `wait-all`): a
+/// `job-error` cannot come from it, so anything but a value is a trap.
+pub(crate) fn trap_only<T>(out: Result<T, HostCallError>) -> wasmtime::Result<T> {
+    out.map_err(|e| match e {
+        HostCallError::Trap(t) => t,
+        HostCallError::Job(e) => wasmtime::Error::msg(format!("{e:?}")),
+    })
 }
 
 impl WasiView for HostState {
