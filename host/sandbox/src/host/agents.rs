@@ -32,7 +32,7 @@ impl agents::Host for HostState {
         };
         let (agent, agent_name) = match self.callee(name, &shown).await {
             Ok(found) => found,
-            Err(e) => return self.journal_end(pending, Err(e.into())),
+            Err(e) => return self.journal_end(pending, Err(e)),
         };
         self.run.budget.count_agent_call();
         // The child keeps a journal of its own, next to this one and named by this
