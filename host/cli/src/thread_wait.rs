@@ -6,19 +6,23 @@
 //! running — a build in another terminal, even at `nice 19`, since the kernel's autogroup
 //! shares the CPU between sessions first — a thread that is preempted leaves the others
 //! spinning away the daemon's share of the CPU, and throughput collapses (16 × 32 tokens
-//! on 4 workers: 72 s instead of 6.3 s). Waiting passively (sleeping at once) keeps the
-//! daemon's throughput under load; `nrvna bench --only load` measures both.
+//! on 4 workers: 72 s instead of 6.3 s). The engine lowers its thread count under such
+//! load (`nrvna_engine`'s `cpu_share`), which takes about a second; a short spin (30 000
+//! rounds, about a tenth of libgomp's default) keeps a quiet machine's speed (the barrier
+//! gaps there are microseconds) while wasting little in that second. Sleeping at once
+//! (`OMP_WAIT_POLICY=passive`) cost 1.24× the time on a quiet machine;
+//! `nrvna bench --only load` measures the three.
 //!
 //! libgomp reads its policy once, when it is loaded — before `main` — so a program that
-//! runs the engine re-executes itself with `OMP_WAIT_POLICY=passive` unless the user has
-//! chosen a policy (`OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` set, e.g.
-//! `OMP_WAIT_POLICY=active` on a machine reserved for nrvna).
+//! runs the engine re-executes itself with [`DEFAULT_WAIT`] unless the user has chosen a
+//! policy (`OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` set, e.g. `OMP_WAIT_POLICY=active` on a
+//! machine reserved for nrvna).
 
 use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
 
-/// The policy used when the user has not chosen one.
-pub const DEFAULT_POLICY: &str = "passive";
+/// The wait used when the user has not chosen one: spin this many rounds, then sleep.
+pub const DEFAULT_WAIT: (&str, &str) = ("GOMP_SPINCOUNT", "30000");
 
 /// Whether the environment already names a policy for libgomp.
 fn chosen(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
@@ -27,11 +31,10 @@ fn chosen(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
         .any(|name| var(name).is_some_and(|v| !v.is_empty()))
 }
 
-/// Re-executes this program (same arguments, same pid) with
-/// `OMP_WAIT_POLICY=`[`DEFAULT_POLICY`] unless a policy is already set. Returns when it
-/// did not re-execute: a policy was set, or the exec failed (then libgomp's default
-/// stays, with a warning).
-pub fn reexec_with_passive_wait() {
+/// Re-executes this program (same arguments, same pid) with [`DEFAULT_WAIT`] unless a
+/// policy is already set. Returns when it did not re-execute: a policy was set, or the
+/// exec failed (then libgomp's default stays, with a warning).
+pub fn reexec_with_short_spin() {
     if chosen(|name| std::env::var_os(name)) {
         return;
     }
@@ -48,12 +51,14 @@ pub fn reexec_with_passive_wait() {
         cmd.arg0(arg0);
     }
     cmd.args(args)
-        .env("OMP_WAIT_POLICY", OsStr::new(DEFAULT_POLICY));
+        .env(DEFAULT_WAIT.0, OsStr::new(DEFAULT_WAIT.1));
     let e = cmd.exec();
     tracing::warn!(
-        "cannot re-execute {} with OMP_WAIT_POLICY={DEFAULT_POLICY}: {e}; llama.cpp's \
-         threads keep spinning at barriers, which is slow when other programs use the CPU",
-        exe.display()
+        "cannot re-execute {} with {}={}: {e}; llama.cpp's \
+         threads spin 3 ms at barriers, which is slow when other programs use the CPU",
+        exe.display(),
+        DEFAULT_WAIT.0,
+        DEFAULT_WAIT.1
     );
 }
 

@@ -7,9 +7,8 @@
 //! machine two are 1.5–1.8× faster than one (`nrvna bench --only load`).
 //!
 //! The signal is the kernel's count of runnable tasks (`procs_running` in `/proc/stat`),
-//! read between steps, when the engine's own helper threads sleep (they wait passively;
-//! `thread_wait` sees to that), less the threads of this process that run at that moment.
-//! What is left is load from elsewhere. The count is smoothed and acted on with hysteresis, because changing
+//! read between steps, less the threads of this process that run at that moment (helper
+//! threads that still spin at a barrier among them). What is left is load from elsewhere. The count is smoothed and acted on with hysteresis, because changing
 //! the thread count rebuilds the llama.cpp context (llama-cpp-2 offers no other way) and
 //! a one-off `ls` must not cost that.
 

@@ -146,14 +146,10 @@ fn engine_main(
     scheduler.run(rx);
 }
 
-/// Whether the decode thread count follows the load on the machine (`cpu_share`): only
-/// when the user fixed no count (`NRVNA_THREADS`), decoding runs on the CPU, and idle
-/// helper threads sleep (`OMP_WAIT_POLICY=passive`, which the programs set unless told
-/// otherwise), since spinning helpers would count as foreign load.
+/// Whether the decode thread count follows the load on the machine (`cpu_share`): when
+/// the user fixed no count (`NRVNA_THREADS`) and decoding runs on the CPU.
 fn adapts_threads(config: &EngineConfig) -> bool {
-    let passive =
-        std::env::var("OMP_WAIT_POLICY").is_ok_and(|policy| policy.eq_ignore_ascii_case("passive"));
-    config.threads.is_none() && config.gpu_layers == 0 && passive
+    config.threads.is_none() && config.gpu_layers == 0
 }
 
 fn model_info(loaded: &LoadedModel, config: &EngineConfig) -> ModelInfo {

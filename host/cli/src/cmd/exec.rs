@@ -135,7 +135,7 @@ fn parse_level(s: &str) -> Result<LogLevel, String> {
 pub fn run(args: ExecArgs) -> Result<ExitCode> {
     if args.model.is_some() {
         // Before anything is done: the in-process daemon runs the engine.
-        crate::thread_wait::reexec_with_passive_wait();
+        crate::thread_wait::reexec_with_short_spin();
     }
     let mut grants = args.grants.to_grants()?;
     if only_asks_for_help(&args) {

@@ -176,7 +176,7 @@ fn run(args: Args) -> Result<ExitCode> {
         Command::Trace(args) => super::trace::run(&args),
         Command::Bench(args) => {
             // The raw loop runs the engine here: it waits as the daemon does.
-            crate::thread_wait::reexec_with_passive_wait();
+            crate::thread_wait::reexec_with_short_spin();
             print!("{}", super::bench::run(args)?);
             Ok(ExitCode::SUCCESS)
         }

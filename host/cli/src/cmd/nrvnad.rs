@@ -212,7 +212,7 @@ pub fn main() -> ExitCode {
 }
 
 fn serve(args: Args) -> Result<ExitCode> {
-    crate::thread_wait::reexec_with_passive_wait();
+    crate::thread_wait::reexec_with_short_spin();
     // With --backend there is no MODEL: the positionals are WORKSPACE [WORKERS].
     let (workspace, workers_pos) = match (&args.backend, args.workspace) {
         (Some(_), workspace) => {

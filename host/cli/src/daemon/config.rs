@@ -208,7 +208,8 @@ pub fn env_help() -> String {
          \x20 NRVNA_API_KEY       key HTTP clients send as a Bearer token  none\n\
          \x20 NRVNA_BACKEND_API_KEY key sent to the --backend server        none\n\
          \x20 NRVNA_LOG           log filter (error, warn, info, debug)    info\n\
-         \x20 OMP_WAIT_POLICY     how decode threads wait (active: spin)   passive\n\
+         \x20 GOMP_SPINCOUNT      decode threads' spin before they sleep   30000\n\
+         \x20 OMP_WAIT_POLICY     how decode threads wait (active/passive) unset\n\
          \x20 XDG_CACHE_HOME      compiled agents cached in its nrvna/wasm ~/.cache\n\
          \x20 NO_COLOR            set: no colour (else only on a terminal) unset",
     );
