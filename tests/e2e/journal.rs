@@ -182,6 +182,33 @@ fn divergence_stops_the_resume_naming_the_call_and_keeps_the_journal() {
     assert!(err.contains("a changed component cannot resume"), "{err}");
     assert!(journal_of(&ws, &run).is_file());
 
+    // `nrvna verify` takes the run id: the chain holds, and the component that recorded
+    // it is told apart from another.
+    let verify = |extra: &[&str]| {
+        let mut cmd = Command::new(bin("nrvna"));
+        cmd.args(["verify", ws.path.to_str().unwrap(), &run])
+            .args(extra);
+        run_limited(cmd)
+    };
+    let out = verify(&[]);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("component not compared"),
+        "{}",
+        stdout(&out)
+    );
+    let durable = guest(FX_DURABLE);
+    let out = verify(&["--component", durable.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    let echo = guest(FX_ECHO);
+    let out = verify(&["--component", echo.to_str().unwrap()]);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("recorded by component sha256"),
+        "{}",
+        stdout(&out)
+    );
+
     // A hand-edited journal.
     let path = journal_of(&ws, &run);
     let text = std::fs::read_to_string(&path).unwrap();
@@ -190,6 +217,9 @@ fn divergence_stops_the_resume_naming_the_call_and_keeps_the_journal() {
     assert_ne!(code(&out), 0);
     let err = stderr(&out);
     assert!(err.contains("is bad") && err.contains("edited"), "{err}");
+    let out = verify(&[]);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    assert!(stdout(&out).contains("FAILED"), "{}", stdout(&out));
 
     // The same component doing something else: a granted env value the header does not
     // record (values may be secrets) changes the kv key it reads.

@@ -43,10 +43,15 @@ recorded when the job was submitted, and, for an approved job, with the one appr
 a decided job's decision must also be in audit.jsonl. Each check prints one line:
   spec      ok  matches the submitted spec (...)
   approval  FAILED  changed since alice approved it (...)
+An agent job's journal (journal.jsonl, nested journals included) is checked too: its hash
+chain, and that it was recorded by the job's component.
+An `nrvna exec --ws` run is verified by the run id exec printed: its journal's chain, and,
+with --component FILE, that FILE is the component that recorded it (exec keeps no copy).
 Exit 0 when every check passes, 1 naming what differs.
 
 Examples:
   nrvna verify ./ws \"$id\"
+  nrvna verify ./ws r1764566100-3f2a9c --component agent.wasm
   nrvna verify ./ws --tag plan-42 --json";
 
 /// The codes approve and deny return.
@@ -190,9 +195,22 @@ pub fn verify(
     workspace: &Path,
     id: Option<&str>,
     tag: Option<&str>,
+    component: Option<&Path>,
     json: bool,
 ) -> Result<ExitCode> {
     let ws = open(workspace)?;
+    if let Some(id) = id
+        && let Some(code) = verify_run(&ws, id, component, json)?
+    {
+        return Ok(code);
+    }
+    if component.is_some() {
+        bail!(exit::UsageError(
+            "--component is for an exec run id; an agent job's journal is checked against \
+             the job's own component"
+                .into()
+        ));
+    }
     let ids = match (id, tag) {
         (Some(id), None) => vec![JobId::parse(id)?],
         (None, Some(tag)) => {
@@ -236,6 +254,60 @@ pub fn verify(
         print_report(&report, json)?;
     }
     Ok(ExitCode::from(if all_ok { exit::OK } else { exit::FAILED }))
+}
+
+/// `nrvna verify WS RUN` for an `nrvna exec --ws` run: its journal under `.runs/`. `None`
+/// when `id` is not such a run (it may be a job).
+fn verify_run(
+    ws: &Workspace,
+    id: &str,
+    component: Option<&Path>,
+    json: bool,
+) -> Result<Option<ExitCode>> {
+    if JobId::parse(id).is_ok_and(|job| ws.state_of(&job).ok().flatten().is_some())
+        || nrvna_sandbox::journal::check_run_id(id).is_err()
+    {
+        return Ok(None);
+    }
+    let path = ws
+        .root()
+        .join(nrvna_sandbox::journal::RUNS_DIR)
+        .join(id)
+        .join(nrvna_sandbox::JOURNAL_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let bytes =
+        match component {
+            Some(file) => Some(std::fs::read(file).map_err(|e| {
+                anyhow::anyhow!("cannot read the component {}: {e}", file.display())
+            })?),
+            None => None,
+        };
+    let (ok, detail) =
+        match nrvna_sandbox::journal::check_journal(&path, bytes.as_deref(), u64::MAX) {
+            Ok(detail) if component.is_none() => (
+                true,
+                format!("{detail} (component not compared: give --component FILE)"),
+            ),
+            Ok(detail) => (true, detail),
+            Err(detail) => (false, detail),
+        };
+    let report = Verification {
+        id: id.to_owned(),
+        state: "run",
+        checks: vec![nrvna_queue::verify::Check {
+            name: "journal",
+            ok,
+            detail,
+        }],
+    };
+    print_report(&report, json)?;
+    Ok(Some(ExitCode::from(if ok {
+        exit::OK
+    } else {
+        exit::FAILED
+    })))
 }
 
 /// An agent job's journal (if it has one yet): its hash chains, nested journals

@@ -107,6 +107,10 @@ enum Command {
         /// Every job carrying this tag
         #[arg(long, value_name = "TAG")]
         tag: Option<String>,
+        /// With an exec run id: the component file to compare with the one that
+        /// recorded the run's journal
+        #[arg(long, value_name = "FILE")]
+        component: Option<PathBuf>,
         /// One JSON object per job: id, state, ok, checks
         #[arg(long)]
         json: bool,
@@ -170,8 +174,15 @@ fn run(args: Args) -> Result<ExitCode> {
             workspace,
             id,
             tag,
+            component,
             json,
-        } => super::approve::verify(&workspace, id.as_deref(), tag.as_deref(), json),
+        } => super::approve::verify(
+            &workspace,
+            id.as_deref(),
+            tag.as_deref(),
+            component.as_deref(),
+            json,
+        ),
         Command::Ps(args) => super::ps::run(&args),
         Command::Trace(args) => super::trace::run(&args),
         Command::Bench(args) => {

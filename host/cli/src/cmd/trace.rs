@@ -270,8 +270,14 @@ fn show_entry(
             );
         }
     }
-    if let Some(child) = &e.child {
-        let child_path = path.with_file_name(child);
+    let child_path = match journal::nested_journal(path, e) {
+        Ok(child) => child,
+        Err(err) => {
+            println!("{indent}      nested journal: {err}");
+            None
+        }
+    };
+    if let Some(child_path) = child_path {
         match read_journal(&child_path, u64::MAX) {
             Ok(read) => {
                 if !json {

@@ -29,7 +29,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value, json};
 
 use crate::error::{LimitHit, LimitKind};
-pub use read::{Entry, Header, JournalRead, check_journal, child_path, read_journal};
+pub use read::{
+    Entry, Header, JournalRead, check_journal, child_path, nested_journal, read_journal,
+};
 
 /// The journal of an agent job, in its job directory.
 pub const JOURNAL_FILE: &str = "journal.jsonl";

@@ -53,6 +53,35 @@ pub fn child_path(parent: &Path, index: u64) -> PathBuf {
     parent.with_file_name(format!("{stem}.{index}.jsonl"))
 }
 
+/// The nested journal an entry of `parent` links to, if any. The link is a file name
+/// written in the journal, so it is not trusted as a path: it must be the name
+/// [`child_path`] gives the entry's index, which keeps a reader inside the directory
+/// and makes a cycle of links impossible.
+pub fn nested_journal(parent: &Path, entry: &Entry) -> Result<Option<PathBuf>, String> {
+    let Some(child) = &entry.child else {
+        return Ok(None);
+    };
+    let expected = child_path(parent, entry.index);
+    let name = expected
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if *child != name {
+        let shown: String = child
+            .chars()
+            .take(80)
+            .flat_map(char::escape_default)
+            .collect();
+        return Err(format!(
+            "journal {}: entry {} links to nested journal \"{shown}\"; an entry {} links only to {name}",
+            parent.display(),
+            entry.index,
+            entry.index
+        ));
+    }
+    Ok(Some(expected))
+}
+
 /// Reads and checks the journal at `path` (at most `limit` bytes).
 pub fn read_journal(path: &Path, limit: u64) -> Result<JournalRead, JournalError> {
     let chain = chain::read(path, limit)?;
@@ -113,8 +142,7 @@ pub fn check_journal(path: &Path, component: Option<&[u8]>, limit: u64) -> Resul
     let mut journals = 1;
     let mut entries = read.entries.len();
     for entry in &read.entries {
-        if let Some(child) = &entry.child {
-            let child_path = path.with_file_name(child);
+        if let Some(child_path) = nested_journal(path, entry)? {
             let detail = check_journal(&child_path, None, limit)?;
             journals += detail_count(&detail, "journal");
             entries += detail_count(&detail, "entr");
@@ -135,4 +163,56 @@ fn detail_count(detail: &str, word: &str) -> usize {
         .find(|w| w[1].starts_with(word))
         .and_then(|w| w[0].parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Writes a sealed journal of `lines` to `path`.
+    fn write(path: &Path, lines: &[Value]) {
+        let mut prev = String::new();
+        let mut out = String::new();
+        for l in lines {
+            let mut m = l.as_object().unwrap().clone();
+            m.insert("prev".into(), json!(prev));
+            let (line, hash) = chain::seal(&prev, &m);
+            prev = hash;
+            out.push_str(&line);
+            out.push('\n');
+        }
+        std::fs::write(path, out).unwrap();
+    }
+
+    fn header() -> Value {
+        json!({"run": "r1-abc", "component_sha256": "00", "agent": "a", "args": []})
+    }
+
+    fn call(i: u64, child: &str) -> Value {
+        json!({"i": i, "call": "agents.call", "args": null, "result": "ok", "t0": 1, "t1": 2,
+               "child": child})
+    }
+
+    #[test]
+    fn a_nested_link_is_followed_only_by_the_name_its_index_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().join("journal.jsonl");
+        write(&dir.path().join("journal.3.jsonl"), &[header()]);
+        write(&parent, &[header(), call(3, "journal.3.jsonl")]);
+        let ok = check_journal(&parent, None, 1 << 20).unwrap();
+        assert!(ok.starts_with("2 journal(s)"), "{ok}");
+
+        // A sealed (hash-valid) journal whose link climbs out of its directory, or
+        // names itself, is refused before anything is opened.
+        for bad in ["../../etc/passwd", "journal.jsonl", "journal.4.jsonl"] {
+            write(&parent, &[header(), call(3, bad)]);
+            let e = check_journal(&parent, None, 1 << 20).unwrap_err();
+            assert!(
+                e.contains("entry 3 links to nested journal") && e.contains("journal.3.jsonl"),
+                "{e}"
+            );
+        }
+    }
 }
