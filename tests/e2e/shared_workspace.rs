@@ -30,10 +30,12 @@ fn shared_daemon(
         // clock moves its wall clock (CLOCK_REALTIME), never its monotonic clock, which
         // counts from boot: so is it here. (A faked monotonic clock would also break
         // every timed wait in the process, whose deadlines the kernel reads unfaked.)
+        // The library is preloaded into nrvnad itself rather than through the
+        // `faketime` program, which forks: killing it would leave nrvnad running.
         Some(offset) => {
-            let mut c = Command::new("faketime");
-            c.args(["-f", offset])
-                .arg(bin("nrvnad"))
+            let mut c = Command::new(bin("nrvnad"));
+            c.env("LD_PRELOAD", libfaketime())
+                .env("FAKETIME", offset)
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
             c
         }
@@ -70,6 +72,19 @@ fn shared_daemon(
         daemon.log_text()
     );
     daemon
+}
+
+/// Debian's libfaketime (package libfaketime, a dependency of faketime).
+fn libfaketime() -> PathBuf {
+    let found = fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|arch| arch.path().join("faketime/libfaketime.so.1"))
+        .find(|lib| lib.is_file());
+    found.unwrap_or_else(|| {
+        panic!("libfaketime.so.1 is missing under /usr/lib: scripts/setup installs Debian's libfaketime")
+    })
 }
 
 /// Every job's directory, by state directory: each id must be in exactly one.
@@ -260,12 +275,24 @@ fn long_job(ws: &TestWs, grammar: &Path, n: usize) -> String {
 
 #[test]
 fn daemons_with_clocks_hours_off_steal_no_live_job_and_still_take_over_a_dead_ones() {
-    let probe = Command::new("faketime")
-        .args(["-f", "+2h", "true"])
-        .status();
+    // The preloaded library moves the wall clock of the process it is loaded into.
+    let probe = Command::new("date")
+        .arg("+%s")
+        .env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME", "+2h")
+        .output()
+        .unwrap();
+    let faked: u64 = String::from_utf8_lossy(&probe.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     assert!(
-        probe.is_ok_and(|s| s.success()),
-        "faketime is missing: scripts/setup installs Debian's faketime"
+        faked >= now + 7000,
+        "libfaketime did not move the clock: {faked} vs {now}"
     );
     let ws = TestWs::new();
     let long_ctx = [("NRVNA_CTX", "2048")];
