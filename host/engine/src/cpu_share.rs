@@ -24,6 +24,12 @@ const DOWN_AFTER: Duration = Duration::from_secs(1);
 const UP_AFTER: Duration = Duration::from_secs(3);
 /// Fewest seconds between two changes.
 const MIN_GAP: Duration = Duration::from_secs(2);
+/// Readings in a row a task must be runnable in to count (their minimum is smoothed).
+/// The count of this process's own running threads is taken just after the kernel's
+/// total, so a helper thread of ours (the partial-text writer, an HTTP worker) that
+/// goes to sleep in between looks like a task from elsewhere; such threads wake and
+/// sleep many times a second, and are seldom caught in three readings running.
+const IN_A_ROW: usize = 3;
 
 /// Chooses a decode thread count between 1 and `max` from observed foreign load.
 #[derive(Debug)]
@@ -33,6 +39,8 @@ pub(crate) struct ThreadGovernor {
     current: i32,
     /// Smoothed count of runnable tasks that are not this engine's.
     load: f64,
+    /// The last readings, newest last (at most [`IN_A_ROW`]).
+    recent: Vec<f64>,
     last_sample: Option<Instant>,
     last_change: Option<Instant>,
     /// The target that differs from `current`, and since when it has.
@@ -48,6 +56,7 @@ impl ThreadGovernor {
             max,
             current: max,
             load: 0.0,
+            recent: Vec::with_capacity(IN_A_ROW),
             last_sample: None,
             last_change: None,
             pending: None,
@@ -77,8 +86,13 @@ impl ThreadGovernor {
             .map(|at| now.duration_since(at))
             .unwrap_or(SAMPLE_EVERY);
         self.last_sample = Some(now);
+        if self.recent.len() == IN_A_ROW {
+            self.recent.remove(0);
+        }
+        self.recent.push(others.max(0.0));
+        let lasting = self.recent.iter().copied().fold(f64::INFINITY, f64::min);
         let alpha = 1.0 - (-dt.as_secs_f64() / SMOOTHING.as_secs_f64()).exp();
-        self.load += alpha * (others.max(0.0) - self.load);
+        self.load += alpha * (lasting - self.load);
 
         let target = self.target();
         if target == self.current {
@@ -131,13 +145,24 @@ impl ThreadGovernor {
 /// threads (the daemon's writers, agents) are counted only when the machine-wide count
 /// says something besides the calling thread runs, which keeps the common quiet case at
 /// one read.
+///
+/// The kernel's count is read on both sides of the scan of our own threads and the
+/// smaller taken: a thread of ours that runs at the first read and has gone to sleep by
+/// the scan (a spinning ggml helper ending its spin, the partial-text writer) would
+/// otherwise count as a task from elsewhere; it is seldom running again at the second
+/// read, while a busy program from elsewhere is running at both.
 pub(crate) fn runnable_others() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let running = parse_procs_running(&stat)?;
-    if running <= 1 {
+    let procs_running = || {
+        std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| parse_procs_running(&stat))
+    };
+    let first = procs_running()?;
+    if first <= 1 {
         return Some(0.0);
     }
     let own = own_running_threads().unwrap_or(1).max(1);
+    let running = first.min(procs_running().unwrap_or(first));
     Some(running.saturating_sub(own) as f64)
 }
 
@@ -231,6 +256,23 @@ mod tests {
             assert_eq!(g.observe(start + t, others), None, "at {t:?}");
             t += SAMPLE_EVERY;
             i += 1;
+        }
+    }
+
+    #[test]
+    fn a_task_runnable_in_many_readings_but_seldom_in_a_row_changes_nothing() {
+        // Seen under 32 HTTP requests: the daemon's own helper threads, caught asleep
+        // by the own-thread count after the kernel counted them running, made two in
+        // five readings show a task from elsewhere (and once 1.6 on average).
+        let start = Instant::now();
+        let mut g = ThreadGovernor::new(2, 2);
+        let mut seed = 12345u32;
+        let mut t = Duration::ZERO;
+        while t < Duration::from_secs(60) {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let others = if (seed >> 16) % 5 < 2 { 2.0 } else { 0.0 };
+            assert_eq!(g.observe(start + t, others), None, "at {t:?}");
+            t += SAMPLE_EVERY;
         }
     }
 
