@@ -19,11 +19,25 @@ const HASH: &str = "hash";
 
 /// A line's hash given the previous line's and the line's own fields (without `hash`).
 pub(crate) fn seal(prev: &str, fields: &Map<String, Value>) -> (String, String) {
-    let body = Value::Object(fields.clone()).to_string();
+    seal_body(prev, Value::Object(fields.clone()).to_string())
+}
+
+/// Seals a line from its body: the fields (without `hash`) as serde_json writes a map,
+/// keys sorted, which is what the reader gets back by parsing the line and writing it
+/// again without its hash. The hash goes last in the written line; a reader parses
+/// the line into a map, so where it stands does not matter.
+pub(crate) fn seal_body(prev: &str, mut body: String) -> (String, String) {
     let hash = line_hash(prev, &body);
-    let mut sealed = fields.clone();
-    sealed.insert(HASH.into(), Value::String(hash.clone()));
-    (Value::Object(sealed).to_string(), hash)
+    if body.ends_with('}') {
+        body.pop();
+        if !body.ends_with('{') {
+            body.push(',');
+        }
+        body.push_str("\"hash\":\"");
+        body.push_str(&hash);
+        body.push_str("\"}");
+    }
+    (body, hash)
 }
 
 fn line_hash(prev: &str, body: &str) -> String {
@@ -164,6 +178,21 @@ mod tests {
         std::fs::write(&path, cut).unwrap();
         let e = read(&path, 1 << 20).err().unwrap().to_string();
         assert!(e.contains("line 2") && e.contains("removed"), "{e}");
+    }
+
+    #[test]
+    fn a_line_sealed_from_its_body_reads_back_as_one_sealed_from_its_fields() {
+        let fields =
+            obj(json!({"b": [1, 2.5, "x\u{1}\"y"], "a": {"z": null, "c": true}, "prev": ""}));
+        let body = Value::Object(fields.clone()).to_string();
+        let (line, hash) = seal_body("", body);
+        assert_eq!(seal("", &fields).1, hash);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        std::fs::write(&path, line + "\n").unwrap();
+        let chain = read(&path, 1 << 20).unwrap();
+        assert_eq!(chain.lines[0], fields);
+        assert_eq!(chain.last_hash, hash);
     }
 
     #[test]

@@ -99,6 +99,22 @@ pub(crate) struct HeaderFields<'a> {
     pub(crate) limits: Value,
 }
 
+/// An entry's fields as written: in the order serde_json's map sorts its keys, so the
+/// line is what a reader gets back by parsing it and writing it again (see
+/// [`chain::seal_body`]), written without building a map per call.
+#[derive(serde::Serialize)]
+struct EntryFields<'a> {
+    args: &'a Value,
+    call: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    child: Option<&'a str>,
+    i: u64,
+    prev: &'a str,
+    result: &'a Value,
+    t0: u64,
+    t1: u64,
+}
+
 /// A call begun: answered from the journal, or to be made and then recorded.
 pub(crate) enum Begun {
     /// The entry's index and recorded result.
@@ -378,42 +394,49 @@ impl Journal {
         result: Value,
         child: Option<&str>,
     ) -> Result<(), JournalHit> {
-        let mut fields = Map::new();
-        fields.insert("i".into(), json!(pending.index));
-        fields.insert("call".into(), json!(pending.call));
-        fields.insert("args".into(), pending.args);
-        fields.insert("result".into(), result);
-        fields.insert("t0".into(), json!(pending.t0));
-        fields.insert("t1".into(), json!(now_us()));
-        if let Some(child) = child {
-            fields.insert("child".into(), json!(child));
-        }
-        self.append(fields)
+        self.append(EntryFields {
+            args: &pending.args,
+            call: pending.call,
+            child,
+            i: pending.index,
+            prev: "",
+            result: &result,
+            t0: pending.t0,
+            t1: now_us(),
+        })
     }
 
     /// Closes the run with its outcome (not replayed; `nrvna trace` shows it).
     pub(crate) fn finish(&self, outcome: Value) -> Result<(), JournalHit> {
         let t = now_us();
-        let mut fields = Map::new();
         let index = self.lock().next_index;
-        fields.insert("i".into(), json!(index));
-        fields.insert("call".into(), json!(RUN_END));
-        fields.insert("args".into(), Value::Null);
-        fields.insert("result".into(), outcome);
-        fields.insert("t0".into(), json!(t));
-        fields.insert("t1".into(), json!(t));
-        self.append(fields)?;
+        self.append(EntryFields {
+            args: &Value::Null,
+            call: RUN_END,
+            child: None,
+            i: index,
+            prev: "",
+            result: &outcome,
+            t0: t,
+            t1: t,
+        })?;
         let inner = self.lock();
         inner.file.sync_data().map_err(|e| self.io(e))?;
         Ok(())
     }
 
-    fn append(&self, mut fields: Map<String, Value>) -> Result<(), JournalHit> {
+    /// Appends an entry, chained to the last (`fields.prev` is filled in here).
+    fn append(&self, fields: EntryFields<'_>) -> Result<(), JournalHit> {
         let mut inner = self.lock();
-        fields.insert("prev".into(), json!(inner.prev));
-        let (line, hash) = chain::seal(&inner.prev, &fields);
+        let prev = inner.prev.clone();
+        let fields = EntryFields {
+            prev: &prev,
+            ..fields
+        };
+        let body = serde_json::to_string(&fields).map_err(|e| self.io(e.into()))?;
+        let (line, hash) = chain::seal_body(&prev, body);
+        let call = fields.call;
         if line.len() + 1 > MAX_ENTRY_BYTES {
-            let call = fields.get("call").and_then(Value::as_str).unwrap_or("?");
             return Err(JournalHit::Limit(LimitHit::new(
                 LimitKind::JournalBytes,
                 format!(
@@ -504,13 +527,16 @@ impl Journal {
         inner.next_index += 1;
         drop(inner);
         let t = now_us();
-        let mut fields = Map::new();
-        fields.insert("i".into(), json!(index));
-        fields.insert("call".into(), json!(call));
-        fields.insert("args".into(), Value::Null);
-        fields.insert("result".into(), json!(value));
-        fields.insert("t0".into(), json!(t));
-        fields.insert("t1".into(), json!(t));
+        let fields = EntryFields {
+            args: &Value::Null,
+            call,
+            child: None,
+            i: index,
+            prev: "",
+            result: &Value::from(value),
+            t0: t,
+            t1: t,
+        };
         if let Err(e) = self.append(fields) {
             // A clock read cannot fail: the run goes on unrecorded, and the next host
             // call meets the same limit or error and stops it.
