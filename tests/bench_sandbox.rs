@@ -132,9 +132,12 @@ fn time_run_journaled(
 ) -> Result<Duration> {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let mut ctx = ctx(ws);
+    // A run id of its own per journal: submit keys derive from it.
     ctx.journal = journal.map(|path| JournalSpec {
         path: path.to_owned(),
-        run_id: "bench".into(),
+        run_id: path
+            .file_stem()
+            .map_or_else(|| "bench".into(), |s| s.to_string_lossy().into_owned()),
     });
     let started = Instant::now();
     let outcome = tokio.block_on(rt.run(agent, args, ctx))?;
@@ -341,7 +344,10 @@ fn pattern_overhead(tokio: &tokio::runtime::Runtime, rows: &mut Vec<[String; 3]>
         for pattern_turn in [round % 2 == 1, round % 2 == 0] {
             if pattern_turn {
                 let before = ws.list(State::Done)?;
-                let wall = time_run(tokio, &rt, &agent, &PROMPTS, &ws_path)?;
+                // Journaled, as `nrvna exec --ws` and agent jobs run.
+                let journal = scratch.path().join(format!("fanout-{round}.jsonl"));
+                let wall =
+                    time_run_journaled(tokio, &rt, &agent, &PROMPTS, &ws_path, Some(&journal))?;
                 let ids: Vec<JobId> = ws
                     .list(State::Done)?
                     .into_iter()
@@ -383,7 +389,7 @@ fn pattern_overhead(tokio: &tokio::runtime::Runtime, rows: &mut Vec<[String; 3]>
             ms(pattern.inference),
             ms(pattern.rest())
         ),
-        "`Runtime::run`: submit ×4, wait-any, wait-all; median of 3".into(),
+        "`Runtime::run`, journaled: submit ×4, wait-any, wait-all; median of 3".into(),
     ]);
     let added = pattern.rest().as_secs_f64() - plain.rest().as_secs_f64();
     rows.push([
