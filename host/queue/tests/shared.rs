@@ -187,3 +187,44 @@ fn several_shared_claimers_racing_run_each_job_once() {
         assert_eq!(ws.read_meta(State::Done, id).unwrap().attempts, 1);
     }
 }
+
+#[test]
+fn daemons_sweeping_and_cleaning_at_once_move_each_bad_entry_once_and_lose_no_job() {
+    let (_d, ws) = ws();
+    let ids: Vec<JobId> = (0..10).map(|_| submit(&ws)).collect();
+    let ready = ws.state_dir(State::Queued);
+    for i in 0..20 {
+        std::fs::write(ready.join(format!("not-a-job-{i}")), b"x").unwrap();
+    }
+    let staging = ws.state_dir(State::Writing);
+    for i in 0..20 {
+        std::fs::create_dir(staging.join(format!("stale-{i}"))).unwrap();
+    }
+    std::thread::scope(|s| {
+        for n in 0..4 {
+            let ws = ws.clone().with_claimer(claimer(&format!("n{n}")));
+            let ids = &ids;
+            s.spawn(move || {
+                let mut seen = std::collections::HashMap::new();
+                for _ in 0..3 {
+                    let mut listed = ws.sweep_ready().unwrap();
+                    listed.sort();
+                    assert_eq!(&listed, ids, "node n{n} lost sight of a queued job");
+                    ws.clean_stale_staging_seen(&mut seen, Duration::ZERO)
+                        .unwrap();
+                }
+            });
+        }
+    });
+    // Every bad entry is in exactly one failed job, and nothing is left half-moved.
+    let mut rejected = Vec::new();
+    for id in ws.list(State::Failed).unwrap() {
+        let moved = ws.job_dir(State::Failed, &id).join("rejected");
+        assert!(moved.exists(), "failed job {id} holds no rejected entry");
+        rejected.push(std::fs::read(&moved).unwrap());
+    }
+    assert_eq!(rejected.len(), 20);
+    assert!(ws.list(State::Running).unwrap().is_empty());
+    assert_eq!(std::fs::read_dir(&ready).unwrap().count(), ids.len());
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+}
