@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use nrvna_tests::{Daemon, TestWs, bin, code, embed_model, guest, model, run, stderr, wait_for};
 
-use crate::components::REFINE;
+use crate::components::{COMPARE, REFINE};
+use crate::patterns::{exec_cmd, run_limited, tagged};
 
 /// The llama-cpp-python release whose vendored llama.cpp scripts/setup builds
 /// (`LLAMA_SERVER_SDIST_VERSION` there).
@@ -515,4 +516,53 @@ fn the_backend_api_key_authenticates_and_a_raw_prompt_goes_to_completions() {
     let meta = ws.meta("output", &done[0]);
     assert_eq!(meta["raw_prompt"], true, "{meta}");
     assert_eq!(meta["backend"], url.as_str(), "{meta}");
+}
+
+/// Multi-model routing across machines: an agent on a workspace served by the local
+/// model asks a route whose workspace runs on llama-server, and both answer.
+#[test]
+fn an_agent_routes_between_a_local_and_a_remote_backed_workspace() {
+    let server = LlamaServer::start(&model(), &[]);
+    let local = TestWs::new();
+    let _dl = local.daemon(1);
+    let remote = TestWs::new();
+    let _dr = remote_daemon(&remote, &server.url(), 1, &[]);
+    let grant = format!("remote={}", remote.path.display());
+    let out = run_limited(exec_cmd(
+        &local,
+        COMPARE,
+        &["--route", &grant],
+        &[
+            "--to",
+            "self",
+            "--to",
+            "remote",
+            "--no-judge",
+            "--max-tokens",
+            "12",
+            "--json",
+            "Name a bird.",
+        ],
+    ));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value =
+        serde_json::from_str(nrvna_tests::stdout(&out).trim()).expect("compare's JSON");
+    let routes: Vec<&str> = v["answers"]
+        .as_array()
+        .expect("answers")
+        .iter()
+        .filter_map(|a| a["route"].as_str())
+        .collect();
+    assert_eq!(routes, ["self", "remote"], "{v}");
+    let there = tagged(&remote, "compare-answer");
+    assert_eq!(there.len(), 1, "{there:?}");
+    let meta = remote.meta(&there[0].0, &there[0].1);
+    assert_eq!(meta["backend"], server.url().as_str(), "{meta}");
+    let here = tagged(&local, "compare-answer");
+    assert_eq!(here.len(), 1, "{here:?}");
+    let meta = local.meta(&here[0].0, &here[0].1);
+    assert_eq!(
+        meta["backend"], "llama.cpp",
+        "the local job ran on the local model: {meta}"
+    );
 }
