@@ -17,7 +17,7 @@ use nrvna_tests::{TestWs, bin, code, guest, stderr, stdout, wait_for};
 use serde_json::Value;
 
 use crate::components::{
-    DECOMPOSE, FX_DURABLE, FX_ECHO, FX_HOSTCALLS, FX_HOSTILE, LOOP, MAP_REDUCE,
+    DECOMPOSE, FX_DURABLE, FX_ECHO, FX_HOSTCALLS, FX_HOSTILE, LOOP, MAP_REDUCE, REFINE,
 };
 use crate::patterns::{count_in, exec_cmd, jobs, run_limited, tagged};
 
@@ -446,4 +446,66 @@ fn a_component_can_neither_read_nor_write_a_journal() {
     ));
     assert!(stdout(&read).contains("refused"), "{}", stdout(&read));
     assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn trace_follow_shows_a_running_agents_calls_as_they_happen_and_ends_with_it() {
+    let ws = TestWs::new();
+    let _d = ws.daemon(1);
+    let refine = guest(REFINE);
+    let id = ws.submit(&[
+        "--agent",
+        refine.to_str().unwrap(),
+        "--",
+        "--rounds",
+        "2",
+        "--max-tokens",
+        "48",
+        "Name a colour",
+    ]);
+    let started = std::time::Instant::now();
+    let mut trace = Command::new(bin("nrvna"))
+        .args(["trace", ws.path.to_str().unwrap(), &id, "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Lines as they come, with when they came.
+    let out = trace.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .map(|l| (started.elapsed(), l))
+            .collect::<Vec<_>>()
+    });
+    // When the agent job ended, as the workspace says.
+    let ended = wait_for(Duration::from_secs(240), || {
+        ws.entries("output").contains(&id) || ws.entries("failed").contains(&id)
+    });
+    let ended_at = started.elapsed();
+    assert!(ended, "the agent job did not end");
+    let exited = wait_for(Duration::from_secs(30), || {
+        trace.try_wait().ok().flatten().is_some()
+    });
+    if !exited {
+        let _ = trace.kill();
+    }
+    assert!(exited, "trace --follow did not end with the run");
+    assert_eq!(trace.wait().unwrap().code(), Some(0));
+    let lines = lines.join().unwrap();
+    let first_submit = lines
+        .iter()
+        .find(|(_, l)| l.contains("jobs.submit"))
+        .unwrap_or_else(|| panic!("no jobs.submit in {lines:?}"));
+    assert!(
+        first_submit.0 < ended_at,
+        "the first call was shown at {:?}, after the run ended at {ended_at:?}",
+        first_submit.0
+    );
+    assert!(
+        lines.iter().any(|(_, l)| l.contains("run.end")),
+        "{lines:?}"
+    );
 }
