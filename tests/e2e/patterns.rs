@@ -128,6 +128,16 @@ pub(crate) fn tagged(ws: &TestWs, tag: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The routes the `compare` pattern's JSON answer asked, in order.
+pub(crate) fn answer_routes(v: &Value) -> Vec<&str> {
+    v["answers"]
+        .as_array()
+        .expect("answers")
+        .iter()
+        .filter_map(|a| a["route"].as_str())
+        .collect()
+}
+
 pub(crate) fn count_in(jobs: &[(String, String)], state: &str) -> usize {
     jobs.iter().filter(|(s, _)| s == state).count()
 }
@@ -932,13 +942,7 @@ fn compare_asks_each_granted_route() {
         ],
     ));
     assert_eq!(v["method"], "agreement");
-    let routes: Vec<&str> = v["answers"]
-        .as_array()
-        .expect("answers")
-        .iter()
-        .filter_map(|a| a["route"].as_str())
-        .collect();
-    assert_eq!(routes, ["self", "other"]);
+    assert_eq!(answer_routes(&v), ["self", "other"]);
     assert_eq!(tagged(&other, "compare-answer").len(), 1);
     assert_eq!(tagged(&ws, "compare-answer").len(), 1);
     assert!(tagged(&ws, "compare-judge").is_empty());

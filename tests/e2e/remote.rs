@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nrvna_tests::{Daemon, TestWs, bin, code, embed_model, guest, model, run, stderr, wait_for};
 
 use crate::components::{COMPARE, REFINE};
-use crate::patterns::{exec_cmd, run_limited, tagged};
+use crate::patterns::{answer_routes, exec_cmd, run_limited, tagged};
 
 /// The llama-cpp-python release whose vendored llama.cpp scripts/setup builds
 /// (`LLAMA_SERVER_SDIST_VERSION` there).
@@ -547,13 +547,7 @@ fn an_agent_routes_between_a_local_and_a_remote_backed_workspace() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let v: serde_json::Value =
         serde_json::from_str(nrvna_tests::stdout(&out).trim()).expect("compare's JSON");
-    let routes: Vec<&str> = v["answers"]
-        .as_array()
-        .expect("answers")
-        .iter()
-        .filter_map(|a| a["route"].as_str())
-        .collect();
-    assert_eq!(routes, ["self", "remote"], "{v}");
+    assert_eq!(answer_routes(&v), ["self", "remote"], "{v}");
     let there = tagged(&remote, "compare-answer");
     assert_eq!(there.len(), 1, "{there:?}");
     let meta = remote.meta(&there[0].0, &there[0].1);

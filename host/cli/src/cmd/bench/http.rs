@@ -105,12 +105,9 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-/// A job submitted in-process (what `wrk` does, without its process start); the time
-/// from its submission to the first byte of its `partial.txt`, followed every 0.5 ms.
-fn direct_first_token(ws: &Workspace, prompt: &str, max_tokens: u32) -> Result<Duration> {
-    use nrvna_queue::stream::{Followed, TextFollower};
-    let started = Instant::now();
-    let id = ws.submit(nrvna_queue::Submission {
+/// Submits a greedy job in-process, as `wrk PROMPT --max-tokens N --temp 0` would.
+fn submit_greedy(ws: &Workspace, prompt: &str, max_tokens: u32) -> Result<JobId> {
+    Ok(ws.submit(nrvna_queue::Submission {
         prompt: prompt.to_owned(),
         sampling: nrvna_queue::Sampling {
             max_tokens: Some(max_tokens),
@@ -118,7 +115,15 @@ fn direct_first_token(ws: &Workspace, prompt: &str, max_tokens: u32) -> Result<D
             ..Default::default()
         },
         ..Default::default()
-    })?;
+    })?)
+}
+
+/// A job submitted in-process (what `wrk` does, without its process start); the time
+/// from its submission to the first byte of its `partial.txt`, followed every 0.5 ms.
+fn direct_first_token(ws: &Workspace, prompt: &str, max_tokens: u32) -> Result<Duration> {
+    use nrvna_queue::stream::{Followed, TextFollower};
+    let started = Instant::now();
+    let id = submit_greedy(ws, prompt, max_tokens)?;
     let mut follower = TextFollower::new(ws, &id);
     loop {
         match follower.poll()? {
@@ -135,15 +140,7 @@ fn direct_first_token(ws: &Workspace, prompt: &str, max_tokens: u32) -> Result<D
 /// less its own submitted_at → completed_at.
 fn direct_roundtrip(ws: &Workspace, prompt: &str, max_tokens: u32) -> Result<f64> {
     let started = Instant::now();
-    let id = ws.submit(nrvna_queue::Submission {
-        prompt: prompt.to_owned(),
-        sampling: nrvna_queue::Sampling {
-            max_tokens: Some(max_tokens),
-            temperature: Some(0.0),
-            ..Default::default()
-        },
-        ..Default::default()
-    })?;
+    let id = submit_greedy(ws, prompt, max_tokens)?;
     nrvna_queue::watch::wait_until(ws, None, |ws| {
         Ok(ws.state_of(&id)?.is_some_and(|s| s.is_terminal()))
     })?;
