@@ -105,13 +105,16 @@ pub fn host_cpu_charge(ws: &Path, rounds: u32) -> Result<Pair, String> {
 }
 
 /// `kv.set` of a 1 KiB value in a store of `keys` keys under `ws`: without the per-agent
-/// byte budget (`first`) and with it (`second`: it reads the size of every other key).
+/// byte budget (`first`) and with it (`second`: the keys' sizes are counted on the first
+/// set and kept up to date after). Two agents' stores of the same size, so the plain
+/// side's writes do not change the store the budgeted side counts.
 pub fn kv_set(ws: &Path, keys: usize, rounds: u32) -> Result<Pair, String> {
-    let plain = Kv::new(ws.to_owned(), "bench".into());
-    let budgeted = plain.clone().with_byte_limit(u64::MAX / 2);
+    let plain = Kv::new(ws.to_owned(), "bench-plain".into());
+    let budgeted = Kv::new(ws.to_owned(), "bench-budgeted".into()).with_byte_limit(u64::MAX / 2);
     let err = |e: crate::bindings::nrvna::agent::types::JobError| format!("{e:?}");
     for i in 0..keys {
         plain.set(&format!("k{i}"), b"x").map_err(err)?;
+        budgeted.set(&format!("k{i}"), b"x").map_err(err)?;
     }
     let value = vec![7u8; 1024];
     interleaved(

@@ -124,14 +124,19 @@ impl Kv {
         let Some(dir) = self.dir(true)? else {
             return Err(JobError::Failed("kv: storage directory vanished".into()));
         };
-        let exists = match dir.symlink_metadata(&name) {
-            Ok(_) => true,
-            Err(e) if e.kind() == ErrorKind::NotFound => false,
+        let replaced = match dir.symlink_metadata(&name) {
+            Ok(md) => Some(md.len()),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(io(e)),
         };
+        let exists = replaced.is_some();
+        let usage_key = self.ws_root.join(self.rel());
+        let mut counted_others = None;
         if let Some(limit) = self.max_bytes {
             // What the other keys hold, plus the new value (a replaced value is freed).
-            let others = stored_bytes(&dir, &name)?;
+            let total = usage::total(&usage_key, &dir)?;
+            let others = total.saturating_sub(replaced.unwrap_or(0));
+            counted_others = Some(others);
             if others.saturating_add(value.len() as u64) > limit {
                 return Err(JobError::Quota(format!(
                     "kv bytes: agent {:?} keeps {others} bytes in its other keys; {} more \
@@ -169,7 +174,11 @@ impl Kv {
         })();
         if let Err(e) = written {
             let _ = dir.remove_file(&tmp);
+            usage::forget(&usage_key);
             return Err(io(e));
+        }
+        if let Some(others) = counted_others {
+            usage::wrote(&usage_key, &dir, others.saturating_add(value.len() as u64));
         }
         Ok(())
     }
@@ -179,6 +188,7 @@ impl Kv {
         let Some(dir) = self.dir(false)? else {
             return Err(JobError::NotFound(format!("kv key {key:?}")));
         };
+        usage::forget(&self.ws_root.join(self.rel()));
         match dir.remove_file(&name) {
             Ok(()) => sync_dir(&dir).map_err(io),
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -244,19 +254,119 @@ fn evict_oldest(dir: &Dir, names: Vec<String>, keep: usize) -> Result<(), JobErr
     sync_dir(dir).map_err(io)
 }
 
-/// Bytes the keys other than the file `except` hold: one pass over the directory, each
-/// size read through the directory handle.
-fn stored_bytes(dir: &Dir, except: &str) -> Result<u64, JobError> {
+/// Bytes all the keys hold: one pass over the directory, each size read through the
+/// directory handle.
+fn stored_bytes(dir: &Dir) -> Result<u64, JobError> {
     let mut total = 0u64;
     for entry in dir.entries().map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with("k_") && name != except {
+        if name.starts_with("k_") {
             total = total.saturating_add(entry.metadata().map_err(io)?.len());
         }
     }
     Ok(total)
+}
+
+/// What a store's keys hold, counted once and then kept up to date by this process's
+/// own writes, so a `kv.set` under a byte budget does not read every key's size.
+///
+/// The count is trusted only while the directory is as this process last left it
+/// (same inode, modification and change times): a key added, replaced or removed by
+/// another process (another run of the same agent) changes them, and the next set
+/// counts again. A change that lands in the same clock tick as one of ours, or a file
+/// rewritten in place, leaves them unchanged; every [`RECOUNT_EVERY`]th set counts
+/// again anyway, which bounds how long such a change goes unseen.
+mod usage {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Mutex, OnceLock};
+
+    use cap_std::fs::Dir;
+
+    use super::{JobError, stored_bytes};
+
+    pub(super) const RECOUNT_EVERY: u32 = 64;
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    struct Stamp {
+        dev: u64,
+        ino: u64,
+        mtime: (i64, u64),
+        ctime: (i64, u64),
+    }
+
+    struct Counted {
+        stamp: Stamp,
+        bytes: u64,
+        sets: u32,
+    }
+
+    fn table() -> std::sync::MutexGuard<'static, HashMap<PathBuf, Counted>> {
+        static TABLE: OnceLock<Mutex<HashMap<PathBuf, Counted>>> = OnceLock::new();
+        TABLE
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn stamp(dir: &Dir) -> Option<Stamp> {
+        let st = rustix::fs::fstat(dir).ok()?;
+        Some(Stamp {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        })
+    }
+
+    /// Bytes all keys of the store at `key` (opened as `dir`) hold.
+    pub(super) fn total(key: &Path, dir: &Dir) -> Result<u64, JobError> {
+        let now = stamp(dir);
+        if let Some(now) = now
+            && let Some(c) = table().get(key)
+            && c.stamp == now
+            && c.sets < RECOUNT_EVERY
+        {
+            return Ok(c.bytes);
+        }
+        let bytes = stored_bytes(dir)?;
+        if let Some(stamp) = now {
+            table().insert(
+                key.to_owned(),
+                Counted {
+                    stamp,
+                    bytes,
+                    sets: 0,
+                },
+            );
+        }
+        Ok(bytes)
+    }
+
+    /// After a set of ours: the store now holds `bytes`.
+    pub(super) fn wrote(key: &Path, dir: &Dir, bytes: u64) {
+        let Some(now) = stamp(dir) else {
+            forget(key);
+            return;
+        };
+        let mut table = table();
+        let sets = table.get(key).map_or(0, |c| c.sets.saturating_add(1));
+        table.insert(
+            key.to_owned(),
+            Counted {
+                stamp: now,
+                bytes,
+                sets,
+            },
+        );
+    }
+
+    /// The next set counts again.
+    pub(super) fn forget(key: &Path) {
+        table().remove(key);
+    }
 }
 
 fn key_names(dir: &Dir) -> Result<Vec<String>, JobError> {
@@ -294,6 +404,33 @@ mod tests {
 
     fn invalid(r: Result<impl std::fmt::Debug, JobError>) -> bool {
         matches!(r, Err(JobError::Invalid(_)))
+    }
+
+    #[test]
+    fn the_byte_budget_frees_a_replaced_value_and_counts_keys_written_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Kv::new(dir.path().to_owned(), "a".into()).with_byte_limit(100);
+        kv.set("x", &[0; 40]).unwrap();
+        kv.set("x", &[0; 60]).unwrap();
+        assert!(matches!(kv.set("y", &[0; 50]), Err(JobError::Quota(_))));
+        kv.set("y", &[0; 40]).unwrap();
+        // Another run of the same agent, in another process, adds a key. (A clock tick
+        // later: a change in the same tick as ours is found by the periodic recount.)
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let store = dir.path().join(AGENTS_DIR).join("a").join("kv");
+        std::fs::write(store.join("k_z"), [0u8; 1]).unwrap();
+        match kv.set("y", &[0; 40]) {
+            Err(JobError::Quota(m)) => assert!(m.contains("61 bytes"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        kv.delete("z").unwrap();
+        kv.set("y", &[0; 40]).unwrap();
+        // Many sets in a row are counted from the first count and this process's writes.
+        for i in 0..200 {
+            kv.set("y", &[0; 40][..(i % 40)]).unwrap();
+        }
+        assert!(matches!(kv.set("w", &[0; 41]), Err(JobError::Quota(_))));
+        kv.set("w", &[0; 1]).unwrap();
     }
 
     #[test]
