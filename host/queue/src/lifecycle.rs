@@ -37,6 +37,43 @@ pub struct DaemonInfo {
     pub version: String,
 }
 
+/// Opens the workspace's lock file, creating it (never truncating: it names the holder).
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .at(path)
+}
+
+/// Tries the non-blocking `op` on the lock for up to 300 ms, as another process may hold
+/// it for a moment: `true` once taken, `false` when it is still held after that.
+fn lock_within_grace(file: &File, op: FlockOperation, path: &Path) -> Result<bool> {
+    let deadline = Instant::now() + Duration::from_millis(300);
+    loop {
+        match flock(file, op) {
+            Ok(()) => return Ok(true),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => return Ok(false),
+            Err(e) => return Err(std::io::Error::from(e)).at(path),
+        }
+    }
+}
+
+/// The error for a lock held by an exclusive daemon, naming the pid it wrote.
+fn locked_by(root: &Path, file: &mut File) -> QueueError {
+    let mut pid = String::new();
+    let _ = file.read_to_string(&mut pid);
+    QueueError::Locked {
+        path: root.to_owned(),
+        pid: pid.trim().to_owned(),
+    }
+}
+
 /// Held for the daemon's lifetime; dropping it removes the pid/ready/info files.
 #[derive(Debug)]
 pub struct DaemonLock {
@@ -50,36 +87,15 @@ impl DaemonLock {
     /// Takes the workspace's lock or reports who holds it.
     pub fn acquire(root: &Path) -> Result<DaemonLock> {
         let path = root.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .at(&path)?;
+        let mut file = open_lock_file(&path)?;
         // A `status` probe holds the lock for microseconds; don't mistake it for a daemon.
-        let deadline = Instant::now() + Duration::from_millis(300);
-        loop {
-            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => break,
-                Err(e) if e == rustix::io::Errno::WOULDBLOCK && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-                    if !live_nodes(root).is_empty() {
-                        return Err(QueueError::ServedShared {
-                            path: root.to_owned(),
-                        });
-                    }
-                    let mut pid = String::new();
-                    let _ = file.read_to_string(&mut pid);
-                    return Err(QueueError::Locked {
-                        path: root.to_owned(),
-                        pid: pid.trim().to_owned(),
-                    });
-                }
-                Err(e) => return Err(std::io::Error::from(e)).at(&path),
+        if !lock_within_grace(&file, FlockOperation::NonBlockingLockExclusive, &path)? {
+            if !live_nodes(root).is_empty() {
+                return Err(QueueError::ServedShared {
+                    path: root.to_owned(),
+                });
             }
+            return Err(locked_by(root, &mut file));
         }
         let pid = std::process::id().to_string();
         file.set_len(0).at(&path)?;
@@ -100,31 +116,10 @@ impl DaemonLock {
     /// of `lease` (crate::nodes). Refused while an exclusive daemon holds it.
     pub fn acquire_shared(root: &Path, id: NodeId, lease: Duration) -> Result<DaemonLock> {
         let path = root.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .at(&path)?;
+        let mut file = open_lock_file(&path)?;
         // An exclusive daemon starting holds it for a moment even when it then fails.
-        let deadline = Instant::now() + Duration::from_millis(300);
-        loop {
-            match flock(&file, FlockOperation::NonBlockingLockShared) {
-                Ok(()) => break,
-                Err(e) if e == rustix::io::Errno::WOULDBLOCK && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-                    let mut pid = String::new();
-                    let _ = file.read_to_string(&mut pid);
-                    return Err(QueueError::Locked {
-                        path: root.to_owned(),
-                        pid: pid.trim().to_owned(),
-                    });
-                }
-                Err(e) => return Err(std::io::Error::from(e)).at(&path),
-            }
+        if !lock_within_grace(&file, FlockOperation::NonBlockingLockShared, &path)? {
+            return Err(locked_by(root, &mut file));
         }
         let node = Node::join(root, id, lease)?;
         Ok(DaemonLock {

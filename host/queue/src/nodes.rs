@@ -493,15 +493,7 @@ impl Workspace {
             }
             Err(crate::workspace::Unloadable::Job(reason)) => Err(reason),
         };
-        let mut meta = match &loaded {
-            Ok((meta, _)) => meta.clone(),
-            Err(_) => read_meta(&running, id).unwrap_or_else(|_| Meta {
-                submitted_at: now_timestamp(),
-                ..Meta::default()
-            }),
-        };
-        meta.attempts += 1;
-        meta.started_at = Some(now_timestamp());
+        let mut meta = crate::workspace::starting_meta(&running, id, &loaded);
         meta.node = Some(record.node.clone());
         meta.claim = Some(record.claim.clone());
         // The start cannot be recorded (full disk...): put the job back rather than run

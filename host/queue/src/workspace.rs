@@ -809,15 +809,7 @@ impl Workspace {
             Err(Unloadable::Job(reason)) => Err(reason),
             Ok(loaded) => Ok(loaded),
         };
-        let mut meta = match &loaded {
-            Ok((meta, _)) => meta.clone(),
-            Err(_) => read_meta(&ready, id).unwrap_or_else(|_| Meta {
-                submitted_at: now_timestamp(),
-                ..Meta::default()
-            }),
-        };
-        meta.attempts += 1;
-        meta.started_at = Some(now_timestamp());
+        let meta = starting_meta(&ready, id, &loaded);
         // The start is recorded while the job is still queued, so it is complete the
         // moment the job shows as running. Only this daemon (it holds the workspace lock)
         // writes into input/ready/. Not fsynced: a daemon crash keeps the page cache, so
@@ -1224,6 +1216,25 @@ fn is_plain_file_name(name: &str) -> bool {
 }
 
 /// Why a queued job cannot be loaded to run.
+/// The meta.json a claimed job starts with: what was loaded (for a job to reject, what
+/// can still be read, or a fresh one), its attempt counted and its start stamped.
+pub(crate) fn starting_meta(
+    dir: &Path,
+    id: &JobId,
+    loaded: &std::result::Result<(Meta, String), String>,
+) -> Meta {
+    let mut meta = match loaded {
+        Ok((meta, _)) => meta.clone(),
+        Err(_) => read_meta(dir, id).unwrap_or_else(|_| Meta {
+            submitted_at: now_timestamp(),
+            ..Meta::default()
+        }),
+    };
+    meta.attempts += 1;
+    meta.started_at = Some(now_timestamp());
+    meta
+}
+
 pub(crate) enum Unloadable {
     /// The job itself: it is rejected, with this reason.
     Job(String),
