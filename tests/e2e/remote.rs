@@ -218,11 +218,9 @@ fn a_batch_runs_on_llama_server_within_the_worker_bound_with_usage_and_meta() {
     );
 }
 
-#[test]
-fn structured_output_and_streaming_run_on_llama_server() {
-    let server = LlamaServer::start(&model(), &[]);
-    let ws = TestWs::new();
-    let _d = remote_daemon(&ws, &server.url(), 2, &[]);
+/// A JSON-schema job ("a person": name and age) on `ws`'s remote backend returns JSON
+/// that has both.
+pub(crate) fn a_person_by_json_schema_parses(ws: &TestWs) {
     let schema = ws.scratch().join("person.json");
     std::fs::write(
         &schema,
@@ -240,6 +238,30 @@ fn structured_output_and_streaming_run_on_llama_server() {
     assert_eq!(rc, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("schema output is JSON");
     assert!(v["name"].is_string() && v["age"].is_i64(), "{v}");
+}
+
+/// The text of `story`'s partial.txt once it appears while the job runs (the remote
+/// server's stream reaching the workspace).
+pub(crate) fn partial_text_while_running(ws: &TestWs, story: &str) -> String {
+    let partial = ws.path.join("processing").join(story).join("partial.txt");
+    let mut seen = String::new();
+    wait_for(Duration::from_secs(120), || {
+        seen = std::fs::read_to_string(&partial).unwrap_or_default();
+        !seen.is_empty() || ws.path.join("output").join(story).exists()
+    });
+    assert!(
+        !seen.is_empty(),
+        "partial.txt never appeared while the job ran"
+    );
+    seen
+}
+
+#[test]
+fn structured_output_and_streaming_run_on_llama_server() {
+    let server = LlamaServer::start(&model(), &[]);
+    let ws = TestWs::new();
+    let _d = remote_daemon(&ws, &server.url(), 2, &[]);
+    a_person_by_json_schema_parses(&ws);
 
     // The server's stream reaches partial.txt while the job runs, and `flw --stream`
     // prints the same text the result holds.
@@ -252,16 +274,7 @@ fn structured_output_and_streaming_run_on_llama_server() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let partial = ws.path.join("processing").join(&story).join("partial.txt");
-    let mut seen = String::new();
-    wait_for(Duration::from_secs(120), || {
-        seen = std::fs::read_to_string(&partial).unwrap_or_default();
-        !seen.is_empty() || ws.path.join("output").join(&story).exists()
-    });
-    assert!(
-        !seen.is_empty(),
-        "partial.txt never appeared while the job ran"
-    );
+    let seen = partial_text_while_running(&ws, &story);
     let streamed = streamer.wait_with_output().unwrap();
     assert_eq!(streamed.status.code(), Some(0));
     let result = ws.job_file("output", &story, "result.txt");

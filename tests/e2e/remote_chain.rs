@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use nrvna_tests::{Daemon, TestWs, guest, model, stdout, wait_for};
 
 use crate::components::REFINE;
+use crate::remote::{a_person_by_json_schema_parses, partial_text_while_running};
 
 /// A local daemon serving the HTTP API on `port`, ready.
 fn upstream(ws: &TestWs, port: u16) -> Daemon {
@@ -111,36 +112,11 @@ fn schema_streaming_embedding_and_an_agent_pattern_pass_through_the_chain() {
     d.wait_ready(&ws.path);
 
     // A JSON-schema job goes as response_format; the server's answer parses.
-    let schema = ws.scratch().join("person.json");
-    std::fs::write(
-        &schema,
-        r#"{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"}},"required":["name","age"]}"#,
-    )
-    .unwrap();
-    let person = ws.submit(&[
-        "Invent a person.",
-        "--json-schema",
-        schema.to_str().unwrap(),
-        "--max-tokens",
-        "64",
-    ]);
-    let (rc, out, err) = ws.follow(&person);
-    assert_eq!(rc, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("schema output is JSON");
-    assert!(v["name"].is_string() && v["age"].is_i64(), "{v}");
+    a_person_by_json_schema_parses(&ws);
 
     // The streamed answer reaches partial.txt while the job runs.
     let story = ws.submit(&["Write a long story about a dragon.", "--max-tokens", "200"]);
-    let partial = ws.path.join("processing").join(&story).join("partial.txt");
-    let mut seen = String::new();
-    wait_for(Duration::from_secs(120), || {
-        seen = std::fs::read_to_string(&partial).unwrap_or_default();
-        !seen.is_empty() || ws.path.join("output").join(&story).exists()
-    });
-    assert!(
-        !seen.is_empty(),
-        "partial.txt never appeared while the job ran"
-    );
+    let seen = partial_text_while_running(&ws, &story);
     let (rc, result, err) = ws.follow(&story);
     assert_eq!(rc, 0, "{err}");
     assert!(result.starts_with(&seen), "{seen:?} / {result:?}");
