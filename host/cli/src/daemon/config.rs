@@ -270,6 +270,15 @@ impl DaemonConfig {
         // Read here so a bad value stops start-up; the queue and engine read them again.
         vars::FSYNC.read()?;
         vars::LLAMA_LOG.read()?;
+        DaemonConfig::serving(workspace, engine, None)
+    }
+
+    /// What every daemon shares, local or remote, around its engine settings.
+    fn serving(
+        workspace: PathBuf,
+        engine: EngineConfig,
+        remote: Option<RemoteConfig>,
+    ) -> Result<DaemonConfig> {
         Ok(DaemonConfig {
             workspace,
             engine,
@@ -279,7 +288,7 @@ impl DaemonConfig {
             http: None,
             agents: None,
             scale: Default::default(),
-            remote: None,
+            remote,
         })
     }
 
@@ -320,17 +329,7 @@ impl DaemonConfig {
             .read()?
             .map_or(DEFAULT_REQUEST_TIMEOUT, Duration::from_secs);
         vars::FSYNC.read()?;
-        Ok(DaemonConfig {
-            workspace,
-            engine,
-            max_attempts: vars::MAX_ATTEMPTS.read_or(DEFAULT_MAX_ATTEMPTS)?,
-            drain: false,
-            grace: Duration::from_secs(15),
-            http: None,
-            agents: None,
-            scale: Default::default(),
-            remote: Some(remote),
-        })
+        DaemonConfig::serving(workspace, engine, Some(remote))
     }
 
     pub fn workers(&self) -> usize {
