@@ -616,11 +616,9 @@ fn huge_ids_and_keys_are_cut_before_any_per_byte_work() {
 /// 255 MiB.
 const PEAK_KIB_LIMIT: u64 = 128 << 10;
 
-#[test]
-fn wait_all_returns_no_more_than_the_guest_can_hold() {
+/// A job done with `result`, made in `ws` in-process before any daemon serves it.
+fn finished_job(ws: &TestWs, result: Vec<u8>) -> nrvna_queue::JobId {
     use nrvna_queue::{Claim, Outcome, RESULT_FILE, Submission, Workspace};
-    // A finished job with a 256 KiB result, made before a daemon could claim it.
-    let ws = TestWs::new();
     let queue = Workspace::create(&ws.path).unwrap();
     let id = queue
         .submit(Submission {
@@ -632,10 +630,18 @@ fn wait_all_returns_no_more_than_the_guest_can_hold() {
         panic!("cannot claim {id}");
     };
     let outcome = Outcome {
-        artifacts: vec![(RESULT_FILE.into(), vec![b'x'; 256 << 10])],
+        artifacts: vec![(RESULT_FILE.into(), result)],
         ..Outcome::default()
     };
     queue.complete(&job, outcome).unwrap();
+    id
+}
+
+#[test]
+fn wait_all_returns_no_more_than_the_guest_can_hold() {
+    // A finished job with a 256 KiB result, made before a daemon could claim it.
+    let ws = TestWs::new();
+    let id = finished_job(&ws, vec![b'x'; 256 << 10]);
     let _d = ws.daemon(1);
     // 2 000 copies are 512 MiB of results, for a guest allowed 64 MiB.
     let out = exec(
@@ -1007,23 +1013,8 @@ fn a_compile_past_its_time_limit_is_killed_and_releases_the_cpu() {
 
 #[test]
 fn host_work_in_status_and_wait_all_is_charged_to_the_cpu_limit() {
-    use nrvna_queue::{Claim, Outcome, RESULT_FILE, Submission, Workspace};
     let ws = TestWs::new();
-    let queue = Workspace::create(&ws.path).unwrap();
-    let id = queue
-        .submit(Submission {
-            prompt: "x".into(),
-            ..Submission::default()
-        })
-        .unwrap();
-    let Claim::Claimed(job) = queue.claim(&id).unwrap() else {
-        panic!("cannot claim {id}");
-    };
-    let outcome = Outcome {
-        artifacts: vec![(RESULT_FILE.into(), b"ok".to_vec())],
-        ..Outcome::default()
-    };
-    queue.complete(&job, outcome).unwrap();
+    let id = finished_job(&ws, b"ok".to_vec());
     let _d = ws.daemon(1);
     // Each wait-all of 10 000 copies makes the host look up and read 10 000 results:
     // one call, far more than one 10 ms tick of host CPU. Charged a tick a call, 40 of
