@@ -5,16 +5,17 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use nrvna_tests::{Daemon, TEST_ENV, TestWs, bin, code, guest, model, stderr, wait_for};
+use nrvna_tests::{Daemon, TestWs, bin, code, guest, model, stderr, wait_for};
 
 use crate::components::FX_ECHO;
 use crate::http::{base_url, post_json};
 
-/// Starts `nrvnad --shared --node-id NODE --lease LEASE` on `ws` (through `faketime
-/// -f OFFSET` when `clock` is given) and waits until its heartbeat says it is ready.
+/// Starts `nrvnad --shared --node-id NODE --lease LEASE` on `ws` (its wall clock moved
+/// by OFFSET, e.g. `+2h`, when `clock` is given) and waits until its heartbeat says it is
+/// ready.
 fn shared_daemon(
     ws: &TestWs,
     node: &str,
@@ -23,39 +24,24 @@ fn shared_daemon(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Daemon {
-    let log = ws.scratch().join(format!("nrvnad-{node}.log"));
-    let log_file = fs::File::create(&log).unwrap();
-    let mut cmd = match clock {
-        // Debian's faketime (libfaketime); scripts/setup installs it. Setting a machine's
-        // clock moves its wall clock (CLOCK_REALTIME), never its monotonic clock, which
-        // counts from boot: so is it here. (A faked monotonic clock would also break
-        // every timed wait in the process, whose deadlines the kernel reads unfaked.)
-        // The library is preloaded into nrvnad itself rather than through the
-        // `faketime` program, which forks: killing it would leave nrvnad running.
-        Some(offset) => {
-            let mut c = Command::new(bin("nrvnad"));
-            c.env("LD_PRELOAD", libfaketime())
-                .env("FAKETIME", offset)
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-            c
-        }
-        None => Command::new(bin("nrvnad")),
-    };
-    cmd.arg(model())
-        .arg(&ws.path)
-        .args(["-w", "2", "--shared", "--node-id", node, "--lease", lease])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .env_remove("NRVNA_EMBED_MODEL");
-    for (k, v) in TEST_ENV.iter().chain(env) {
-        cmd.env(k, v);
+    let mut args = vec!["--shared", "--node-id", node, "--lease", lease];
+    args.extend_from_slice(extra);
+    let mut env = env.to_vec();
+    // Debian's libfaketime, preloaded into nrvnad itself (the `faketime` program forks:
+    // killing it would leave nrvnad running); scripts/setup installs it. Setting a
+    // machine's clock moves its wall clock (CLOCK_REALTIME), never its monotonic clock,
+    // which counts from boot: so is it here. (A faked monotonic clock would also break
+    // every timed wait in the process, whose deadlines the kernel reads unfaked.)
+    let lib: PathBuf;
+    if let Some(offset) = clock {
+        lib = libfaketime();
+        env.extend([
+            ("LD_PRELOAD", lib.to_str().expect("a UTF-8 library path")),
+            ("FAKETIME", offset),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ]);
     }
-    let mut daemon = Daemon {
-        child: cmd.spawn().expect("spawn nrvnad (or faketime)"),
-        log,
-    };
+    let mut daemon = Daemon::spawn(&ws.path, &model(), 2, &args, &env);
     let beat = ws.path.join(".nodes").join(node);
     let ready = wait_for(Duration::from_secs(180), || {
         if !daemon.is_running() {
