@@ -269,11 +269,7 @@ fn verify_run(
     {
         return Ok(None);
     }
-    let path = ws
-        .root()
-        .join(nrvna_sandbox::journal::RUNS_DIR)
-        .join(id)
-        .join(nrvna_sandbox::JOURNAL_FILE);
+    let path = nrvna_sandbox::journal::run_journal_path(ws.root(), id);
     if !path.is_file() {
         return Ok(None);
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use nrvna_queue::lifecycle::{DaemonStatus, probe};
-use nrvna_sandbox::journal::{self, JOURNAL_FILE, JournalError, JournalSpec, RUNS_DIR};
+use nrvna_sandbox::journal::{self, JournalError, JournalSpec};
 use nrvna_sandbox::{LogLevel, LogSink, RunContext, SandboxError};
 
 use crate::daemon::{DaemonConfig, InProcessDaemon, agent_runtime};
@@ -168,7 +168,7 @@ pub fn run(args: ExecArgs) -> Result<ExitCode> {
         (Some(_), None) if args.no_journal => (None, args.args.clone()),
         (Some(ws), None) => {
             let run = journal::new_run_id();
-            let path = ws.join(RUNS_DIR).join(&run).join(JOURNAL_FILE);
+            let path = journal::run_journal_path(ws, &run);
             eprintln!(
                 "nrvna exec: run {run} (journal {}; after a crash: nrvna exec {} --ws {} \
                  --resume {run})",
@@ -236,7 +236,7 @@ fn resume_run(
     given: &[String],
 ) -> Result<(Option<JournalSpec>, Vec<String>)> {
     journal::check_run_id(run).map_err(|e| exit::UsageError(format!("--resume: {e}")))?;
-    let path = ws.join(RUNS_DIR).join(run).join(JOURNAL_FILE);
+    let path = journal::run_journal_path(ws, run);
     if !path.is_file() {
         bail!(exit::UsageError(format!(
             "--resume {run}: no journal at {} (nrvna exec --ws printed the run ids it made)",

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use nrvna_queue::{JobId, Workspace};
-use nrvna_sandbox::journal::{
-    self, Entry, JOURNAL_FILE, JournalRead, RUNS_DIR, check_run_id, read_journal,
-};
+use nrvna_sandbox::journal::{self, Entry, JOURNAL_FILE, JournalRead, check_run_id, read_journal};
 use serde_json::{Value, json};
 
 pub const AFTER_HELP: &str = "\
@@ -49,7 +47,7 @@ fn locate(ws_path: &Path, id: &str) -> Result<(PathBuf, Option<(Workspace, JobId
         }
     }
     if check_run_id(id).is_ok() {
-        let path = ws_path.join(RUNS_DIR).join(id).join(JOURNAL_FILE);
+        let path = journal::run_journal_path(ws_path, id);
         if path.is_file() {
             return Ok((path, None));
         }

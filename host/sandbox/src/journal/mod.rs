@@ -37,6 +37,11 @@ pub use read::{
 pub const JOURNAL_FILE: &str = "journal.jsonl";
 /// Where `nrvna exec --ws` keeps its runs' journals: `<ws>/.runs/<RUN>/journal.jsonl`.
 pub const RUNS_DIR: &str = ".runs";
+
+/// The journal of `nrvna exec --ws` run `run` on the workspace at `ws`.
+pub fn run_journal_path(ws: &Path, run: &str) -> PathBuf {
+    ws.join(RUNS_DIR).join(run).join(JOURNAL_FILE)
+}
 /// Largest journal entry (a line). A result is recorded whole (a replay hands it back):
 /// a `wait-all` may return up to half the run's memory in job outputs, so one entry may
 /// be as large as a journal may be; the journal's own limit bounds it.
