@@ -130,13 +130,14 @@ impl Kv {
             Err(e) => return Err(io(e)),
         };
         let exists = replaced.is_some();
-        let usage_key = self.ws_root.join(self.rel());
-        let mut counted_others = None;
+        // Under a byte budget: the store's count key and what its other keys hold.
+        let mut counted = None;
         if let Some(limit) = self.max_bytes {
             // What the other keys hold, plus the new value (a replaced value is freed).
+            let usage_key = self.ws_root.join(self.rel());
             let total = usage::total(&usage_key, &dir)?;
             let others = total.saturating_sub(replaced.unwrap_or(0));
-            counted_others = Some(others);
+            counted = Some((usage_key, others));
             if others.saturating_add(value.len() as u64) > limit {
                 return Err(JobError::Quota(format!(
                     "kv bytes: agent {:?} keeps {others} bytes in its other keys; {} more \
@@ -174,11 +175,13 @@ impl Kv {
         })();
         if let Err(e) = written {
             let _ = dir.remove_file(&tmp);
-            usage::forget(&usage_key);
+            if let Some((usage_key, _)) = &counted {
+                usage::forget(usage_key);
+            }
             return Err(io(e));
         }
-        if let Some(others) = counted_others {
-            usage::wrote(&usage_key, &dir, others.saturating_add(value.len() as u64));
+        if let Some((usage_key, others)) = &counted {
+            usage::wrote(usage_key, &dir, others.saturating_add(value.len() as u64));
         }
         Ok(())
     }
@@ -188,7 +191,9 @@ impl Kv {
         let Some(dir) = self.dir(false)? else {
             return Err(JobError::NotFound(format!("kv key {key:?}")));
         };
-        usage::forget(&self.ws_root.join(self.rel()));
+        if self.max_bytes.is_some() {
+            usage::forget(&self.ws_root.join(self.rel()));
+        }
         match dir.remove_file(&name) {
             Ok(()) => sync_dir(&dir).map_err(io),
             Err(e) if e.kind() == ErrorKind::NotFound => {
