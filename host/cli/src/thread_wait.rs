@@ -10,7 +10,7 @@
 //! load (`nrvna_engine`'s `cpu_share`), which takes about a second; a short spin (30 000
 //! rounds, about a tenth of libgomp's default) keeps a quiet machine's speed (the barrier
 //! gaps there are microseconds) while wasting little in that second. Sleeping at once
-//! (`OMP_WAIT_POLICY=passive`) cost 1.24× the time on a quiet machine;
+//! (`OMP_WAIT_POLICY=passive`) cost 1.24–1.95× the time on a quiet machine;
 //! `nrvna bench --only load` measures the three.
 //!
 //! libgomp reads its policy once, when it is loaded — before `main` — so a program that
