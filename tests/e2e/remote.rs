@@ -227,12 +227,15 @@ pub(crate) fn a_person_by_json_schema_parses(ws: &TestWs) {
         r#"{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"}},"required":["name","age"]}"#,
     )
     .unwrap();
+    // Greedy: a sampled person can ramble past the token limit before the JSON closes.
     let person = ws.submit(&[
         "Invent a person.",
         "--json-schema",
         schema.to_str().unwrap(),
         "--max-tokens",
         "64",
+        "--temp",
+        "0",
     ]);
     let (rc, out, err) = ws.follow(&person);
     assert_eq!(rc, 0, "{err}");
