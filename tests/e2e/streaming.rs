@@ -72,7 +72,17 @@ fn flw_stream_on_an_ended_job_prints_its_result_and_a_failed_one_exits_1() {
     assert_eq!(streamed.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&streamed.stdout), out);
     // A cancelled job: the stream ends with the usual failure code.
-    let long = ws.submit(&["Count to one thousand.", "--max-tokens", "2000"]);
+    // A grammar holds the job to 1 500 words, so it is still running when cancelled (a
+    // sampled count once ended after "1").
+    let grammar = ws.scratch().join("long.gbnf");
+    std::fs::write(&grammar, format!("root ::= \"{}\"\n", "one ".repeat(1500))).unwrap();
+    let long = ws.submit(&[
+        "Count to one thousand.",
+        "--max-tokens",
+        "2000",
+        "--grammar",
+        grammar.to_str().unwrap(),
+    ]);
     let child = Command::new(bin("flw"))
         .arg(&ws.path)
         .arg(&long)
